@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: installs what it needs (idempotently), then runs the default test suite
+# on CPU with 8 fake devices (tests/conftest.py sets them). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+VENV="${SE_VENV:-.venv}"
+export JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+set +e
+"$VENV/bin/python" -m pytest -q "$@"
+rc=$?
+set -e
+# pytest exits 5 when it collected no test: that is a failure of the suite, not a pass.
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi
+exit "$rc"
