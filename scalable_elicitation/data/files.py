@@ -23,6 +23,8 @@ SPLIT_VALUES = ("train", "test")
 
 def file_fingerprint(path: str | pathlib.Path) -> str:
     """Content hash of a file, so a cache notices when the user edits it."""
+    if not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"task file {path} does not exist")
     digest = hashlib.blake2b(digest_size=8)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

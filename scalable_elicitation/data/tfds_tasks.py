@@ -100,8 +100,9 @@ def read_tfds_split(builder: str, split: str, data_dir: str | None = None) -> pa
     try:
         data = tfds.data_source(builder, split=split, data_dir=data_dir)
     except ModuleNotFoundError as e:
-        raise ImportError(f"tfds builder {builder!r} needs {e.name} (its code imports it): "
-                          f"pip install {e.name}") from e
+        missing = "tensorflow" if "tensorflow" in str(e) else (e.name or str(e))
+        raise ImportError(f"tfds builder {builder!r} needs {missing} (its code imports it): "
+                          f"pip install {missing}") from e
     return rows_to_table([data[i] for i in range(len(data))], source.fields)
 
 
