@@ -1,0 +1,178 @@
+"""Recommend a label mix and method for a budget at given prices.
+
+    python -m analysis.recommend --results WORKDIR/runs --budget 64 --oracle_price 1 --weak_price 0.1
+
+The recommendation is the most accurate *measured* configuration that the budget affords at these
+prices (costs re-priced exactly from the counts), with a 90% bootstrap band over seeds for its
+accuracy and the regime of the choice (undetermined unless the bootstrap supports it). The same
+oracle share scaled to spend the whole budget is reported beside it, as an extrapolation.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from fractions import Fraction
+
+import numpy as np
+
+from analysis import pricing
+from analysis.aggregate import Surface, build_surfaces
+from analysis.fits import percentile_band
+from analysis.records import as_frame
+from analysis.regimes import category, classify
+from analysis.tables import ALL, best_affordable, method_mask, priced
+
+
+@dataclasses.dataclass
+class Recommendation:
+    """What to buy, with what method, and what accuracy to expect."""
+
+    n_weak: int
+    n_oracle: int
+    method: str
+    cost: float
+    expected_accuracy: float
+    accuracy_band: tuple[float, float]
+    n_seeds: int
+    regime: str
+    category: str | None
+    confidence: float
+    oracle_fraction: float
+    scaled_n_weak: int
+    scaled_n_oracle: int
+    oracle_price: float
+    weak_price: float
+    budget: float
+    model: str
+    weak_labeler: str
+    tasks: str
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lo, hi = self.accuracy_band
+        lines = [
+            f"budget {self.budget:g} at prices oracle {self.oracle_price:g}, weak {self.weak_price:g} "
+            f"({self.model}, weak labeller {self.weak_labeler}, tasks {self.tasks}):",
+            f"  buy n_weak={self.n_weak}, n_oracle={self.n_oracle} (cost {self.cost:g}, "
+            f"{100 * self.oracle_fraction:.0f}% of it on oracle labels) and use {self.method}",
+            f"  expected accuracy {self.expected_accuracy:.3f} "
+            f"(90% band {lo:.3f}-{hi:.3f}, {self.n_seeds} seeds)",
+            f"  regime: {self.regime}" + (
+                f" (best is {self.category} in {100 * self.confidence:.0f}% of resamples)"
+                if np.isfinite(self.confidence) else ""),
+        ]
+        if (self.scaled_n_weak, self.scaled_n_oracle) != (self.n_weak, self.n_oracle):
+            lines.append(f"  same oracle share over the whole budget (extrapolated, not measured): "
+                         f"n_weak={self.scaled_n_weak}, n_oracle={self.scaled_n_oracle}")
+        return "\n".join(lines)
+
+
+def parse_prices(prices) -> tuple[Fraction, Fraction]:
+    """``{"oracle": 1, "weak": 0.1}`` or ``(oracle, weak)`` -> exact ``(oracle, weak)``."""
+    if isinstance(prices, dict):
+        missing = [k for k in ("oracle", "weak") if k not in prices]
+        if missing:
+            raise ValueError(f"prices is missing {missing}; pass {{'oracle': 1, 'weak': 0.1}}")
+        po, pw = prices["oracle"], prices["weak"]
+    else:
+        try:
+            po, pw = prices
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"prices must be {{'oracle': p, 'weak': q}} or (p, q), got {prices!r}") from e
+    po, pw = pricing.to_fraction(po), pricing.to_fraction(pw)
+    if po <= 0 or pw <= 0:
+        raise ValueError(f"prices must be positive, got oracle={po}, weak={pw}")
+    return po, pw
+
+
+def pick_surface(surfaces: list[Surface], model: str | None = None,
+                 weak_labeler: str | None = None) -> Surface:
+    """The one surface matching ``model``/``weak_labeler``; a ValueError lists the choices."""
+    match = [s for s in surfaces if (model is None or s.scope[0] == model)
+             and (weak_labeler is None or s.scope[1] == weak_labeler)]
+    if len(match) != 1:
+        choices = [f"model={m!r} weak_labeler={w!r}" for m, w in (s.scope for s in surfaces)]
+        raise ValueError(f"{len(match)} result scopes match model={model!r} "
+                         f"weak_labeler={weak_labeler!r}; choose one of: {choices}")
+    return match[0]
+
+
+def recommend(prices, budget, results, *, method: str | None = None, model: str | None = None,
+              weak_labeler: str | None = None, n_boot: int = 200, seed: int = 0,
+              level: float = 0.9) -> Recommendation:
+    """Predicted best (n_weak, n_oracle, method) for ``budget`` at ``prices``.
+
+    Args:
+      prices: ``{"oracle": 1, "weak": 0.1}`` or ``(oracle, weak)``.
+      budget: total spend allowed, in the same units as the prices.
+      results: a :class:`~analysis.aggregate.Surface`, a list of them, a
+        :class:`~analysis.records.Records`, a DataFrame of ok runs, or folder(s) to load.
+      method: restrict to one method variant (default: any).
+      model, weak_labeler: choose the scope when the results hold several.
+    Raises ValueError when nothing measured is affordable.
+    """
+    po, pw = parse_prices(prices)
+    b = pricing.to_fraction(budget)
+    if isinstance(results, Surface):
+        surface = results
+    elif isinstance(results, list) and results and all(isinstance(s, Surface) for s in results):
+        surface = pick_surface(results, model, weak_labeler)
+    else:
+        surface = pick_surface(build_surfaces(as_frame(results), n_boot, seed), model, weak_labeler)
+    cells = priced(surface, po, pw)
+    if method is not None and method != ALL and method not in set(cells["variant"]):
+        raise ValueError(f"method {method!r} not in the results; have {sorted(set(cells['variant']))}")
+    afford = pricing.affordable(cells["n_weak"], cells["n_oracle"], po, pw, b)
+    afford &= method_mask(surface, method or ALL)
+    i = best_affordable(cells, afford)
+    if i is None:
+        cheapest = cells["cost"].min()
+        raise ValueError(f"no measured configuration costs <= budget {float(b):g} at prices "
+                         f"oracle {float(po):g}, weak {float(pw):g}; the cheapest costs {cheapest:g}")
+    idx = np.flatnonzero(afford)
+    cats = [category(w, o) for w, o in zip(cells["n_weak"].iloc[idx], cells["n_oracle"].iloc[idx])]
+    cl = classify(cells["accuracy"].iloc[idx], surface.boot[idx], cats, level)
+    best = cells.iloc[i]
+    lo, hi = percentile_band(surface.boot[i][:, None], level)
+    n_w, n_o = int(best["n_weak"]), int(best["n_oracle"])
+    share = Fraction(n_o) * po / pricing.exact_cost(n_w, n_o, po, pw)
+    scaled_w, scaled_o = pricing.grid_counts(b, share, po, pw)
+    return Recommendation(
+        n_weak=n_w, n_oracle=n_o, method=str(best["variant"]), cost=float(best["cost"]),
+        expected_accuracy=float(best["accuracy"]), accuracy_band=(float(lo[0]), float(hi[0])),
+        n_seeds=int(best["n_seeds"]), regime=cl.regime, category=cl.category,
+        confidence=cl.confidence, oracle_fraction=float(share), scaled_n_weak=scaled_w,
+        scaled_n_oracle=scaled_o, oracle_price=float(po), weak_price=float(pw), budget=float(b),
+        model=surface.scope[0], weak_labeler=surface.scope[1], tasks=str(best["tasks"]))
+
+
+def main(argv=None) -> int:
+    """CLI: print the recommendation for one budget and price pair."""
+    ap = argparse.ArgumentParser(prog="python -m analysis.recommend", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", nargs="+", required=True, help="folders or JSONL files of records")
+    ap.add_argument("--budget", required=True, type=str)
+    ap.add_argument("--oracle_price", default="1", type=str)
+    ap.add_argument("--weak_price", required=True, type=str)
+    ap.add_argument("--method", default=None, help="restrict to one method variant")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--weak_labeler", default=None)
+    ap.add_argument("--n_boot", default=200, type=int)
+    ap.add_argument("--seed", default=0, type=int)
+    ap.add_argument("--json", action="store_true", help="print JSON instead of text")
+    args = ap.parse_args(argv)
+    try:
+        rec = recommend({"oracle": args.oracle_price, "weak": args.weak_price}, args.budget,
+                        args.results, method=args.method, model=args.model,
+                        weak_labeler=args.weak_labeler, n_boot=args.n_boot, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(dataclasses.asdict(rec), indent=2) if args.json else rec.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Build the analysis report from results records.
+
+    python -m analysis.report --results WORKDIR/runs [MORE ...] --out OUT \
+        [--weak_prices 0.5 0.1 0.01] [--budgets 8 16 64] [--n_boot 200]
+
+Writes to OUT: frontier.csv (Pareto, per method variant and ``all``), frontier_tolerance.csv
+(the study's variant), frontier_fit.csv, oracle_fraction_fit.csv, regimes.csv,
+regime_boundaries.csv, best_within_budget.csv and .md, figures as PNG and PDF, and report.md.
+Corrupt records are skipped with a warning; the exit status is 0 when some ok records exist.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import figures, io, pricing
+from analysis.aggregate import Surface, build_surfaces
+from analysis.fits import frontier_fit
+from analysis.records import Records, load_records
+from analysis.regimes import QUALITY, QUANTITY, MIXED, UNDETERMINED, boundaries, regime_table
+from analysis.tables import (ALL, best_within_budget, best_within_budget_markdown, frontier_table,
+                             markdown_table, method_mask, priced)
+
+
+def _suffix(surface: Surface, many: bool) -> str:
+    if not many:
+        return ""
+    return "_" + re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(surface.scope))
+
+
+def _fit_rows(surface: Surface, weak_prices, oracle_price, fit_boot: int):
+    """Monotone frontier fit of ``all`` per weak price: (fits by price, table rows)."""
+    fits, rows = {}, []
+    model, labeler = surface.scope
+    for wp in weak_prices:
+        cells = priced(surface, oracle_price, wp)
+        m = method_mask(surface, ALL)
+        fit = frontier_fit(cells["cost"][m], cells["accuracy"][m], surface.boot[m],
+                           max_boot=fit_boot)
+        fits[float(wp)] = fit
+        rows.append(pd.DataFrame({"model": model, "weak_labeler": labeler, "weak_price": float(wp),
+                                  "method": ALL, "cost": fit.x, "fit": fit.fit,
+                                  "lo": fit.lo, "hi": fit.hi}))
+    return fits, rows
+
+
+def _fraction_fit_rows(surface: Surface, fits) -> list[pd.DataFrame]:
+    """Table rows of the per-budget smooth fits of accuracy vs oracle fraction."""
+    variant = figures.main_variant(surface)
+    model, labeler = surface.scope
+    return [pd.DataFrame({"model": model, "weak_labeler": labeler, "weak_price": pw,
+                          "oracle_price": po, "method": variant, "budget": budget,
+                          "oracle_fraction": cf.x, "fit": cf.fit, "lo": cf.lo, "hi": cf.hi})
+            for (po, pw, budget), cf in fits.items()]
+
+
+def recommendation_paragraph(regimes: pd.DataFrame, bounds: pd.DataFrame,
+                             bwb: pd.DataFrame) -> str:
+    """One paragraph in words: the regimes by budget, where they change, and the best method."""
+    if regimes.empty:
+        return ("No budget of a sweep could be classified (records carry no grid budget), so no "
+                "regime is stated; see the best-within-budget table.")
+    sentences = []
+    overall = regimes[regimes["method"] == ALL]
+    for (model, labeler, pw, po), t in overall.groupby(
+            ["model", "weak_labeler", "weak_price", "oracle_price"], sort=False):
+        t = t.sort_values("budget")
+        say = {QUANTITY: "buy only weak labels", QUALITY: "buy only oracle labels",
+               MIXED: "buy a mix (weak first, then oracle)"}
+        parts = []
+        for regime in (QUANTITY, MIXED, QUALITY, UNDETERMINED):
+            r = t[t["regime"] == regime]
+            if r.empty:
+                continue
+            budgets = ", ".join(f"{b:g}" for b in r["budget"])
+            if regime == MIXED:
+                share = ", ".join(f"{100 * f:.0f}%" for f in r["best_oracle_fraction"])
+                parts.append(f"at budgets {budgets} {say[regime]}, spending {share} on oracle labels")
+            elif regime == UNDETERMINED:
+                parts.append(f"at budgets {budgets} the seeds do not separate the regimes at 90% "
+                             "(any of the close configurations is a reasonable buy)")
+            else:
+                parts.append(f"at budgets {budgets} {say[regime]}")
+        sentences.append(f"For {model} with weak labeller {labeler} at the sweep's prices (oracle "
+                         f"{po:g}, weak {pw:g}): " + "; ".join(parts) + ".")
+        b = bounds[(bounds["weak_price"] == pw) & (bounds["method"] == ALL)
+                   & (bounds["model"] == model) & (bounds["weak_labeler"] == labeler)]
+        if len(b):
+            sentences.append("The regime changes " + ", ".join(
+                f"from {r.from_regime} to {r.to_regime} between budgets {r.budget_below:g} and "
+                f"{r.budget_above:g}" for r in b.itertuples()) + ".")
+    best = bwb[(bwb["method"] == ALL) & bwb["variant"].notna()]
+    if len(best):
+        wins = best["variant"].value_counts()
+        sentences.append(f"Across the re-priced best-within-budget table, {wins.index[0]} is the "
+                         f"best method in {wins.iloc[0]} of {len(best)} (weak price, budget) cells.")
+    sentences.append("For another budget or price pair, run `python -m analysis.recommend`.")
+    return " ".join(sentences)
+
+
+def _cell(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        if np.isnan(v):
+            return "-"
+        return f"{v:g}" if float(v).is_integer() else f"{v:.3g}"
+    return str(v)
+
+
+def _csv_table(frame: pd.DataFrame, cols, max_rows: int = 40) -> str:
+    """A markdown rendering of selected columns of a table (floats to 3 significant places)."""
+    if frame.empty:
+        return "(none)"
+    rows = []
+    for r in frame[cols].head(max_rows).itertuples(index=False):
+        rows.append([_cell(v) for v in r])
+    more = f"\n\n({len(frame) - max_rows} more rows in the CSV)" if len(frame) > max_rows else ""
+    return markdown_table(list(cols), rows) + more
+
+
+def write_report(records: Records, out: Path, weak_prices=None, budgets=None, oracle_price="1",
+                 n_boot: int = 200, fit_boot: int = 100, seed: int = 0,
+                 level: float = 0.9) -> dict[str, Path]:
+    """Compute every table, fit and figure from ``records`` and write them under ``out``.
+
+    Returns the written paths by name. Raises ValueError when there are no ok records.
+    """
+    if records.ok.empty:
+        c = records.counts
+        raise ValueError(f"no ok records to analyse ({c['infeasible']} infeasible, {c['failed']} "
+                         f"failed, {c['skipped']} unreadable)")
+    out = Path(out)
+    ok = records.ok
+    if weak_prices is None:
+        weak_prices = sorted(ok["prices.weak"].astype(float).unique(), reverse=True)
+    weak_prices = [pricing.to_fraction(w) for w in weak_prices]
+    if budgets is None and "budget" in ok.columns:
+        budgets = sorted(pd.to_numeric(ok["budget"], errors="coerce").dropna().unique())
+    budgets = [pricing.to_fraction(b) for b in (budgets or [])]
+    surfaces = build_surfaces(ok, n_boot=n_boot, seed=seed)
+    many = len(surfaces) > 1
+    frontier, tolerance, regimes, bwb, fit_rows, frac_rows = [], [], [], [], [], []
+    written: dict[str, Path] = {}
+    figs = []
+    for s in surfaces:
+        fr = frontier_table(s, weak_prices, oracle_price, "pareto", level)
+        tol = frontier_table(s, weak_prices, oracle_price, "tolerance", level)
+        fits, rows = _fit_rows(s, weak_prices, oracle_price, fit_boot)
+        frontier.append(fr), tolerance.append(tol), fit_rows.extend(rows)
+        ffits = figures.fraction_fits(s, max_boot=fit_boot, level=level)
+        frac_rows.extend(_fraction_fit_rows(s, ffits))
+        regimes.append(regime_table(s, level))
+        if budgets:
+            bwb.append(best_within_budget(s, weak_prices, budgets, oracle_price, level))
+        sfx = _suffix(s, many)
+        figs.append((f"accuracy_vs_oracle_fraction{sfx}",
+                     figures.accuracy_vs_oracle_fraction(s, out / f"accuracy_vs_oracle_fraction{sfx}")))
+        figs.append((f"oracle_fraction_fits{sfx}", figures.accuracy_vs_oracle_fraction(
+            s, out / f"oracle_fraction_fits{sfx}", fits=ffits)))
+        figs.append((f"frontier{sfx}", figures.frontier_figure(
+            s, weak_prices, fr, tol, fits, out / f"frontier{sfx}", oracle_price)))
+        figs.append((f"frontier_by_method{sfx}", figures.frontier_by_method(
+            s, weak_prices, fr, out / f"frontier_by_method{sfx}")))
+    frontier = pd.concat(frontier, ignore_index=True)
+    tolerance = pd.concat(tolerance, ignore_index=True)
+    regimes = pd.concat(regimes, ignore_index=True) if any(len(r) for r in regimes) else \
+        pd.DataFrame(columns=["weak_price", "method", "budget", "regime", "best_oracle_fraction",
+                              "confidence"])
+    bounds = boundaries(regimes)
+    bwb = pd.concat(bwb, ignore_index=True) if bwb else pd.DataFrame(
+        columns=["weak_price", "budget", "method", "variant", "accuracy", "weak_fraction"])
+    tables = {"frontier": frontier, "frontier_tolerance": tolerance, "regimes": regimes,
+              "regime_boundaries": bounds, "best_within_budget": bwb,
+              "frontier_fit": pd.concat(fit_rows, ignore_index=True),
+              "oracle_fraction_fit": pd.concat(frac_rows, ignore_index=True) if frac_rows else
+              pd.DataFrame(columns=["weak_price", "budget", "oracle_fraction", "fit", "lo", "hi"])}
+    for name, table in tables.items():
+        written[f"{name}.csv"] = io.write_csv(out / f"{name}.csv", table)
+    bwb_md = best_within_budget_markdown(bwb) if len(bwb) else "No budgets given or found.\n"
+    written["best_within_budget.md"] = io.write_text(out / "best_within_budget.md", bwb_md)
+    for name, paths in figs:
+        for p in paths:
+            written[p.name] = p
+    md = _report_markdown(records, surfaces, weak_prices, tables, bwb_md, figs, level)
+    written["report.md"] = io.write_text(out / "report.md", md)
+    return written
+
+
+def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, figs, level) -> str:
+    c = records.counts
+    regimes, bounds = tables["regimes"], tables["regime_boundaries"]
+    lines = ["# Label quantity vs quality: analysis report", "",
+             "## Recommendation", "",
+             recommendation_paragraph(regimes, bounds, tables["best_within_budget"]), "",
+             "## Records", "",
+             f"{c['ok']} ok runs analysed; {c['infeasible']} infeasible and {c['failed']} failed "
+             f"runs excluded; {c['skipped']} unreadable file(s)/line(s) skipped; "
+             f"{c['duplicates']} duplicate run id(s) ignored.", ""]
+    if records.skipped:
+        lines += ["Skipped:", ""] + [f"- `{w}`: {r}" for w, r in records.skipped[:20]] + [""]
+    for s in surfaces:
+        model, labeler = s.scope
+        lines.append(f"- {model}, weak labeller {labeler}: tasks {s.cells['tasks'].iloc[0]}, "
+                     f"{len(s.cells)} cells, variants {', '.join(sorted(s.cells['variant'].unique()))}")
+    lines += ["", f"Costs re-priced exactly at weak prices "
+              f"{', '.join(f'{float(w):g}' for w in weak_prices)}. Bands are {100 * level:.0f}% "
+              "bootstrap intervals over seeds.", "",
+              "## Regimes (at each sweep's own prices)", "",
+              f"A budget's regime is named only when its category wins in at least {100 * level:.0f}% "
+              "of bootstrap resamples (`confidence`); `best_oracle_fraction` is the share of the "
+              "best run's spend on oracle labels. Full table: `regimes.csv`.", "",
+              _csv_table(regimes[regimes["method"] == ALL] if len(regimes) else regimes,
+                         ["weak_price", "budget", "regime", "confidence", "margin", "best_variant",
+                          "best_n_weak", "best_n_oracle", "best_oracle_fraction", "accuracy"]),
+              "", "Boundaries (`regime_boundaries.csv`):", "",
+              _csv_table(bounds, ["weak_price", "method", "from_regime", "to_regime",
+                                  "budget_below", "budget_above"]),
+              "", "## Best within budget", "", bwb_md,
+              "## Frontier (all methods)", "",
+              "Pareto frontier: points not beaten by any cheaper-or-equal point with higher "
+              "accuracy; `frontier_frequency` is how often a resample's re-selected frontier "
+              "keeps the point. Per-variant rows and the study's tolerance frontier are in "
+              "`frontier.csv` and `frontier_tolerance.csv`.", "",
+              _csv_table(tables["frontier"][tables["frontier"]["method"] == ALL],
+                         ["weak_price", "variant", "n_weak", "n_oracle", "cost", "accuracy",
+                          "accuracy_std", "weak_fraction", "frontier_frequency"]),
+              "", "## Figures", ""]
+    captions = {
+        "accuracy_vs_oracle_fraction": "accuracy vs oracle spending fraction, one curve per "
+                                       "budget, weak-label accuracy dashed",
+        "oracle_fraction_fits": "per-budget smooth fits in the oracle fraction with 90% bootstrap bands",
+        "frontier_by_method": "Pareto frontier of each method variant vs cost",
+        "frontier": "all configurations coloured by weak fraction, the overall frontier, the "
+                    "study's tolerance frontier and the monotone fit with its 90% band",
+    }
+    for name, paths in figs:
+        if not paths:
+            continue
+        key = next(k for k in sorted(captions, key=len, reverse=True) if name.startswith(k))
+        lines += [f"![{captions[key]}]({name}.png)", "", f"*{name}*: {captions[key]} "
+                  f"([PDF]({name}.pdf)).", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    """CLI entry point; returns the exit status."""
+    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", nargs="+", required=True, help="folders or JSONL files of records")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--weak_prices", nargs="+", default=None, type=str,
+                    help="weak prices to re-price at (default: the sweeps' own)")
+    ap.add_argument("--budgets", nargs="+", default=None, type=str,
+                    help="budgets for the best-within-budget table (default: the sweeps' own)")
+    ap.add_argument("--oracle_price", default="1", type=str)
+    ap.add_argument("--n_boot", default=200, type=int, help="bootstrap resamples over seeds")
+    ap.add_argument("--fit_boot", default=100, type=int, help="resamples used for curve-fit bands")
+    ap.add_argument("--level", default=0.9, type=float, help="band and regime confidence level")
+    ap.add_argument("--seed", default=0, type=int)
+    args = ap.parse_args(argv)
+    if not 0 < args.level < 1:
+        ap.error(f"--level must be in (0, 1), got {args.level}")
+    try:
+        records = load_records(args.results)
+        written = write_report(records, Path(args.out), args.weak_prices, args.budgets,
+                               args.oracle_price, args.n_boot, args.fit_boot, args.seed, args.level)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    c = records.counts
+    print(f"{c['ok']} ok, {c['infeasible']} infeasible, {c['failed']} failed, {c['skipped']} "
+          f"skipped; wrote {len(written)} files to {args.out} (see report.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
