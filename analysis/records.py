@@ -166,6 +166,8 @@ def _to_row(rec: dict[str, Any], source: str) -> dict[str, Any]:
             row[key] = value
     config = flatten(rec.get("config") or {})
     opts = method_options(rec["method"], config)
+    if rec["method"] in SHOT_METHODS and opts["k"] is None and rec.get("n_shots"):
+        opts["k"], opts["shot_source"] = rec["n_shots"], opts["shot_source"] or "weak"
     for name, value in opts.items():
         row[f"config.{name}"] = value
     row["variant"] = variant_name(rec["method"], opts)

@@ -77,15 +77,16 @@ def recommendation_paragraph(regimes: pd.DataFrame, bounds: pd.DataFrame,
             r = t[t["regime"] == regime]
             if r.empty:
                 continue
-            budgets = ", ".join(f"{b:g}" for b in r["budget"])
+            budgets = ("budget " if len(r) == 1 else "budgets ") + ", ".join(
+                f"{b:g}" for b in r["budget"])
             if regime == MIXED:
                 share = ", ".join(f"{100 * f:.0f}%" for f in r["best_oracle_fraction"])
-                parts.append(f"at budgets {budgets} {say[regime]}, spending {share} on oracle labels")
+                parts.append(f"at {budgets} {say[regime]}, spending {share} on oracle labels")
             elif regime == UNDETERMINED:
-                parts.append(f"at budgets {budgets} the seeds do not separate the regimes at 90% "
+                parts.append(f"at {budgets} the seeds do not separate the regimes at 90% "
                              "(any of the close configurations is a reasonable buy)")
             else:
-                parts.append(f"at budgets {budgets} {say[regime]}")
+                parts.append(f"at {budgets} {say[regime]}")
         sentences.append(f"For {model} with weak labeller {labeler} at the sweep's prices (oracle "
                          f"{po:g}, weak {pw:g}): " + "; ".join(parts) + ".")
         b = bounds[(bounds["weak_price"] == pw) & (bounds["method"] == ALL)

@@ -75,12 +75,13 @@ def test_load_counts_and_variants(tmp_path):
     recs = [_rec("a", 0, 0.7), _rec("b", 1, 0.8),
             _rec("c", 0, 0.9, method="kshot_sft", config={"method": {"k": 8}}),
             _rec("d", 0, 0.6, config={"train": {"loss": "logconf"}}),
+            dict(_rec("h", 0, 0.6, method="icl"), n_shots=8),
             _rec("e", 0, 0, status="infeasible"), _rec("f", 1, 0, status="failed"),
             _rec("g", 2, 0, status="failed")]
     (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     loaded = load_records(tmp_path)
-    assert loaded.counts == {"ok": 4, "infeasible": 1, "failed": 2, "skipped": 0, "duplicates": 0}
-    assert sorted(loaded.ok["variant"]) == ["kshot_sft(k=8,weak)", "seq_sft", "seq_sft",
+    assert loaded.counts == {"ok": 5, "infeasible": 1, "failed": 2, "skipped": 0, "duplicates": 0}
+    assert sorted(loaded.ok["variant"]) == ["icl(k=8,weak)", "kshot_sft(k=8,weak)", "seq_sft", "seq_sft",
                                             "seq_sft+logconf"]
     assert "config.loss" in loaded.ok.columns and "prices.weak" in loaded.ok.columns
     assert set(loaded.excluded["status"]) == {"infeasible", "failed"}
