@@ -1,0 +1,257 @@
+"""Our Flax NNX transformer classifiers and their strict weight import.
+
+    bundle = load_pretrained(source, num_labels=2, dtype="bfloat16", lora=LoraConfig(),
+                             trainable="lora", mesh=None)
+    bundle.model(input_ids, attention_mask)            # class logits [B, num_labels]
+    bundle.model.hidden(input_ids, attention_mask)     # [B, L, D]
+    bundle.model.lm_logits(input_ids, attention_mask)  # [B, L, V] (decoders)
+
+`source` is a local Hugging Face folder, a hub id, a `.gguf` path, an offline asset name
+(`smollm2`, `minilm`), or `tiny:llama` / `tiny:bert` (small random models with a byte-level
+tokenizer, for tests and smoke runs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from scalable_elicitation.models import weights as W
+from scalable_elicitation.models.bert import BertModel
+from scalable_elicitation.models.config import (TRAINABLE_SCOPES, ArchConfig, LoraConfig,
+                                                from_hf_config)
+from scalable_elicitation.models.llama import LlamaModel
+from scalable_elicitation.models.sharding import (DEFAULT_RULES, freeze_rules, make_mesh,
+                                                  state_shardings)
+
+__all__ = ["ArchConfig", "LoraConfig", "ModelBundle", "load_pretrained", "build_model",
+           "trainable_filter", "WeightImportError", "TINY_CONFIGS"]
+
+WeightImportError = W.WeightImportError
+
+TINY_CONFIGS = {
+    "llama": ArchConfig(family="llama", model_type="llama", vocab_size=260, hidden_size=64,
+                        intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                        head_dim=16, max_position_embeddings=2048, norm_eps=1e-5,
+                        tie_word_embeddings=True, pooling="last", pad_token_id=256),
+    "bert": ArchConfig(family="bert", model_type="bert", vocab_size=260, hidden_size=64,
+                       intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=4,
+                       head_dim=16, max_position_embeddings=512, norm_eps=1e-12,
+                       qkv_bias=True, o_bias=True, mlp_bias=True, hidden_act="gelu",
+                       pooling="mean", pad_token_id=256),
+}
+
+
+@dataclasses.dataclass
+class ModelBundle:
+    """A model with its tokenizer and config. `unused` lists checkpoint tensors deliberately
+    not loaded; `trainable` is the scope (`lora`, `full` or `head`)."""
+
+    model: nnx.Module
+    tokenizer: Any
+    config: ArchConfig
+    source: str
+    trainable: str
+    lora: LoraConfig | None
+    mesh: Any
+    unused: list[str] = dataclasses.field(default_factory=list)
+
+    def split(self):
+        """(graphdef, trainable state, frozen state) for pure training steps."""
+        return nnx.split(self.model, trainable_filter(self.trainable), ...)
+
+
+def trainable_filter(scope: str):
+    """NNX filter of trainable parameters: head and LoRA factors, everything, or the head."""
+    if scope not in TRAINABLE_SCOPES:
+        raise ValueError(f"trainable={scope!r}; allowed: {TRAINABLE_SCOPES}")
+
+    def is_trainable(path, value) -> bool:
+        if not isinstance(value, nnx.Param):
+            return False
+        keys = [str(k) for k in path]
+        if scope == "full":
+            return True
+        if keys and keys[0] == "head":
+            return True
+        return scope == "lora" and keys[-1] in ("lora_a", "lora_b")
+
+    return is_trainable
+
+
+def _model_class(cfg: ArchConfig):
+    return LlamaModel if cfg.family == "llama" else BertModel
+
+
+def _dtype(name) -> jnp.dtype:
+    try:
+        return jnp.dtype(name)
+    except TypeError:
+        raise ValueError(f"dtype {name!r} is not a dtype; use e.g. 'float32' or 'bfloat16'") \
+            from None
+
+
+def build_model(cfg: ArchConfig, *, num_labels=2, dtype="float32", compute_dtype=None,
+                lora: LoraConfig | None = None, trainable="lora", mesh=None,
+                rules=DEFAULT_RULES, seed: int = 0, remat: bool = False):
+    """Randomly initialised model, created abstract-first and placed by the rules table.
+
+    Frozen base weights use `dtype`; trainable weights are float32 (full finetuning keeps the
+    base in float32 too).
+    """
+    if trainable not in TRAINABLE_SCOPES:
+        raise ValueError(f"trainable={trainable!r}; allowed: {TRAINABLE_SCOPES}")
+    if num_labels < 1:
+        raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+    if trainable == "lora" and lora is None:
+        lora = LoraConfig()
+    if trainable != "lora":
+        lora = None
+    param_dtype = jnp.float32 if trainable == "full" else _dtype(dtype)
+    if mesh is None:
+        mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    graphdef, init = _compiled_init(cfg, num_labels, lora, jnp.dtype(param_dtype).name,
+                                    compute_dtype, remat, mesh, freeze_rules(rules))
+    state = init(jax.random.key(seed))
+    return nnx.merge(graphdef, state), lora, mesh
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(cfg, num_labels, lora, param_dtype, compute_dtype, remat, mesh, rules):
+    """(graphdef, jitted init(key) -> sharded state), cached: random init compiles slowly on
+    CPU (threefry), and sweeps and tests build the same architecture many times."""
+    cls = _model_class(cfg)
+
+    def create(key):
+        return cls(cfg, num_labels=num_labels, lora=lora, dtype=jnp.dtype(param_dtype),
+                   compute_dtype=compute_dtype, remat=remat, rngs=nnx.Rngs(params=key))
+
+    abstract = nnx.eval_shape(lambda: create(jax.random.key(0)))
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = state_shardings(abstract_state, mesh, rules)
+    init = jax.jit(lambda key: nnx.state(create(key)), out_shardings=shardings)
+    return graphdef, init
+
+
+def _flat_params(model) -> dict[str, nnx.Variable]:
+    return {".".join(str(k) for k in path): var
+            for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _load_into(model, mappings, unused_patterns, source: W.TensorSource, where: str,
+               mesh, rules) -> list[str]:
+    params = _flat_params(model)
+    shapes = {p: tuple(v.value.shape) for p, v in params.items()}
+    dtypes = {p: np.dtype(v.value.dtype) for p, v in params.items()}
+    unused = W.plan_import(mappings, unused_patterns, source.names(), shapes, where)
+    host = W.read_params(mappings, source, shapes, dtypes, where)
+    for path, value in host.items():
+        var = params[path]
+        var.value = jax.device_put(jnp.asarray(value, dtype=var.value.dtype),
+                                   var.value.sharding)
+    return unused
+
+
+def load_pretrained(source: str | pathlib.Path, *, num_labels: int = 2,
+                    dtype: str = "bfloat16", compute_dtype: str | None = None,
+                    lora: LoraConfig | None = None, trainable: str = "lora", mesh=None,
+                    rules=DEFAULT_RULES, pooling: str | None = None, seed: int = 0,
+                    remat: bool = False) -> ModelBundle:
+    """Build our model for `source` and load its weights strictly (see module docstring)."""
+    kw = dict(num_labels=num_labels, dtype=dtype, compute_dtype=compute_dtype, lora=lora,
+              trainable=trainable, mesh=mesh, rules=rules, seed=seed, remat=remat)
+    src = str(source)
+    if src.startswith("tiny:"):
+        name = src.split(":", 1)[1]
+        if name not in TINY_CONFIGS:
+            raise ValueError(f"unknown tiny model {src!r}; allowed: "
+                             f"{['tiny:' + k for k in TINY_CONFIGS]}")
+        cfg = TINY_CONFIGS[name]
+        if pooling:
+            cfg = dataclasses.replace(cfg, pooling=pooling)
+        model, lora_cfg, mesh = build_model(cfg, **kw)
+        return ModelBundle(model, byte_tokenizer(), cfg, src, trainable, lora_cfg, mesh)
+
+    from scalable_elicitation import assets
+
+    if src in assets.ASSETS:
+        path = assets.asset_path(src)
+    else:
+        path = pathlib.Path(src).expanduser()
+    if str(path).endswith(".gguf"):
+        return _load_gguf(path, pooling=pooling, **kw)
+    if not path.exists():
+        if path.is_absolute() or src.startswith(".") or src.count("/") != 1:
+            raise FileNotFoundError(f"model source {src!r}: no such file or folder (expected a "
+                                    "Hugging Face folder, a .gguf file, a hub id 'org/name', "
+                                    f"an asset name {sorted(assets.ASSETS)} or tiny:llama)")
+        path = _download_hub(src)
+    return _load_hf_folder(path, pooling=pooling, **kw)
+
+
+def _download_hub(repo_id: str) -> pathlib.Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return pathlib.Path(snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.txt",
+                                     "*.model", "1_Pooling/*"]))
+    except Exception as err:  # offline or not found: say which and how to fix it
+        raise FileNotFoundError(
+            f"could not fetch hub model {repo_id!r} ({type(err).__name__}: {err}); download it "
+            "to a local folder and pass its path") from None
+
+
+def _load_hf_folder(path: pathlib.Path, *, pooling, **kw) -> ModelBundle:
+    from transformers import AutoTokenizer
+
+    cfg = W.hf_config_from_folder(path, pooling)
+    model, lora_cfg, mesh = build_model(cfg, **kw)
+    family_map = W.llama_hf_map if cfg.family == "llama" else W.bert_hf_map
+    mappings, unused_patterns = family_map(cfg)
+    source = W.SafetensorsSource(path, cfg.family)
+    unused = _load_into(model, mappings, unused_patterns, source, str(path), mesh,
+                        kw["rules"])
+    tokenizer = None
+    if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return ModelBundle(model, tokenizer, cfg, str(path), kw["trainable"], lora_cfg, mesh,
+                       unused)
+
+
+def _load_gguf(path: pathlib.Path, *, pooling, **kw) -> ModelBundle:
+    import gguf
+
+    if not path.exists():
+        raise FileNotFoundError(f"GGUF file {path} not found")
+    reader = gguf.GGUFReader(str(path))
+    cfg, arch = W.gguf_config(reader)
+    if pooling:
+        cfg = dataclasses.replace(cfg, pooling=pooling)
+    model, lora_cfg, mesh = build_model(cfg, **kw)
+    mappings, unused_patterns = W.llama_gguf_map(cfg, arch)
+    unused = _load_into(model, mappings, unused_patterns, W.GGUFSource(reader), str(path), mesh,
+                        kw["rules"])
+    return ModelBundle(model, W.gguf_tokenizer(reader), cfg, str(path), kw["trainable"],
+                       lora_cfg, mesh, unused)
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (one token per byte, ids 0..255; 256 = pad/eos) for tiny models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", padding_side="right")

@@ -1,0 +1,183 @@
+"""Building blocks shared by the architectures: stacked linear maps with LoRA, norms, RoPE,
+attention. Layers are stacked on a leading `layers` axis and run with `jax.lax.scan`, so a
+30-layer model compiles one block, not thirty.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from scalable_elicitation.models.config import ArchConfig, LoraConfig
+
+HEAD_INIT_STD = 0.02
+HEAD_INIT_SCALE = 0.01  # the study scaled the default head init by 0.01
+NEG_INF = -1e30  # finite, so a fully masked row (a left-pad query) gives no NaN
+
+
+def param(value, axes) -> nnx.Param:
+    """An NNX Param tagged with logical axis names (read only by sharding.py)."""
+    if len(axes) != np.ndim(value):
+        raise ValueError(f"axes {axes} do not match shape {np.shape(value)}")
+    return nnx.Param(value, axes=tuple(axes))
+
+
+class Linear(nnx.Module):
+    """A stack of `n_layers` linear maps `in_shape -> out_shape`, optionally with bias and LoRA.
+
+    Parameters carry a leading layer axis; `__call__` runs on one layer's slice (inside scan),
+    contracting the last `len(in_shape)` dims of x with the kernel's first dims.
+    """
+
+    def __init__(self, n_layers: int, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                 in_axes: tuple[str, ...], out_axes: tuple[str, ...], *, bias: bool,
+                 lora: LoraConfig | None, dtype, rngs: nnx.Rngs):
+        self.n_in = len(in_shape)
+        fan_in = int(np.prod(in_shape))
+        lead, lead_axes = (n_layers,), ("layers",)
+        kshape = lead + in_shape + out_shape
+        kernel = jax.random.normal(rngs.params(), kshape, jnp.float32) / math.sqrt(fan_in)
+        self.kernel = param(kernel.astype(dtype), lead_axes + in_axes + out_axes)
+        self.bias = (param(jnp.zeros(lead + out_shape, dtype), lead_axes + out_axes)
+                     if bias else None)
+        if lora is not None:
+            bound = 1.0 / math.sqrt(fan_in)  # PEFT's kaiming-uniform(a=sqrt 5) bound for A; B = 0
+            a = jax.random.uniform(rngs.params(), lead + in_shape + (lora.rank,), jnp.float32,
+                                   -bound, bound)
+            self.lora_a = param(a, lead_axes + in_axes + ("lora",))
+            self.lora_b = param(jnp.zeros(lead + (lora.rank,) + out_shape, jnp.float32),
+                                lead_axes + ("lora",) + out_axes)
+            self.lora_scale = lora.scale
+            self.lora_dropout = lora.dropout
+        else:
+            self.lora_a = self.lora_b = None
+
+    def __call__(self, x, dropout_key=None):
+        n = self.n_in
+        y = jnp.tensordot(x, self.kernel.value.astype(x.dtype), axes=n)
+        if self.bias is not None:
+            y = y + self.bias.value.astype(x.dtype)
+        if self.lora_a is not None:
+            xa = x
+            if self.lora_dropout > 0.0 and dropout_key is not None:
+                keep = jax.random.bernoulli(dropout_key, 1.0 - self.lora_dropout, x.shape)
+                xa = jnp.where(keep, x / (1.0 - self.lora_dropout), 0.0).astype(x.dtype)
+            low = jnp.tensordot(xa.astype(jnp.float32), self.lora_a.value, axes=n)
+            delta = jnp.tensordot(low, self.lora_b.value, axes=1) * self.lora_scale
+            y = y + delta.astype(y.dtype)
+        return y
+
+
+def rms_norm(x, weight, eps: float):
+    """RMSNorm computed in float32, returned in x's dtype (as HF Llama does)."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (weight.astype(jnp.float32) * x32).astype(x.dtype)
+
+
+def layer_norm(x, weight, bias, eps: float):
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+    return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ArchConfig) -> np.ndarray:
+    """Inverse frequencies of rotary embeddings, with Llama-3.1 or linear scaling when set."""
+    hd = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    scaling = cfg.rope_scaling_dict
+    if not scaling:
+        return inv
+    factor = float(scaling["factor"])
+    if scaling["rope_type"] == "linear":
+        return inv / factor
+    # llama3: long wavelengths slowed by `factor`, short kept, a smooth blend between.
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * np.pi / inv
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, blended, scaled)
+
+
+def apply_rope(x, positions, inv_freq):
+    """Rotate-half RoPE. x: [B, L, H, hd]; positions: [B, L]."""
+    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq, jnp.float32)
+    emb = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, L, 1, hd]
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    half = x.shape[-1] // 2
+    x32 = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def attention(q, k, v, bias):
+    """Softmax attention with grouped KV heads.
+
+    q: [B, Lq, H, hd]; k, v: [B, Lk, KV, hd]; bias: [B, Lq, Lk] additive (0 or NEG_INF).
+    """
+    b, lq, h, hd = q.shape
+    kv = k.shape[2]
+    g = h // kv
+    qg = q.reshape(b, lq, kv, g, hd)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k).astype(jnp.float32) / math.sqrt(hd)
+    scores = scores + bias[:, None, None, :, :]
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+    return out.reshape(b, lq, h, hd)
+
+
+def last_token_index(attention_mask):
+    """Index of the last real token per row; works for left and right padding. [B]"""
+    length = attention_mask.shape[1]
+    return length - 1 - jnp.argmax(attention_mask[:, ::-1] > 0, axis=1)
+
+
+def pool(hidden, attention_mask, how: str):
+    """Pool [B, L, D] hidden states to [B, D]: last real token, first token, or masked mean."""
+    if how == "last":
+        idx = last_token_index(attention_mask)
+        return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
+    if how == "first":
+        return hidden[:, 0]
+    if how == "mean":
+        m = attention_mask.astype(hidden.dtype)[..., None]
+        return (hidden * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    raise ValueError(f"pooling {how!r}; allowed: last, first, mean")
+
+
+class ClassifierHead(nnx.Module):
+    """Linear head to `num_labels` classes, no bias; init N(0, 0.02) * 0.01 (SPEC section 5)."""
+
+    def __init__(self, hidden: int, num_labels: int, rngs: nnx.Rngs):
+        w = jax.random.normal(rngs.params(), (hidden, num_labels), jnp.float32)
+        self.kernel = param(w * HEAD_INIT_STD * HEAD_INIT_SCALE, ("embed", "labels"))
+
+    def __call__(self, pooled):
+        return pooled.astype(jnp.float32) @ self.kernel.value
+
+
+def scan_layers(layers: nnx.Module, body, carry, xs=None, *, remat: bool = False):
+    """Run `body(layer_module, carry, x) -> (carry, y)` over a stack of layers with lax.scan.
+
+    The layer module's parameters carry a leading layer axis; inside the body each one is a
+    single layer's slice.
+    """
+    graphdef, state = nnx.split(layers)
+
+    def step(c, inputs):
+        layer_state, x = inputs
+        layer = nnx.merge(graphdef, layer_state)
+        return body(layer, c, x)
+
+    if remat:  # recompute each block's activations in the backward pass to save memory
+        step = jax.checkpoint(step)
+    return jax.lax.scan(step, carry, (state, xs))

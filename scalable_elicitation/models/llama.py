@@ -1,0 +1,164 @@
+"""Llama-family decoders (Llama 2/3/3.1, Mistral, Qwen2, SmolLM2) with a classification head.
+
+GQA, RMSNorm, SwiGLU, RoPE (theta and Llama-3.1 scaling from config), optional q/k/v bias
+(Qwen2), optional sliding window (Mistral), tied or untied LM head. Positions count real tokens
+(cumsum of the mask), so left- and right-padded batches give the same results per row.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scalable_elicitation.models import layers as L
+from scalable_elicitation.models.config import ArchConfig, LoraConfig
+
+
+class DecoderLayers(nnx.Module):
+    """All decoder blocks, parameters stacked on a leading `layers` axis."""
+
+    def __init__(self, cfg: ArchConfig, lora: LoraConfig | None, dtype, rngs: nnx.Rngs):
+        n, d, f = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+        h, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        targets = set(lora.targets or cfg.lora_targets) if lora else set()
+        unknown = targets - set(cfg.lora_targets)
+        if unknown:
+            raise ValueError(f"lora.targets {sorted(unknown)} unknown for {cfg.model_type}; "
+                             f"allowed: {cfg.lora_targets}")
+
+        def lin(name, ins, outs, in_axes, out_axes, bias):
+            return L.Linear(n, ins, outs, in_axes, out_axes, bias=bias,
+                            lora=lora if name in targets else None, dtype=dtype, rngs=rngs)
+
+        self.attn_norm = L.param(jnp.ones((n, d), dtype), ("layers", "norm"))
+        self.q = lin("q", (d,), (h, hd), ("embed",), ("heads", "head_dim"), cfg.qkv_bias)
+        self.k = lin("k", (d,), (kv, hd), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)
+        self.v = lin("v", (d,), (kv, hd), ("embed",), ("kv_heads", "head_dim"), cfg.qkv_bias)
+        self.o = lin("o", (h, hd), (d,), ("heads", "head_dim"), ("embed",), cfg.o_bias)
+        self.mlp_norm = L.param(jnp.ones((n, d), dtype), ("layers", "norm"))
+        self.gate = lin("gate", (d,), (f,), ("embed",), ("mlp",), cfg.mlp_bias)
+        self.up = lin("up", (d,), (f,), ("embed",), ("mlp",), cfg.mlp_bias)
+        self.down = lin("down", (f,), (d,), ("mlp",), ("embed",), cfg.mlp_bias)
+
+
+def _block(cfg: ArchConfig, inv_freq, layer: DecoderLayers, x, positions, bias, key,
+           prefix_kv=None):
+    """One decoder block on one layer's parameters. x: [B, L, D]. Returns x and this block's
+    (k, v) so a caller can cache a shared prefix."""
+    keys = jax.random.split(key, 7) if key is not None else [None] * 7
+    h = L.rms_norm(x, layer.attn_norm.value, cfg.norm_eps)
+    q = L.apply_rope(layer.q(h, keys[0]), positions, inv_freq)  # [B, L, H, hd]
+    k = L.apply_rope(layer.k(h, keys[1]), positions, inv_freq)  # [B, L, KV, hd]
+    v = layer.v(h, keys[2])
+    new_kv = (k, v)
+    if prefix_kv is not None:
+        pk, pv = prefix_kv
+        k = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
+        v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
+    attn = L.attention(q, k, v, bias)
+    x = x + layer.o(attn, keys[3])
+    h = L.rms_norm(x, layer.mlp_norm.value, cfg.norm_eps)
+    act = jax.nn.silu(layer.gate(h, keys[4])) * layer.up(h, keys[5])
+    return x + layer.down(act, keys[6]), new_kv
+
+
+def _attention_bias(query_mask, key_mask, query_pos_index, key_pos_index, window):
+    """Additive bias [B, Lq, Lk]: causal by sequence index, key padding, optional window."""
+    allowed = key_pos_index[:, None, :] <= query_pos_index[:, :, None]
+    if window is not None:
+        allowed &= (query_pos_index[:, :, None] - key_pos_index[:, None, :]) < window
+    allowed &= key_mask[:, None, :] > 0
+    del query_mask
+    return jnp.where(allowed, 0.0, L.NEG_INF).astype(jnp.float32)
+
+
+class LlamaModel(nnx.Module):
+    """Decoder + linear classification head. Call for class logits [B, num_labels]."""
+
+    def __init__(self, cfg: ArchConfig, *, num_labels: int = 2, lora: LoraConfig | None = None,
+                 dtype=jnp.float32, compute_dtype=None, remat: bool = False,
+                 rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.compute_dtype = jnp.dtype(compute_dtype or dtype)
+        self.remat = remat
+        v, d = cfg.vocab_size, cfg.hidden_size
+        self.embed = L.param(
+            (jax.random.normal(rngs.params(), (v, d), jnp.float32) * 0.02).astype(dtype),
+            ("vocab", "embed"))
+        self.layers = DecoderLayers(cfg, lora, dtype, rngs)
+        self.final_norm = L.param(jnp.ones((d,), dtype), ("norm",))
+        self.lm_head = None if cfg.tie_word_embeddings else L.param(
+            (jax.random.normal(rngs.params(), (d, v), jnp.float32) * 0.02).astype(dtype),
+            ("embed", "vocab"))
+        self.head = L.ClassifierHead(d, num_labels, rngs)
+
+    # -- core -----------------------------------------------------------------------------
+    def _run(self, input_ids, attention_mask, *, dropout_key=None, prefix=None):
+        """Embed and run all blocks. Returns final-normed hidden [B, L, D] and per-layer kv.
+
+        `prefix` = (kv, prefix_mask) from `encode_prefix`: keys/values of a shared prompt that
+        every row continues; positions continue after the prefix's real tokens.
+        """
+        cfg = self.cfg
+        attention_mask = attention_mask.astype(jnp.int32)
+        b, length = input_ids.shape
+        x = jnp.take(self.embed.value, input_ids, axis=0).astype(self.compute_dtype)
+        index = jnp.broadcast_to(jnp.arange(length), (b, length))
+        positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+        key_mask, key_index, prefix_kv = attention_mask, index, None
+        if prefix is not None:
+            prefix_kv, prefix_mask = prefix
+            prefix_mask = jnp.broadcast_to(prefix_mask.astype(jnp.int32),
+                                           (b, prefix_mask.shape[-1]))
+            plen = prefix_mask.shape[1]
+            positions = positions + prefix_mask.sum(axis=1, keepdims=True)
+            index = index + plen
+            key_mask = jnp.concatenate([prefix_mask, attention_mask], axis=1)
+            key_index = jnp.broadcast_to(jnp.arange(plen + length), (b, plen + length))
+        bias = _attention_bias(attention_mask, key_mask, index, key_index, cfg.sliding_window)
+        inv_freq = L.rope_inv_freq(cfg)
+        n = cfg.num_layers
+        keys = (jax.random.split(dropout_key, n) if dropout_key is not None else None)
+
+        def body(layer, carry, xs):
+            layer_key, layer_prefix = xs
+            if prefix_kv is not None:
+                layer_prefix = tuple(jnp.broadcast_to(t, (b,) + t.shape[1:])
+                                     for t in layer_prefix)
+            out, kv = _block(cfg, inv_freq, layer, carry, positions, bias, layer_key,
+                             layer_prefix)
+            return out, kv
+
+        x, kv = L.scan_layers(self.layers, body, x, (keys, prefix_kv), remat=self.remat)
+        return L.rms_norm(x, self.final_norm.value, cfg.norm_eps), kv
+
+    def hidden(self, input_ids, attention_mask, *, dropout_key=None):
+        """Final hidden states after the final norm. [B, L, D]"""
+        return self._run(input_ids, attention_mask, dropout_key=dropout_key)[0]
+
+    def __call__(self, input_ids, attention_mask, *, dropout_key=None, prefix=None):
+        """Class logits [B, num_labels] from the last real token."""
+        h, _ = self._run(input_ids, attention_mask, dropout_key=dropout_key, prefix=prefix)
+        return self.head(L.pool(h, attention_mask, "last"))
+
+    def _unembed(self, h):
+        w = self.embed.value.T if self.lm_head is None else self.lm_head.value  # [D, V]
+        return h.astype(jnp.float32) @ w.astype(jnp.float32)
+
+    def lm_logits(self, input_ids, attention_mask, *, prefix=None):
+        """Next-token logits [B, L, V] (float32)."""
+        h, _ = self._run(input_ids, attention_mask, prefix=prefix)
+        return self._unembed(h)
+
+    def encode_prefix(self, input_ids, attention_mask):
+        """Encode a shared prompt once: returns (kv, mask) to pass as `prefix=`.
+
+        kv is a pair of stacked arrays [layers, B, P, KV, hd]; B may be 1 to broadcast.
+        """
+        _, kv = self._run(input_ids, attention_mask)
+        return kv, attention_mask
+
+    def last_lm_logits(self, input_ids, attention_mask, *, prefix=None):
+        """Next-token logits at each row's last real token [B, V] (for in-context scoring)."""
+        h, _ = self._run(input_ids, attention_mask, prefix=prefix)
+        return self._unembed(L.pool(h, attention_mask, "last"))

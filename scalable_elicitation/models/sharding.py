@@ -1,0 +1,134 @@
+"""Logical axis names -> mesh axes, by one rules table.
+
+Model code tags every parameter dimension with a logical name (metadata key `axes` on the NNX
+Variable). This module is the only place that reads that metadata. A dimension that its mesh axis
+does not divide (SmolLM2's 9 heads on tensor=2) is replicated with a warning, not an error.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or tuple of axes, or None for replicated)
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("lora", None),
+    ("labels", None),
+    ("norm", None),
+    ("positions", None),
+    ("types", None),
+)
+
+AXES_KEY = "axes"
+
+
+def freeze_rules(rules) -> tuple:
+    """Rules as a hashable tuple (configs may hold lists)."""
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)
+
+
+def make_mesh(shape: Mapping[str, int] | Sequence[int], devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh with explicit Auto axis types (newer JAX defaults differ).
+
+    `shape` maps axis names to sizes; -1 in one place takes the remaining devices.
+    """
+    if not isinstance(shape, Mapping):
+        shape = dict(zip(MESH_AXES, shape))
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh axes {sorted(unknown)} unknown; allowed: {MESH_AXES}")
+    sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+    devices = devices if devices is not None else jax.devices()
+    n = len(devices)
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh shape {dict(shape)}: at most one axis may be -1")
+    if -1 in sizes:
+        rest = int(np.prod([s for s in sizes if s != -1]))
+        if n % rest:
+            raise ValueError(f"mesh shape {dict(shape)} does not divide {n} devices")
+        sizes[sizes.index(-1)] = n // rest
+    if int(np.prod(sizes)) != n:
+        raise ValueError(
+            f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+            f"have {n}; use -1 on one axis to take the rest")
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules=DEFAULT_RULES) -> P:
+    """PartitionSpec for one array from its logical axis names and the rules table."""
+    table = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(axes, shape):
+        if name is not None and name not in table:
+            raise ValueError(f"logical axis {name!r} has no rule; known: {sorted(table)}")
+        target = table.get(name) if name is not None else None
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        targets = tuple(t for t in targets if t not in used and mesh.shape.get(t, 1) > 1)
+        size = int(np.prod([mesh.shape[t] for t in targets])) if targets else 1
+        if targets and dim % size:
+            warnings.warn(f"dimension {name!r} of size {dim} is not divisible by mesh axes "
+                          f"{targets} (size {size}); replicating it", stacklevel=2)
+            targets = ()
+        used.update(targets)
+        spec.append(None if not targets else targets[0] if len(targets) == 1 else targets)
+    return P(*spec)
+
+
+def _is_var(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def state_specs(state, mesh: Mesh, rules=DEFAULT_RULES):
+    """PartitionSpecs for an NNX State (or abstract state), from each Variable's `axes`."""
+    def one(v):
+        axes = v.get_metadata().get(AXES_KEY)
+        shape = v.value.shape
+        if axes is None:
+            axes = (None,) * len(shape)
+        if len(axes) != len(shape):
+            raise ValueError(f"axes {axes} do not match shape {shape}")
+        return v.replace(logical_to_spec(axes, shape, mesh, rules))
+    return jax.tree.map(one, state, is_leaf=_is_var)
+
+
+def state_shardings(state, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for an NNX State, matching its tree structure."""
+    specs = state_specs(state, mesh, rules)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                        is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
+    """Sharding of a [B, ...] batch array: batch over the data-parallel axes, rest replicated."""
+    axes = ("batch",) + (None,) * (ndim - 1)
+    table = dict(rules)
+    target = table["batch"]
+    targets = (target,) if isinstance(target, str) else tuple(target or ())
+    targets = tuple(t for t in targets if mesh.shape.get(t, 1) > 1)
+    spec = P(targets if len(targets) > 1 else (targets[0] if targets else None),
+             *axes[1:])
+    return NamedSharding(mesh, spec)
+
+
+def data_parallel_size(mesh: Mesh, rules=DEFAULT_RULES) -> int:
+    """How many ways a batch is split: the product of the mesh axes that `batch` maps to."""
+    target = dict(rules)["batch"]
+    targets = (target,) if isinstance(target, str) else tuple(target or ())
+    return int(np.prod([mesh.shape.get(t, 1) for t in targets]))

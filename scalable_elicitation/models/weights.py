@@ -1,0 +1,434 @@
+"""Strict weight import: Hugging Face safetensors and GGUF files into our NNX modules.
+
+One name map per family turns checkpoint tensor names into (parameter path, layer index,
+transform). The import is strict: every checkpoint tensor maps to exactly one parameter or is on
+the family's list of deliberately unused tensors; every parameter is loaded or is deliberately
+fresh (the classification head, LoRA factors); shapes must match. Anything else raises
+`WeightImportError` naming the tensors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+from typing import Callable, Iterable
+
+import numpy as np
+
+from scalable_elicitation.models.config import ArchConfig, from_hf_config
+
+FRESH_PARAM_PATTERNS = (r"^head\.", r"\.lora_a$", r"\.lora_b$")
+
+
+class WeightImportError(ValueError):
+    """A checkpoint does not match the model: names the missing, extra or misshaped tensors."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Mapping:
+    """Checkpoint tensor `source` -> parameter `target` (dotted path), at `layer` if stacked."""
+
+    source: str
+    target: str
+    layer: int | None
+    transform: Callable[[np.ndarray], np.ndarray]
+
+
+def _t(x):  # HF Linear stores [out, in]; our kernels are [in, out...]
+    return x.T
+
+
+# ---------------------------------------------------------------------------------------------
+# Llama family (Llama, Mistral, Qwen2, SmolLM2)
+def llama_hf_map(cfg: ArchConfig) -> tuple[list[Mapping], list[str]]:
+    """Name map of HF Llama-family checkpoints (prefix `model.` already stripped) and the
+    patterns of deliberately unused tensors."""
+    d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    m = [Mapping("embed_tokens.weight", "embed", None, lambda x: x),
+         Mapping("norm.weight", "final_norm", None, lambda x: x)]
+    if not cfg.tie_word_embeddings:
+        m.append(Mapping("lm_head.weight", "lm_head", None, _t))
+    heads_out = {"q": h, "k": kv, "v": kv}
+    for i in range(cfg.num_layers):
+        p = f"layers.{i}."
+        m.append(Mapping(p + "input_layernorm.weight", "layers.attn_norm", i, lambda x: x))
+        m.append(Mapping(p + "post_attention_layernorm.weight", "layers.mlp_norm", i,
+                         lambda x: x))
+        for name, n_heads in heads_out.items():
+            m.append(Mapping(f"{p}self_attn.{name}_proj.weight", f"layers.{name}.kernel", i,
+                             lambda x, n=n_heads: x.T.reshape(d, n, hd)))
+            if cfg.qkv_bias:
+                m.append(Mapping(f"{p}self_attn.{name}_proj.bias", f"layers.{name}.bias", i,
+                                 lambda x, n=n_heads: x.reshape(n, hd)))
+        m.append(Mapping(p + "self_attn.o_proj.weight", "layers.o.kernel", i,
+                         lambda x: x.T.reshape(h, hd, d)))
+        if cfg.o_bias:
+            m.append(Mapping(p + "self_attn.o_proj.bias", "layers.o.bias", i, lambda x: x))
+        for name in ("gate", "up", "down"):
+            m.append(Mapping(f"{p}mlp.{name}_proj.weight", f"layers.{name}.kernel", i, _t))
+            if cfg.mlp_bias:
+                m.append(Mapping(f"{p}mlp.{name}_proj.bias", f"layers.{name}.bias", i,
+                                 lambda x: x))
+    unused = [r"^layers\.\d+\.self_attn\.rotary_emb\.inv_freq$",  # old checkpoints' buffer
+              r"^score\.weight$", r"^classifier\.(weight|bias)$"]  # other heads: ours is fresh
+    if cfg.tie_word_embeddings:
+        unused.append(r"^lm_head\.weight$")  # some tied checkpoints store the copy anyway
+    return m, unused
+
+
+def _undo_llamacpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's converter interleaves the two rotary halves of each head's rows; undo it.
+
+    Rows of head j are stored as pairs (i, i + hd/2) side by side; we want halves again.
+    """
+    rows = w.shape[0]
+    half = rows // n_heads // 2
+    return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama_gguf_map(cfg: ArchConfig, arch: str) -> tuple[list[Mapping], list[str]]:
+    """Name map of GGUF files of llama-like architectures (llama, qwen2)."""
+    d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    permuted = arch == "llama"  # llama.cpp permutes q/k rows for its rotary layout
+
+    def qk(n):
+        if permuted:
+            return lambda x: _undo_llamacpp_permute(x, n).T.reshape(d, n, hd)
+        return lambda x: x.T.reshape(d, n, hd)
+
+    def qk_bias(n):
+        if permuted:
+            return lambda x: _undo_llamacpp_permute(x, n).reshape(n, hd)
+        return lambda x: x.reshape(n, hd)
+
+    m = [Mapping("token_embd.weight", "embed", None, lambda x: x),
+         Mapping("output_norm.weight", "final_norm", None, lambda x: x)]
+    if not cfg.tie_word_embeddings:
+        m.append(Mapping("output.weight", "lm_head", None, _t))
+    for i in range(cfg.num_layers):
+        p = f"blk.{i}."
+        m.append(Mapping(p + "attn_norm.weight", "layers.attn_norm", i, lambda x: x))
+        m.append(Mapping(p + "ffn_norm.weight", "layers.mlp_norm", i, lambda x: x))
+        m.append(Mapping(p + "attn_q.weight", "layers.q.kernel", i, qk(h)))
+        m.append(Mapping(p + "attn_k.weight", "layers.k.kernel", i, qk(kv)))
+        m.append(Mapping(p + "attn_v.weight", "layers.v.kernel", i,
+                         lambda x: x.T.reshape(d, kv, hd)))
+        if cfg.qkv_bias:
+            m.append(Mapping(p + "attn_q.bias", "layers.q.bias", i, qk_bias(h)))
+            m.append(Mapping(p + "attn_k.bias", "layers.k.bias", i, qk_bias(kv)))
+            m.append(Mapping(p + "attn_v.bias", "layers.v.bias", i,
+                             lambda x: x.reshape(kv, hd)))
+        m.append(Mapping(p + "attn_output.weight", "layers.o.kernel", i,
+                         lambda x: x.T.reshape(h, hd, d)))
+        m.append(Mapping(p + "ffn_gate.weight", "layers.gate.kernel", i, _t))
+        m.append(Mapping(p + "ffn_up.weight", "layers.up.kernel", i, _t))
+        m.append(Mapping(p + "ffn_down.weight", "layers.down.kernel", i, _t))
+    # rope_freqs is llama.cpp's precomputed Llama-3.1 scaling; we derive it from the metadata.
+    return m, [r"^rope_freqs\.weight$"]
+
+
+# ---------------------------------------------------------------------------------------------
+# BERT family
+def bert_hf_map(cfg: ArchConfig) -> tuple[list[Mapping], list[str]]:
+    """Name map of HF BERT checkpoints (prefix `bert.` already stripped)."""
+    d, h, hd = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    ident = lambda x: x  # noqa: E731
+    m = [Mapping("embeddings.word_embeddings.weight", "word_embed", None, ident),
+         Mapping("embeddings.position_embeddings.weight", "pos_embed", None, ident),
+         Mapping("embeddings.token_type_embeddings.weight", "type_embed", None, ident),
+         Mapping("embeddings.LayerNorm.weight", "embed_norm_scale", None, ident),
+         Mapping("embeddings.LayerNorm.bias", "embed_norm_bias", None, ident)]
+    for i in range(cfg.num_layers):
+        p = f"encoder.layer.{i}."
+        for ours, theirs in (("q", "query"), ("k", "key"), ("v", "value")):
+            m.append(Mapping(f"{p}attention.self.{theirs}.weight", f"layers.{ours}.kernel", i,
+                             lambda x: x.T.reshape(d, h, hd)))
+            m.append(Mapping(f"{p}attention.self.{theirs}.bias", f"layers.{ours}.bias", i,
+                             lambda x: x.reshape(h, hd)))
+        m += [
+            Mapping(p + "attention.output.dense.weight", "layers.o.kernel", i,
+                    lambda x: x.T.reshape(h, hd, d)),
+            Mapping(p + "attention.output.dense.bias", "layers.o.bias", i, ident),
+            Mapping(p + "attention.output.LayerNorm.weight", "layers.attn_norm_scale", i, ident),
+            Mapping(p + "attention.output.LayerNorm.bias", "layers.attn_norm_bias", i, ident),
+            Mapping(p + "intermediate.dense.weight", "layers.up.kernel", i, _t),
+            Mapping(p + "intermediate.dense.bias", "layers.up.bias", i, ident),
+            Mapping(p + "output.dense.weight", "layers.down.kernel", i, _t),
+            Mapping(p + "output.dense.bias", "layers.down.bias", i, ident),
+            Mapping(p + "output.LayerNorm.weight", "layers.mlp_norm_scale", i, ident),
+            Mapping(p + "output.LayerNorm.bias", "layers.mlp_norm_bias", i, ident),
+        ]
+    unused = [r"^embeddings\.position_ids$",  # a buffer, not a weight
+              r"^pooler\.dense\.(weight|bias)$",  # we pool hidden states directly (mean or CLS)
+              r"^classifier\.(weight|bias)$",  # other heads: ours is fresh
+              r"^cls\.predictions\..*$", r"^cls\.seq_relationship\..*$"]  # pretraining heads
+    return m, unused
+
+
+_OLD_BERT_NAMES = ((".gamma", ".weight"), (".beta", ".bias"))
+
+
+def normalise_hf_name(name: str, family: str) -> str:
+    """Strip task-model prefixes (`model.`, `bert.`) and old LayerNorm names."""
+    if family == "llama":
+        return name[len("model."):] if name.startswith("model.") else name
+    if name.startswith("bert."):
+        name = name[len("bert."):]
+    if "LayerNorm" in name:
+        for old, new in _OLD_BERT_NAMES:
+            if name.endswith(old):
+                name = name[: -len(old)] + new
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor sources
+class TensorSource:
+    """Read-only access to a checkpoint's tensors by name (float32 numpy)."""
+
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def get(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+
+class SafetensorsSource(TensorSource):
+    """One `model.safetensors` or a sharded set with `model.safetensors.index.json`."""
+
+    def __init__(self, folder: pathlib.Path, family: str):
+        from safetensors import safe_open
+
+        folder = pathlib.Path(folder)
+        index = folder / "model.safetensors.index.json"
+        single = folder / "model.safetensors"
+        if index.exists():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif single.exists():
+            files = ["model.safetensors"]
+        else:
+            raise FileNotFoundError(
+                f"{folder}: no model.safetensors or model.safetensors.index.json (only "
+                "safetensors checkpoints are read; convert .bin files first)")
+        self._where: dict[str, tuple[str, str]] = {}
+        self._handles = {}
+        for f in files:
+            path = folder / f
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: listed in the index but missing")
+            # "flax" reads bfloat16 too; numpy has no bfloat16.
+            handle = safe_open(str(path), framework="flax")
+            self._handles[f] = handle
+            for raw in handle.keys():
+                name = normalise_hf_name(raw, family)
+                if name in self._where:
+                    raise WeightImportError(f"tensor {name!r} appears twice in {folder}")
+                self._where[name] = (f, raw)
+
+    def names(self):
+        return list(self._where)
+
+    def get(self, name):
+        f, raw = self._where[name]
+        return np.asarray(self._handles[f].get_tensor(raw), dtype=np.float32)
+
+
+class GGUFSource(TensorSource):
+    """Tensors of a GGUF file, dequantised to float32 with the `gguf` package."""
+
+    def __init__(self, reader):
+        self._tensors = {t.name: t for t in reader.tensors}
+
+    def names(self):
+        return list(self._tensors)
+
+    def get(self, name):
+        import gguf
+
+        t = self._tensors[name]
+        arr = gguf.quants.dequantize(t.data, t.tensor_type)
+        shape = tuple(int(s) for s in reversed(list(t.shape)))
+        return np.asarray(arr, dtype=np.float32).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF metadata -> config and tokenizer
+def gguf_field(reader, key, default=None):
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    return field.contents()
+
+
+def gguf_config(reader) -> tuple[ArchConfig, str]:
+    """Our ArchConfig from GGUF metadata; also returns the GGUF architecture name."""
+    arch = gguf_field(reader, "general.architecture")
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"GGUF architecture {arch!r} is not supported; supported: llama, qwen2")
+
+    def get(key, default=None, required=True):
+        value = gguf_field(reader, f"{arch}.{key}", default)
+        if value is None and required:
+            raise ValueError(f"GGUF metadata {arch}.{key} is missing")
+        return value
+
+    names = {t.name for t in reader.tensors}
+    heads = int(get("attention.head_count"))
+    hidden = int(get("embedding_length"))
+    tokens = gguf_field(reader, "tokenizer.ggml.tokens")
+    vocab = int(get("vocab_size", len(tokens) if tokens else None))
+    scaling = None
+    if gguf_field(reader, f"{arch}.rope.scaling.type") not in (None, "none"):
+        kind = gguf_field(reader, f"{arch}.rope.scaling.type")
+        if kind != "linear":
+            raise ValueError(f"GGUF rope scaling {kind!r} is not supported (linear only)")
+        scaling = (("factor", float(get("rope.scaling.factor"))), ("rope_type", "linear"))
+    if "rope_freqs.weight" in names:
+        raise ValueError("GGUF with rope_freqs (Llama-3.1 scaling) is not supported yet; "
+                         "load the Hugging Face safetensors checkpoint instead")
+    cfg = ArchConfig(
+        family="llama",
+        model_type="qwen2" if arch == "qwen2" else "llama",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=int(get("feed_forward_length")),
+        num_layers=int(get("block_count")),
+        num_heads=heads,
+        num_kv_heads=int(get("attention.head_count_kv", heads)),
+        head_dim=int(get("rope.dimension_count", hidden // heads)),
+        max_position_embeddings=int(get("context_length", 2048)),
+        norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_scaling=scaling,
+        qkv_bias="blk.0.attn_q.bias" in names,
+        tie_word_embeddings="output.weight" not in names,
+        pooling="last",
+        pad_token_id=gguf_field(reader, "tokenizer.ggml.padding_token_id"),
+    )
+    return cfg, arch
+
+
+def gguf_tokenizer(reader):
+    """A transformers fast tokenizer rebuilt from GGUF metadata (byte-level BPE), no torch."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    kind = gguf_field(reader, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ValueError(f"GGUF tokenizer model {kind!r} is not supported (byte-level BPE "
+                         "'gpt2' only)")
+    tokens = list(gguf_field(reader, "tokenizer.ggml.tokens"))
+    merges = [tuple(m.split(" ", 1)) for m in gguf_field(reader, "tokenizer.ggml.merges")]
+    types = list(gguf_field(reader, "tokenizer.ggml.token_type", [1] * len(tokens)))
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
+                               fuse_unk=False))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if gguf_field(reader, "tokenizer.ggml.pre") == "smollm":
+        # SmolLM2 was trained with digits split one by one before byte-level BPE.
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    control = [t for t, ty in zip(tokens, types) if ty == 3]  # llama.cpp CONTROL tokens
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+
+    def token(key):
+        idx = gguf_field(reader, key)
+        return tokens[int(idx)] if idx is not None else None
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=token("tokenizer.ggml.bos_token_id"),
+        eos_token=token("tokenizer.ggml.eos_token_id"),
+        unk_token=token("tokenizer.ggml.unknown_token_id"),
+        pad_token=token("tokenizer.ggml.padding_token_id"), padding_side="right")
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict matching
+def plan_import(mappings: list[Mapping], unused_patterns: Iterable[str],
+                checkpoint_names: Iterable[str], param_shapes: dict[str, tuple[int, ...]],
+                where: str) -> list[str]:
+    """Check names both ways before reading any tensor. Returns the unused names found.
+
+    param_shapes: dotted parameter path -> full shape (with the layer axis for stacked ones).
+    """
+    names = set(checkpoint_names)
+    by_source = {}
+    for mp in mappings:
+        if mp.source in by_source:
+            raise WeightImportError(f"name map lists {mp.source!r} twice")
+        by_source[mp.source] = mp
+    unused_re = [re.compile(p) for p in unused_patterns]
+    missing = sorted(set(by_source) - names)
+    extra = sorted(n for n in names - set(by_source)
+                   if not any(r.search(n) for r in unused_re))
+    unused = sorted(n for n in names - set(by_source) if any(r.search(n) for r in unused_re))
+    targets = {mp.target for mp in mappings}
+    unknown_targets = sorted(targets - set(param_shapes))
+    fresh_re = [re.compile(p) for p in FRESH_PARAM_PATTERNS]
+    unloaded = sorted(p for p in param_shapes
+                      if p not in targets and not any(r.search(p) for r in fresh_re))
+    problems = []
+    if missing:
+        problems.append(f"missing from the checkpoint: {_short(missing)}")
+    if extra:
+        problems.append(f"unexpected tensors in the checkpoint: {_short(extra)}")
+    if unknown_targets:
+        problems.append(f"name map targets that the model lacks: {_short(unknown_targets)}")
+    if unloaded:
+        problems.append(f"model parameters neither loaded nor allowed fresh: {_short(unloaded)}")
+    if problems:
+        raise WeightImportError(f"{where}: " + "; ".join(problems))
+    return unused
+
+
+def _short(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def read_params(mappings: list[Mapping], source: TensorSource,
+                param_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype],
+                where: str) -> dict[str, np.ndarray]:
+    """Read and transform every mapped tensor into host arrays shaped like the parameters."""
+    out: dict[str, np.ndarray] = {}
+    for mp in mappings:
+        shape = param_shapes[mp.target]
+        value = mp.transform(source.get(mp.source))
+        want = shape[1:] if mp.layer is not None else shape
+        if tuple(value.shape) != tuple(want):
+            raise WeightImportError(
+                f"{where}: tensor {mp.source!r} has shape {tuple(value.shape)} after mapping "
+                f"to {mp.target!r}, which expects {tuple(want)}")
+        if mp.layer is None:
+            out[mp.target] = value.astype(dtypes[mp.target])
+        else:
+            if mp.target not in out:
+                out[mp.target] = np.zeros(shape, dtypes[mp.target])
+            out[mp.target][mp.layer] = value
+    return out
+
+
+def hf_config_from_folder(folder: pathlib.Path, pooling: str | None = None) -> ArchConfig:
+    path = pathlib.Path(folder) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: a Hugging Face model folder needs config.json")
+    hf = json.loads(path.read_text())
+    if pooling is None:
+        pooling = sentence_transformers_pooling(pathlib.Path(folder))
+    return from_hf_config(hf, pooling=pooling)
+
+
+def sentence_transformers_pooling(folder: pathlib.Path) -> str | None:
+    """Pooling declared by a sentence-transformers folder (1_Pooling/config.json), if any."""
+    path = folder / "1_Pooling" / "config.json"
+    if not path.exists():
+        return None
+    cfg = json.loads(path.read_text())
+    if cfg.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if cfg.get("pooling_mode_cls_token"):
+        return "first"
+    raise ValueError(f"{path}: only mean or CLS pooling is supported, got {cfg}")
