@@ -61,6 +61,16 @@ class ModelBundle:
     lora: LoraConfig | None
     mesh: Any
     unused: list[str] = dataclasses.field(default_factory=list)
+    build_args: dict = dataclasses.field(default_factory=dict)
+
+    def init_trainable(self, key):
+        """Fresh trainable parameters (head, LoRA factors; everything for `full`) drawn from
+        `key`, sharded like the model's. Compiled once per architecture."""
+        a = self.build_args
+        init = _compiled_trainable_init(self.config, a["num_labels"], self.lora,
+                                        a["param_dtype"], a["compute_dtype"], a["remat"],
+                                        self.mesh, a["rules"], self.trainable)
+        return init(key)
 
     def split(self):
         """(graphdef, trainable state, frozen state) for pure training steps."""
@@ -119,7 +129,9 @@ def build_model(cfg: ArchConfig, *, num_labels=2, dtype="float32", compute_dtype
     graphdef, init = _compiled_init(cfg, num_labels, lora, jnp.dtype(param_dtype).name,
                                     compute_dtype, remat, mesh, freeze_rules(rules))
     state = init(jax.random.key(seed))
-    return nnx.merge(graphdef, state), lora, mesh
+    args = dict(num_labels=num_labels, param_dtype=jnp.dtype(param_dtype).name,
+                compute_dtype=compute_dtype, remat=remat, rules=freeze_rules(rules))
+    return nnx.merge(graphdef, state), lora, mesh, args
 
 
 @functools.lru_cache(maxsize=16)
@@ -137,6 +149,23 @@ def _compiled_init(cfg, num_labels, lora, param_dtype, compute_dtype, remat, mes
     shardings = state_shardings(abstract_state, mesh, rules)
     init = jax.jit(lambda key: nnx.state(create(key)), out_shardings=shardings)
     return graphdef, init
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_trainable_init(cfg, num_labels, lora, param_dtype, compute_dtype, remat, mesh,
+                             rules, scope):
+    """Jitted init(key) -> trainable state only; XLA drops the unused base-weight draws."""
+    cls = _model_class(cfg)
+    filt = trainable_filter(scope)
+
+    def create(key):
+        return cls(cfg, num_labels=num_labels, lora=lora, dtype=jnp.dtype(param_dtype),
+                   compute_dtype=compute_dtype, remat=remat, rngs=nnx.Rngs(params=key))
+
+    abstract = nnx.eval_shape(lambda: create(jax.random.key(0)))
+    _, abstract_train, _ = nnx.split(abstract, filt, ...)
+    shardings = state_shardings(abstract_train, mesh, rules)
+    return jax.jit(lambda key: nnx.split(create(key), filt, ...)[1], out_shardings=shardings)
 
 
 def _flat_params(model) -> dict[str, nnx.Variable]:
@@ -175,8 +204,9 @@ def load_pretrained(source: str | pathlib.Path, *, num_labels: int = 2,
         cfg = TINY_CONFIGS[name]
         if pooling:
             cfg = dataclasses.replace(cfg, pooling=pooling)
-        model, lora_cfg, mesh = build_model(cfg, **kw)
-        return ModelBundle(model, byte_tokenizer(), cfg, src, trainable, lora_cfg, mesh)
+        model, lora_cfg, mesh, args = build_model(cfg, **kw)
+        return ModelBundle(model, byte_tokenizer(), cfg, src, trainable, lora_cfg, mesh,
+                           build_args=args)
 
     from scalable_elicitation import assets
 
@@ -212,7 +242,7 @@ def _load_hf_folder(path: pathlib.Path, *, pooling, **kw) -> ModelBundle:
     from transformers import AutoTokenizer
 
     cfg = W.hf_config_from_folder(path, pooling)
-    model, lora_cfg, mesh = build_model(cfg, **kw)
+    model, lora_cfg, mesh, args = build_model(cfg, **kw)
     family_map = W.llama_hf_map if cfg.family == "llama" else W.bert_hf_map
     mappings, unused_patterns = family_map(cfg)
     source = W.SafetensorsSource(path, cfg.family)
@@ -222,7 +252,7 @@ def _load_hf_folder(path: pathlib.Path, *, pooling, **kw) -> ModelBundle:
     if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     return ModelBundle(model, tokenizer, cfg, str(path), kw["trainable"], lora_cfg, mesh,
-                       unused)
+                       unused, args)
 
 
 def _load_gguf(path: pathlib.Path, *, pooling, **kw) -> ModelBundle:
@@ -234,12 +264,12 @@ def _load_gguf(path: pathlib.Path, *, pooling, **kw) -> ModelBundle:
     cfg, arch = W.gguf_config(reader)
     if pooling:
         cfg = dataclasses.replace(cfg, pooling=pooling)
-    model, lora_cfg, mesh = build_model(cfg, **kw)
+    model, lora_cfg, mesh, args = build_model(cfg, **kw)
     mappings, unused_patterns = W.llama_gguf_map(cfg, arch)
     unused = _load_into(model, mappings, unused_patterns, W.GGUFSource(reader), str(path), mesh,
                         kw["rules"])
     return ModelBundle(model, W.gguf_tokenizer(reader), cfg, str(path), kw["trainable"],
-                       lora_cfg, mesh, unused)
+                       lora_cfg, mesh, unused, args)
 
 
 def byte_tokenizer():

@@ -98,6 +98,8 @@ def _is_var(x) -> bool:
 def state_specs(state, mesh: Mesh, rules=DEFAULT_RULES):
     """PartitionSpecs for an NNX State (or abstract state), from each Variable's `axes`."""
     def one(v):
+        if not isinstance(v, nnx.Variable):  # plain arrays (e.g. a probe's head): replicated
+            return P()
         axes = v.get_metadata().get(AXES_KEY)
         shape = v.value.shape
         if axes is None:

@@ -1,0 +1,129 @@
+r"""Cost sweep: budgets x oracle spending fractions x seeds, sequential SFT (SPEC sections 2, 6).
+
+The embedded offline default (2 CPU cores, about 20 minutes): SmolLM2-135M-Instruct as the
+strong model, trained as a linear probe on cached last-token features; weak labels from a
+MiniLM probe trained on 32 ground-truth tweets (excluded from the pools); the crowd-labelled
+tweet sentiment task. Run it with:
+
+  python -m scalable_elicitation.main --config=configs/cost_sweep.py --workdir=workdir
+
+Presets go after the colon as comma-separated key=value pairs and bare flags:
+
+  --config=configs/cost_sweep.py:smoke                       # tiny random model, < 1 minute
+  --config=configs/cost_sweep.py:model=smollm2,task=tweet_sentiment,lora   # LoRA finetuning
+  --config=configs/cost_sweep.py:study                       # the study's grid and schedule
+
+Every other knob is an override: --config.train.lr=1e-3 --config.prices.weak=0.01
+"""
+import ml_collections
+
+from scalable_elicitation import budget as budget_lib
+
+MODELS = {"smollm2": "smollm2", "minilm": "minilm", "tiny": "tiny:llama"}
+PRESET_FLAGS = ("smoke", "lora", "study")
+
+
+def parse_arg(arg):
+    """'a=1,b,c=x' -> {'a': '1', 'b': True, 'c': 'x'}; unknown keys fail loudly."""
+    out = {}
+    for part in filter(None, (arg or "").split(",")):
+        key, eq, value = part.partition("=")
+        out[key.strip()] = value.strip() if eq else True
+    allowed = {"model", "task"} | set(PRESET_FLAGS)
+    unknown = sorted(set(out) - allowed)
+    if unknown:
+        raise ValueError(f"configs/cost_sweep.py: unknown preset {unknown}; allowed: "
+                         f"{sorted(allowed)}")
+    return out
+
+
+def get_config(arg=None):
+    opts = parse_arg(arg)
+    c = ml_collections.ConfigDict()
+    c.task = "tweet_sentiment"
+    c.task_options = ml_collections.ConfigDict({"min_confidence": 0.9})
+    c.n_test = 300
+    c.model = "smollm2"
+    c.trainable = "head"  # linear probe on cached features: the CPU default (see README)
+    c.dtype = "float32"  # measured faster than bfloat16 on CPU; use bfloat16 on GPU/TPU
+    c.lora = ml_collections.ConfigDict({"rank": 8, "alpha": 8.0, "dropout": 0.0})
+    c.max_length = 64
+    c.length_buckets = (32, 64)
+    c.remat = False
+    c.method = "seq_sft"
+    c.loss = "xent"
+    c.oracle_share = 0.5
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 32
+    c.train.lr = 3e-3  # probe lr, picked by benchmarks/lr_sweep.py on validation data
+    c.train.max_visits = 30000  # the study's example-visit cap per stage
+    c.train.small_stage_visits = 3000
+    c.train.eval_every = 50
+    c.train.patience = 4
+    c.train.min_delta = 0.01
+
+    c.labeler = ml_collections.ConfigDict()
+    c.labeler.kind = "model"
+    c.labeler.source = "minilm"
+    c.labeler.n_train = 32
+    c.labeler.trainable = "head"
+    c.labeler.lr = 1e-2
+    c.labeler.epochs = 3.0
+    c.labeler.batch_size = 32
+    c.labeler.max_length = 64
+    c.labeler.rate = 0.3  # used when kind = noise
+    c.labeler.soft = False
+
+    c.prices = ml_collections.ConfigDict({"oracle": "1", "weak": "0.1"})
+    c.budgets = (8, 32, 128, 512)
+    c.fractions = ("0", "0.5", "1")
+    c.seeds = 1
+    c.seed_offset = 0
+    c.seed_rule = "fixed"  # fixed: `seeds` per point; study: 3, or 7 for tiny stages
+
+    if "model" in opts:
+        c.model = MODELS.get(opts["model"], opts["model"])
+    if "task" in opts:
+        c.task = opts["task"]
+    if opts.get("lora"):
+        c.trainable = "lora"
+        c.train.lr = 5e-4
+        c.train.max_visits = 1024
+    if opts.get("study"):
+        c.budgets = (8, 16, 64, 256, 512, 1024, 4096, 8192)
+        c.fractions = ("0", "0.05", "0.2", "0.4", "0.6", "0.8", "0.95", "1")
+        c.seed_rule = "study"
+        c.n_test = 1000
+        c.trainable = "lora"
+        c.train.max_visits = 30000
+    if opts.get("smoke"):
+        c.model = "tiny:llama"
+        c.trainable = "lora"
+        c.task_options = ml_collections.ConfigDict({"min_confidence": 0.9, "max_train": 160})
+        c.n_test = 32
+        c.max_length = 32
+        c.length_buckets = (32,)
+        c.train.lr = 3e-3
+        c.train.max_visits = 64
+        c.train.small_stage_visits = 32
+        c.train.eval_every = 1
+        c.labeler.kind = "noise"
+        c.budgets = (2, 8)
+        c.fractions = ("0", "0.5", "1")
+    return c
+
+
+def sweep(add, config):
+    """One grid point per (budget, fraction, seed); runs buying equal counts are merged later."""
+    prices = budget_lib.Prices.of(config.prices.oracle, config.prices.weak)
+    for b in config.budgets:
+        for f in config.fractions:
+            point = budget_lib.labels_for(b, f, prices)
+            if config.seed_rule == "study":
+                seeds = budget_lib.study_seeds()(point.n_weak, point.n_oracle)
+            else:
+                seeds = range(config.seeds)
+            for s in seeds:
+                add(budget=b, fraction=f, seed=config.seed_offset + s)

@@ -1,0 +1,107 @@
+"""Cost model (SPEC section 2), in exact arithmetic.
+
+Prices are normalised so one oracle label costs 1. A grid point (budget B, oracle spending
+fraction f) buys n_oracle = floor(f B / p_oracle) oracle labels and spends the rest on weak ones:
+n_weak = floor((B - n_oracle p_oracle) / p_weak). Floats would floor 0.3 / 0.1 to 2, so every
+number passes through `fractions.Fraction` from its decimal string.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+from typing import Iterable, Sequence
+
+
+def exact(x) -> Fraction:
+    """A Fraction from an int, a Fraction, a decimal string or a float (read as its shortest
+    decimal repr, so 0.1 means 1/10)."""
+    if isinstance(x, Fraction):
+        return x
+    if isinstance(x, bool):
+        raise ValueError(f"price or budget {x!r} is not a number")
+    if isinstance(x, int):
+        return Fraction(x)
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            raise ValueError(f"price or budget {x!r} is not finite")
+        return Fraction(repr(x))
+    if isinstance(x, str):
+        try:
+            return Fraction(x.strip())
+        except ValueError:
+            raise ValueError(f"{x!r} is not a number (use e.g. '0.1' or '1/10')") from None
+    raise ValueError(f"{x!r} of type {type(x).__name__} is not a number")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prices:
+    oracle: Fraction
+    weak: Fraction
+
+    @classmethod
+    def of(cls, oracle, weak) -> "Prices":
+        o, w = exact(oracle), exact(weak)
+        if o <= 0 or w <= 0:
+            raise ValueError(f"prices must be positive, got oracle={oracle}, weak={weak}")
+        return cls(o, w)
+
+    def cost(self, n_oracle: int, n_weak: int) -> Fraction:
+        return n_oracle * self.oracle + n_weak * self.weak
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPoint:
+    budget: Fraction
+    fraction: Fraction
+    n_oracle: int
+    n_weak: int
+
+
+def labels_for(budget, fraction, prices: Prices) -> GridPoint:
+    """The labels a grid point buys. Total cost never exceeds the budget."""
+    b, f = exact(budget), exact(fraction)
+    if b < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    if not 0 <= f <= 1:
+        raise ValueError(f"oracle fraction must be in [0, 1], got {fraction}")
+    n_oracle = math.floor(f * b / prices.oracle)
+    n_weak = math.floor((b - n_oracle * prices.oracle) / prices.weak)
+    assert prices.cost(n_oracle, n_weak) <= b  # invariant of the floors above
+    return GridPoint(b, f, n_oracle, n_weak)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One run of the grid: the (n_weak, n_oracle) it buys, the grid points it serves."""
+
+    n_weak: int
+    n_oracle: int
+    budget: Fraction
+    fractions: tuple[Fraction, ...]
+    seed: int
+
+
+def plan_grid(budgets: Iterable, fractions: Iterable, prices: Prices,
+              seeds_for: "callable[[int, int], Sequence[int]]") -> list[PlannedRun]:
+    """Expand budgets x fractions into runs; points that buy the same counts at the same budget
+    are one run listing every fraction it serves. `seeds_for(n_weak, n_oracle)` gives the seeds
+    (the study used 3, and 7 where the smaller non-empty stage has at most 10 labels)."""
+    merged: dict[tuple, list[Fraction]] = {}
+    for b in budgets:
+        for f in fractions:
+            p = labels_for(b, f, prices)
+            merged.setdefault((p.budget, p.n_weak, p.n_oracle), []).append(p.fraction)
+    runs = []
+    for (b, n_weak, n_oracle), fs in merged.items():
+        for seed in seeds_for(n_weak, n_oracle):
+            runs.append(PlannedRun(n_weak, n_oracle, b, tuple(sorted(fs)), seed))
+    return runs
+
+
+def study_seeds(n_seeds: int = 3, n_seeds_small: int = 7, small: int = 10):
+    """The study's seed rule as a `seeds_for` function."""
+    def seeds_for(n_weak: int, n_oracle: int) -> range:
+        sizes = [n for n in (n_weak, n_oracle) if n > 0]
+        return range(n_seeds_small if sizes and min(sizes) <= small else n_seeds)
+    return seeds_for

@@ -1,0 +1,126 @@
+"""A model ready to learn: the loaded weights, compiled steps, and how examples become batches
+(token ids, or cached pooled features when only the head trains).
+
+Built once per sweep and shared by every run, so weights are read, steps compiled and
+features computed once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import tempfile
+
+import jax
+import numpy as np
+from flax import nnx
+
+from scalable_elicitation.models import LoraConfig, load_pretrained
+from scalable_elicitation.models import layers as L
+from scalable_elicitation.models.sharding import data_parallel_size, make_mesh
+from scalable_elicitation.stage import BatchSpec, Encoded, Features, encode, to_global
+from scalable_elicitation.train import Steps
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    source: str
+    trainable: str = "lora"  # lora | full | head (head: a linear probe on cached features)
+    dtype: str = "float32"
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_dropout: float = 0.0
+    max_length: int = 64
+    buckets: tuple[int, ...] = (32, 64)
+    batch_size: int = 32
+    mesh: tuple[tuple[str, int], ...] = (("data", -1),)
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.max_length > max(self.buckets):
+            raise ValueError(f"max_length={self.max_length} exceeds the largest length bucket "
+                             f"{max(self.buckets)}; add a bucket >= max_length")
+
+
+class Learner:
+    def __init__(self, cfg: LearnerConfig, cache_dir: str | os.PathLike | None = None):
+        self.cfg = cfg
+        mesh = make_mesh(dict(cfg.mesh))
+        dp = data_parallel_size(mesh)
+        if cfg.batch_size % dp:
+            raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the "
+                             f"data-parallel size {dp} of mesh {dict(mesh.shape)}")
+        lora = (LoraConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+                if cfg.trainable == "lora" else None)
+        self.bundle = load_pretrained(cfg.source, dtype=cfg.dtype, lora=lora,
+                                      trainable=cfg.trainable, mesh=mesh, remat=cfg.remat)
+        tok = self.bundle.tokenizer
+        if tok is None:
+            raise ValueError(f"model {cfg.source!r} has no tokenizer files")
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        if pad is None:
+            raise ValueError(f"tokenizer of {cfg.source!r} has neither a pad nor an eos token")
+        self.spec = BatchSpec(cfg.batch_size, tuple(sorted(cfg.buckets)), int(pad))
+        self.probe = cfg.trainable == "head"
+        if self.probe:
+            self.steps = Steps.for_probe(self.bundle.config.hidden_size, 2, mesh)
+            model = self.bundle.model
+            how = self.bundle.config.pooling
+            self._features_fn = nnx.jit(
+                lambda m, ids, mask: L.pool(m.hidden(ids, mask), mask, how))
+            self._model = model
+        else:
+            self.steps = Steps.for_model(self.bundle)
+        self._cache: dict[str, np.ndarray] = {}
+        self._cache_path = None
+        if cache_dir is not None and self.probe:
+            name = "".join(c if c.isalnum() else "_" for c in cfg.source)[-60:]
+            self._cache_path = (pathlib.Path(cache_dir) / "features" /
+                                f"{name}-{cfg.dtype}-len{cfg.max_length}.npz")
+            if self._cache_path.exists():
+                with np.load(self._cache_path) as f:
+                    self._cache = dict(zip(f["ids"].tolist(), f["features"]))
+
+    @property
+    def tokenizer(self):
+        return self.bundle.tokenizer
+
+    def data(self, ids, texts):
+        """Inputs for these examples: token ids, or cached pooled features for a probe."""
+        enc = encode(self.tokenizer, texts, self.cfg.max_length)
+        if not self.probe:
+            return enc
+        ids = [str(i) for i in ids]
+        missing = [k for k, i in enumerate(ids) if i not in self._cache]
+        if missing:
+            feats = self._compute(enc.take(missing))
+            for k, f in zip(missing, feats):
+                self._cache[ids[k]] = f
+            self._save_cache()
+        return Features(np.stack([self._cache[i] for i in ids]) if ids else
+                        np.zeros((0, self.bundle.config.hidden_size), np.float32),
+                        enc.truncated)
+
+    def _compute(self, enc: Encoded) -> np.ndarray:
+        spec = self.spec
+        order = np.argsort(enc.lengths(), kind="stable")
+        out = np.zeros((len(enc), self.bundle.config.hidden_size), np.float32)
+        for start in range(0, len(order), spec.batch_size):
+            idx = order[start:start + spec.batch_size]
+            b = enc.batch(idx, np.zeros(len(idx)), np.ones(len(idx)), spec)
+            g = to_global({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]},
+                          self.steps.mesh)
+            f = self._features_fn(self._model, g["input_ids"], g["attention_mask"])
+            out[idx] = np.asarray(jax.device_get(f), np.float32)[:len(idx)]
+        return out
+
+    def _save_cache(self):
+        if self._cache_path is None or jax.process_index() != 0:
+            return
+        self._cache_path.parent.mkdir(parents=True, exist_ok=True)
+        ids = np.asarray(list(self._cache), dtype="<U16")
+        feats = np.stack(list(self._cache.values()))
+        fd, tmp = tempfile.mkstemp(dir=self._cache_path.parent, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, ids=ids, features=feats)
+        os.replace(tmp, self._cache_path)

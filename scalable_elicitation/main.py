@@ -1,0 +1,85 @@
+r"""Main job: run a config's whole sweep in-process and draw the first frontier figure.
+
+  python -m scalable_elicitation.main --config=configs/cost_sweep.py --workdir=workdir
+  python -m scalable_elicitation.main --config=configs/cost_sweep.py:smoke --workdir=/tmp/w \
+      --config.train.lr=1e-3
+
+Records go to WORKDIR/runs/RUN_ID/result.json; a killed sweep resumes where it stopped.
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (records, caches, figures).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the planned runs and their status only.")
+
+
+def sweep_points(config_path: str, config) -> list[dict]:
+    """Grid points from the config file's `sweep(add, config)`, or one point if it has none."""
+    path = config_path.split(":", 1)[0]
+    spec = importlib.util.spec_from_file_location("_sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    points: list[dict] = []
+    if hasattr(module, "sweep"):
+        module.sweep(lambda **kw: points.append(kw), config)
+    return points
+
+
+def run_sweep(config, workdir, points, *, dry_run=False, out=print) -> list[dict]:
+    """Run (or list) every planned run; returns the records."""
+    from tqdm import tqdm
+
+    from scalable_elicitation import runner as runner_lib
+    from scalable_elicitation.plots import frontier_figure
+
+    sweep = runner_lib.Sweep(config, workdir)
+    specs = sweep.plan(points)
+    if dry_run:
+        for s in specs:
+            cost = float(sweep.prices.cost(s.n_oracle, s.n_weak))
+            out(f"{sweep.run_dir(s).name} {config.method} n_weak={s.n_weak} "
+                f"n_oracle={s.n_oracle} cost={cost:g} seed={s.seed} {sweep.status(s)}")
+        return []
+    bar = tqdm(specs, desc="runs", unit="run", file=sys.stderr)
+    sweep.progress = lambda msg: bar.set_postfix_str(msg, refresh=False)
+    recs = []
+    for s in bar:
+        rec = sweep.run(s)
+        recs.append(rec)
+        acc = (rec.get("metrics") or {}).get("accuracy")
+        bar.write(f"run {rec['run_id']} n_weak={s.n_weak} n_oracle={s.n_oracle} seed={s.seed}: "
+                  f"{rec['status']}" + (f" accuracy={acc:.3f}" if acc is not None else "")
+                  + (f" ({rec.get('error')})" if rec["status"] != "ok" else ""),
+                  file=sys.stderr)
+    frontier_figure(recs, pathlib.Path(workdir) / "frontier.png")
+    return recs
+
+
+def main(argv):
+    del argv
+    if _WORKDIR.value is None:
+        raise app.UsageError("--workdir is required")
+    config = _CONFIG.value
+    points = sweep_points(flags.FLAGS["config"].config_filename, config)
+    if not points:
+        raise app.UsageError("the config file defines no sweep(add, config)")
+    recs = run_sweep(config, _WORKDIR.value, points, dry_run=_DRY_RUN.value)
+    failed = [r for r in recs if r["status"] == "failed"]
+    if failed:
+        print(f"{len(failed)} run(s) failed; rerun the same command to retry them",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)

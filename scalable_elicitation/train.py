@@ -1,0 +1,240 @@
+"""Pure, sharded training and evaluation steps, and one training stage (SPEC section 6).
+
+The step functions are functions of arrays: `train_step(state, frozen, batch, hparams)`.
+Per-run hyperparameters (peak learning rate, warmup and total steps, loss ramps) are arrays in
+`hparams`, never Python constants, so one compiled step serves a whole sweep; shapes come from
+a fixed batch size and a few length buckets, so a sweep compiles once per bucket.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from scalable_elicitation.models import ModelBundle
+from scalable_elicitation.models.sharding import batch_sharding, state_shardings
+
+
+# ---------------------------------------------------------------------------------------------
+# State, loss, schedule
+@struct.dataclass
+class TrainState:
+    """What changes during training. Frozen base weights live outside (never donated)."""
+
+    step: jax.Array  # int32 scalar, counts from 0 in each stage
+    params: Any  # nnx.State of trainable parameters
+    opt_state: Any
+    key: jax.Array  # RNG key of the stage; in-step randomness is fold_in(key, step)
+
+
+def soft_cross_entropy(logits, targets, weights):
+    """Cross-entropy against soft targets [B, C], averaged over weighted (real) rows."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    per_example = -(targets * logp).sum(-1)
+    return (per_example * weights).sum() / jnp.maximum(weights.sum(), 1e-9)
+
+
+def logconf_targets(logits, y, weights, stage_step, ramp_steps=200.0, max_coef=0.5):
+    """Burns et al.'s log-confidence targets (SPEC section 7.4).
+
+    `p0` is the model's probability of class 0; padding rows (weight 0) are excluded from the
+    batch quantile. Threshold t = quantile(p0, mean(y)); hard self-label h = onehot(0 if p0 >= t
+    else 1); coefficient c = max_coef * min(1, stage_step / ramp_steps); target
+    (1 - c) [1 - y, y] + c stop_gradient(h).
+    """
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    p0 = probs[:, 0]
+    real = weights > 0
+    n_real = jnp.maximum(real.sum(), 1)
+    prior = jnp.where(real, y, 0.0).sum() / n_real
+    # quantile over real rows only: push padding rows to +inf so they sort last
+    sorted_p0 = jnp.sort(jnp.where(real, p0, jnp.inf))
+    pos = prior * (n_real - 1)
+    lo = jnp.floor(pos).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, n_real - 1)
+    frac = pos - lo
+    t = sorted_p0[lo] * (1 - frac) + sorted_p0[hi] * frac  # linear interpolation (numpy default)
+    h1 = jnp.where(p0 >= t, 0.0, 1.0)
+    hard = jnp.stack([1.0 - h1, h1], axis=-1)
+    coef = max_coef * jnp.minimum(1.0, stage_step / ramp_steps)
+    soft = jnp.stack([1.0 - y, y], axis=-1)
+    return (1.0 - coef) * soft + coef * jax.lax.stop_gradient(hard)
+
+
+def learning_rate(step, peak, warmup, total):
+    """Linear warmup from 0 to `peak`, then cosine to 0 at `total` (all arrays)."""
+    step = step.astype(jnp.float32)
+    warm = peak * step / jnp.maximum(warmup, 1.0)
+    progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+    cos = peak * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(step < warmup, warm, cos)
+
+
+def warmup_steps(steps_per_epoch: int) -> int:
+    """SPEC: max(2, min(40, steps_per_epoch))."""
+    return max(2, min(40, steps_per_epoch))
+
+
+def decay_mask(params):
+    """Weight decay on matrices only: not on norms and biases (1-D per layer)."""
+    def one(path, v):
+        name = str(path[-1])
+        return not (name == "bias" or "norm" in ".".join(str(p) for p in path))
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def make_optimizer(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, clip=1.0):
+    """AdamW without its learning rate: the step scales updates by the scheduled rate, so the
+    schedule can be per-run arrays."""
+    return optax.chain(
+        optax.clip_by_global_norm(clip),
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        optax.add_decayed_weights(weight_decay, mask=decay_mask),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled steps for one model
+class Steps:
+    """The jitted train/eval steps of one model on one mesh, shared by every run of a sweep.
+
+    Built by `Steps.for_model(bundle)` (finetuning through the transformer) or
+    `Steps.for_probe(...)` (a linear head on cached pooled features). `compiles` counts
+    traces of each step: one per shape bucket.
+    """
+
+    def __init__(self, *, logits_fn, params, frozen, mesh, init_params, optimizer=None):
+        self.mesh = mesh
+        self._logits_fn = logits_fn
+        self._init_params = init_params
+        self.tx = optimizer or make_optimizer()
+        self.params_sharding = state_shardings(params, mesh)
+        self.frozen_sharding = state_shardings(frozen, mesh)
+        self.frozen = frozen
+        self.compiles = {"train": 0, "eval": 0}
+        replicated = NamedSharding(mesh, P())
+        abstract = jax.eval_shape(self._init_state, params, jax.random.key(0))
+        self.state_sharding = TrainState(
+            step=replicated, params=self.params_sharding,
+            opt_state=_match_opt_sharding(abstract.opt_state, self.params_sharding, replicated),
+            key=replicated)
+        self._train = {}
+        self._eval = None
+
+    @classmethod
+    def for_model(cls, bundle: ModelBundle, optimizer=None) -> "Steps":
+        graphdef, params, frozen = bundle.split()
+
+        def logits_fn(params, frozen, batch, dropout_key=None):
+            model = nnx.merge(graphdef, params, frozen)
+            return model(batch["input_ids"], batch["attention_mask"], dropout_key=dropout_key)
+
+        return cls(logits_fn=logits_fn, params=params, frozen=frozen, mesh=bundle.mesh,
+                   init_params=bundle.init_trainable, optimizer=optimizer)
+
+    @classmethod
+    def for_probe(cls, hidden: int, num_labels: int, mesh, optimizer=None) -> "Steps":
+        """Head-only training on cached features: batches carry `features` [B, D]."""
+        from scalable_elicitation.models.layers import HEAD_INIT_SCALE, HEAD_INIT_STD
+        sharding = NamedSharding(mesh, P())
+
+        def init_params(key):
+            w = jax.random.normal(key, (hidden, num_labels), jnp.float32)
+            return {"head": {"kernel": jax.device_put(w * HEAD_INIT_STD * HEAD_INIT_SCALE,
+                                                      sharding)}}
+
+        def logits_fn(params, frozen, batch, dropout_key=None):
+            return batch["features"].astype(jnp.float32) @ params["head"]["kernel"]
+
+        params = jax.eval_shape(init_params, jax.random.key(0))
+        return cls(logits_fn=logits_fn, params=params, frozen={}, mesh=mesh,
+                   init_params=init_params, optimizer=optimizer)
+
+    # -- state ----------------------------------------------------------------------------
+    def _init_state(self, params, key):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=self.tx.init(params), key=key)
+
+    def init_state(self, params, key) -> TrainState:
+        """A fresh optimizer and step counter around `params` (each stage starts so)."""
+        fn = jax.jit(self._init_state, out_shardings=self.state_sharding)
+        return fn(params, key)
+
+    def fresh_params(self, key):
+        """Newly initialised trainable parameters (head, LoRA) for a run."""
+        return self._init_params(key)
+
+    # -- forward ----------------------------------------------------------------------------
+    def _logits(self, params, frozen, batch, dropout_key=None):
+        return self._logits_fn(params, frozen, batch, dropout_key)
+
+    def _train_step(self, loss_kind, state: TrainState, frozen, batch, hp):
+        self.compiles["train"] += 1  # runs at trace time only
+        key = jax.random.fold_in(state.key, state.step)
+
+        def loss_fn(params):
+            logits = self._logits(params, frozen, batch, dropout_key=key)
+            y, w = batch["target"], batch["weight"]
+            if loss_kind == "logconf":
+                targets = logconf_targets(logits, y, w, state.step.astype(jnp.float32),
+                                          hp["logconf_ramp"], hp["logconf_coef"])
+            else:
+                targets = jnp.stack([1.0 - y, y], axis=-1)
+            return soft_cross_entropy(logits, targets, w)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        lr = learning_rate(state.step, hp["lr"], hp["warmup"], hp["total"])
+        params = jax.tree.map(lambda p, u: p - (lr * u).astype(p.dtype), state.params, updates)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new, {"loss": loss, "lr": lr, "grad_norm": optax.global_norm(grads)}
+
+    def train_step(self, state, batch, hp, loss_kind="xent"):
+        if loss_kind not in self._train:
+            import functools
+            batch_sh = {k: batch_sharding(self.mesh, v.ndim) for k, v in batch.items()}
+            self._train[loss_kind] = jax.jit(
+                functools.partial(self._train_step, loss_kind),
+                in_shardings=(self.state_sharding, self.frozen_sharding, batch_sh, None),
+                out_shardings=(self.state_sharding, None),
+                donate_argnums=(0,))
+        return self._train[loss_kind](state, self.frozen, batch, hp)
+
+    def _eval_step(self, params, frozen, batch):
+        self.compiles["eval"] += 1
+        logits = self._logits(params, frozen, batch)
+        return logits[:, 1] - logits[:, 0]  # score: logit difference
+
+    def scores(self, params, batch):
+        if self._eval is None:
+            self._eval = jax.jit(self._eval_step)
+        return self._eval(params, self.frozen, batch)
+
+
+def _match_opt_sharding(opt_state, params_sharding, replicated):
+    """Optimizer-state leaves shaped like the params get the params' shardings."""
+    flat_params = jax.tree.leaves(params_sharding)
+
+    def match(sub):
+        leaves = jax.tree.leaves(sub)
+        if len(leaves) == len(flat_params):
+            return jax.tree.unflatten(jax.tree.structure(sub), flat_params)
+        return jax.tree.map(lambda _: replicated, sub)
+
+    def walk(node):
+        # optax states are (named) tuples of sub-states; ScaleByAdamState has mu/nu like params
+        if hasattr(node, "_fields") and hasattr(node, "mu"):
+            return node._replace(mu=match(node.mu), nu=match(node.nu),
+                                 count=replicated)
+        if isinstance(node, tuple) and not hasattr(node, "_fields"):
+            return tuple(walk(n) for n in node)
+        return jax.tree.map(lambda _: replicated, node)
+
+    return walk(opt_state)

@@ -1,0 +1,156 @@
+"""Training mechanics and the sweep runner on the smoke config (tiny random model)."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scalable_elicitation import runner as R
+from scalable_elicitation.main import run_sweep, sweep_points
+from scalable_elicitation.train import learning_rate, logconf_targets, soft_cross_entropy
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "cost_sweep.py")
+
+
+def smoke_config(**overrides):
+    sys.path.insert(0, str(ROOT / "configs"))
+    import cost_sweep
+    c = cost_sweep.get_config("smoke")
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+def test_soft_cross_entropy_masks_padding():
+    logits = jnp.array([[0.0, 1.0], [2.0, 0.0], [5.0, -5.0]])
+    targets = jnp.array([[0.3, 0.7], [1.0, 0.0], [0.0, 1.0]])
+    w = jnp.array([1.0, 1.0, 0.0])
+    logp = jax.nn.log_softmax(logits)
+    expect = -(targets[:2] * logp[:2]).sum(-1).mean()
+    np.testing.assert_allclose(soft_cross_entropy(logits, targets, w), expect, rtol=1e-6)
+
+
+def test_logconf_target_matches_hand_computation():
+    logits = jnp.log(jnp.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.5, 0.5]]))
+    y = jnp.array([1.0, 1.0, 0.0, 0.0, 1.0])
+    w = jnp.array([1.0, 1.0, 1.0, 1.0, 0.0])  # last row is padding
+    out = logconf_targets(logits, y, w, stage_step=100.0)
+    p0 = np.array([0.9, 0.2, 0.6, 0.3])
+    t = np.quantile(p0, 0.5)  # prior = mean(y) over real rows = 0.5
+    h1 = np.where(p0 >= t, 0.0, 1.0)
+    c = 0.5 * min(1.0, 100 / 200)
+    expect = (1 - c) * np.stack([1 - y[:4], y[:4]], -1) + c * np.stack([1 - h1, h1], -1)
+    np.testing.assert_allclose(np.asarray(out[:4]), expect, rtol=1e-5)
+
+
+def test_learning_rate_warmup_then_cosine_to_zero():
+    lr = [float(learning_rate(jnp.int32(s), 1.0, 4.0, 20.0)) for s in range(21)]
+    assert lr[0] == 0.0 and abs(lr[2] - 0.5) < 1e-6 and abs(lr[4] - 1.0) < 1e-6
+    assert abs(lr[20]) < 1e-6 and all(a >= b for a, b in zip(lr[4:], lr[5:]))
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    config = smoke_config()
+    workdir = tmp_path_factory.mktemp("smoke")
+    recs = run_sweep(config, workdir, sweep_points(CONFIG, config), out=lambda *_: None)
+    return config, workdir, recs
+
+
+def test_smoke_sweep_records_and_costs(smoke_sweep):
+    config, workdir, recs = smoke_sweep
+    assert recs and all(r["status"] == "ok" for r in recs)
+    assert (workdir / "frontier.png").stat().st_size > 1000
+    for r in recs:
+        on_disk = json.loads((workdir / "runs" / r["run_id"] / "result.json").read_text())
+        assert on_disk["run_id"] == r["run_id"]
+        ledger = json.loads((workdir / "runs" / r["run_id"] / "ledger.json").read_text())
+        assert (len(ledger["weak"]), len(ledger["oracle"])) == (r["n_weak"], r["n_oracle"])
+        assert r["cost"] == pytest.approx(r["n_oracle"] * 1 + r["n_weak"] * 0.1)
+        used = sum(s["n_train"] + s["n_val"] for s in r["stages"]) + r["n_shots"]
+        assert used == r["n_weak"] + r["n_oracle"]
+        assert (r["planned"]["weak"], r["planned"]["oracle"]) == (r["n_weak"], r["n_oracle"])
+        assert 0.0 <= r["metrics"]["accuracy"] <= 1.0
+        # validation labels count: stages with >= 10 labels carve some out
+        for s in r["stages"]:
+            assert (s["n_val"] > 0) == (s["n_train"] + s["n_val"] >= 10)
+
+
+def test_rerun_skips_done_runs_and_matches(smoke_sweep):
+    config, workdir, recs = smoke_sweep
+    again = run_sweep(config, workdir, sweep_points(CONFIG, config), out=lambda *_: None)
+    assert [r["wall_s"] for r in again] == [r["wall_s"] for r in recs]  # read back, not rerun
+    runs = list((workdir / "runs").iterdir())
+    assert len(runs) == len(recs)  # nothing duplicated
+
+
+def test_same_seed_same_metrics_different_seed_different_labels(smoke_sweep, tmp_path):
+    config, _, recs = smoke_sweep
+    points = [p for p in sweep_points(CONFIG, config) if p["budget"] == 8]
+    fresh = run_sweep(config, tmp_path / "a", points, out=lambda *_: None)
+    by_id = {r["run_id"]: r for r in recs}
+    for r in fresh:
+        assert r["metrics"] == by_id[r["run_id"]]["metrics"]
+        assert r["stages"] == by_id[r["run_id"]]["stages"]
+    config2 = smoke_config(seed_offset=1)
+    other = run_sweep(config2, tmp_path / "b", points=[dict(p, seed=1) for p in points],
+                      out=lambda *_: None)
+    for r0, r1 in zip(fresh, other):
+        if r0["n_oracle"] > 0:
+            l0 = json.loads((tmp_path / "a" / "runs" / r0["run_id"] / "ledger.json").read_text())
+            l1 = json.loads((tmp_path / "b" / "runs" / r1["run_id"] / "ledger.json").read_text())
+            assert l0["oracle"] != l1["oracle"]
+
+
+def test_one_compile_per_shape_across_runs(smoke_sweep, tmp_path):
+    config, _, _ = smoke_sweep
+    sweep = R.Sweep(config, tmp_path)
+    specs = sweep.plan(sweep_points(CONFIG, config))
+    for s in specs:
+        sweep.run(s)
+    # one length bucket in the smoke config: one train trace, one eval trace in all
+    assert sweep.learner.steps.compiles == {"train": 1, "eval": 1}
+    assert len({(s.n_weak, s.n_oracle) for s in specs}) >= 4
+
+
+def test_budget_larger_than_pool_is_infeasible(tmp_path):
+    config = smoke_config()
+    rec = run_sweep(config, tmp_path, [{"budget": 100000, "fraction": "0", "seed": 0}],
+                    out=lambda *_: None)[0]
+    assert rec["status"] == "infeasible"
+    assert "weak" in rec["error"] and rec["n_weak"] == 0 and rec["cost"] == 0.0
+
+
+def test_bad_config_values_fail_before_loading(tmp_path):
+    with pytest.raises(ValueError, match="config.method"):
+        R.Sweep(smoke_config(method="nope"), tmp_path)
+    with pytest.raises(ValueError, match=r"config.fractions"):
+        R.Sweep(smoke_config(fractions=("2",)), tmp_path)
+
+
+def test_unknown_task_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="config.task: unknown task 'no_such_task'"):
+        R.Sweep(smoke_config(task="no_such_task"), tmp_path)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_rejects_unknown_override_and_prints_dry_run(tmp_path):
+    base = [sys.executable, "-m", "scalable_elicitation.main", f"--workdir={tmp_path}"]
+    bad = subprocess.run(base + [f"--config={CONFIG}:smoke", "--config.train.nope=1"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "nope" in bad.stderr
+    assert "Traceback" not in bad.stderr.split("nope")[0][-2000:] or "KeyError" in bad.stderr
+    dry = subprocess.run(base + [f"--config={CONFIG}:smoke", "--dry_run"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.strip().splitlines()
+    assert len(lines) == 6 and all(line.split()[-1] == "todo" for line in lines)
