@@ -32,7 +32,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "hypothesis>=6.100", "chex>=0.1.89"],
-        "parity": ["torch>=2.4"],
+        "parity": ["torch>=2.4", "accelerate>=1.0"],  # transformers needs accelerate for GGUF
         "analysis": ["pandas>=2.1", "scipy>=1.11", "statsmodels>=0.14", "scikit-learn>=1.4"],
         "tfds": ["tensorflow-datasets>=4.9"],
         "gpu": ["jax[cuda12]>=0.6.0"],

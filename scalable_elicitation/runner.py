@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from scalable_elicitation import budget as budget_lib
+from scalable_elicitation.checkpoint import StageCheckpointer, remove_run_checkpoints
 from scalable_elicitation import labels as labels_lib
 from scalable_elicitation import records
 from scalable_elicitation.data import PoolExhaustedError, load_task, make_pools
@@ -224,6 +225,8 @@ class Sweep:
         rec["wall_s"] = round(time.time() - t0, 3)
         if jax.process_index() == 0:
             records.atomic_write_json(out / "result.json", rec)
+        if rec["status"] != "failed":
+            remove_run_checkpoints(out)
         return rec
 
     def _base_record(self, spec: RunSpec) -> dict:
@@ -276,14 +279,25 @@ class Sweep:
                 if self.progress:
                     self.progress(f"{_s} {step}/{total} loss {loss:.3f}")
 
-            result = run_stage(
-                steps, params, data.take(tr), targets[tr],
-                data.take(va) if len(va) else None, targets[va] if len(va) else None, cfg_i,
-                seed_path=[spec.seed, STREAMS["train"], index],
-                key=jax.random.fold_in(train_key, index), spec=learner.spec, source=source,
-                progress=progress)
-            params = result.params
-            stages.append(result.record)
+            ckpt = (StageCheckpointer(out / "ckpt" / f"stage{index}",
+                                      min_interval_s=c.checkpoint_interval_s)
+                    if c.checkpoint else None)
+            done = ckpt.restore_done(params) if ckpt else None
+            if done is not None:  # finished before an interruption: reuse its result
+                params, stage_record = done
+            else:
+                result = run_stage(
+                    steps, params, data.take(tr), targets[tr],
+                    data.take(va) if len(va) else None, targets[va] if len(va) else None,
+                    cfg_i, seed_path=[spec.seed, STREAMS["train"], index],
+                    key=jax.random.fold_in(train_key, index), spec=learner.spec,
+                    source=source, progress=progress, checkpoint=ckpt)
+                params, stage_record = result.params, result.record
+                if ckpt:
+                    ckpt.save_done(params, stage_record)
+            if ckpt:
+                ckpt.close()
+            stages.append(stage_record)
             ledger[source] = [str(i) for i in split["id"]]  # train + validation: all bought
         test = task.test
         test_data = learner.data(test["id"], test["text"])

@@ -141,17 +141,25 @@ class Steps:
 
     @classmethod
     def for_probe(cls, hidden: int, num_labels: int, mesh, optimizer=None) -> "Steps":
-        """Head-only training on cached features: batches carry `features` [B, D]."""
+        """Head-only training on cached features: batches carry `features` [B, D].
+
+        A frozen base cannot move the decision threshold or rescale its features, so the probe
+        standardises each feature vector (layer norm without affine parameters, a function of
+        the example alone) and has a bias; the finetuned head has neither (SPEC section 5).
+        """
         from scalable_elicitation.models.layers import HEAD_INIT_SCALE, HEAD_INIT_STD
         sharding = NamedSharding(mesh, P())
 
         def init_params(key):
             w = jax.random.normal(key, (hidden, num_labels), jnp.float32)
-            return {"head": {"kernel": jax.device_put(w * HEAD_INIT_STD * HEAD_INIT_SCALE,
-                                                      sharding)}}
+            return {"head": {
+                "kernel": jax.device_put(w * HEAD_INIT_STD * HEAD_INIT_SCALE, sharding),
+                "bias": jax.device_put(jnp.zeros((num_labels,), jnp.float32), sharding)}}
 
         def logits_fn(params, frozen, batch, dropout_key=None):
-            return batch["features"].astype(jnp.float32) @ params["head"]["kernel"]
+            x = batch["features"].astype(jnp.float32)
+            x = (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-6)
+            return x @ params["head"]["kernel"] + params["head"]["bias"]
 
         params = jax.eval_shape(init_params, jax.random.key(0))
         return cls(logits_fn=logits_fn, params=params, frozen={}, mesh=mesh,

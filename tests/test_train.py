@@ -154,3 +154,37 @@ def test_cli_rejects_unknown_override_and_prints_dry_run(tmp_path):
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.strip().splitlines()
     assert len(lines) == 6 and all(line.split()[-1] == "todo" for line in lines)
+
+
+class _Kill(KeyboardInterrupt):
+    """Stands in for a killed process: the runner re-raises it without writing a record."""
+
+
+def test_killed_run_resumes_mid_stage_with_identical_record(tmp_path):
+    config = smoke_config(checkpoint_interval_s=0.0)
+    points = [{"budget": 8, "fraction": "0.5", "seed": 0}]  # weak stage 40 labels, oracle 4
+    reference = R.Sweep(config, tmp_path / "ref")
+    (spec,) = reference.plan(points)
+    want = reference.run(spec)
+
+    sweep = R.Sweep(config, tmp_path / "killed")
+
+    def kill_at_step_2(msg):
+        if msg.startswith("weak 2/"):
+            raise _Kill()
+
+    sweep.progress = kill_at_step_2
+    with pytest.raises(_Kill):
+        sweep.run(spec)
+    run_dir = sweep.run_dir(spec)
+    assert not (run_dir / "result.json").exists()
+    assert any((run_dir / "ckpt" / "stage0").iterdir())  # a mid-stage checkpoint exists
+
+    resumed = R.Sweep(config, tmp_path / "killed")
+    seen = []
+    resumed.progress = seen.append
+    got = resumed.run(spec)
+    assert seen[0].startswith("weak 2/")  # continued after the saved step, not from step 1
+    assert got["metrics"] == want["metrics"]
+    assert got["stages"] == want["stages"]
+    assert not (run_dir / "ckpt").exists()  # checkpoints dropped once the record is written

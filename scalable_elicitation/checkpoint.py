@@ -1,0 +1,106 @@
+"""The one module that talks to Orbax: checkpoints of a run's stages, for exact resume.
+
+Layout: `RUN_DIR/ckpt/stage{i}/` holds an Orbax `CheckpointManager` for stage i. While a stage
+trains, each save holds the train state (step, trainable params, optimizer state, RNG key data),
+the best evaluation's params and the early-stopping counters. When the stage ends, its kept
+params and stage record are saved as the final step and marked done.
+
+Resume order, for each stage in turn:
+1. stage marked done -> load its kept params and record, skip training;
+2. else a mid-stage checkpoint -> restore state, best params and counters, continue at the
+   saved step (the data order is a pure function of the step, so the same batches follow);
+3. else start the stage fresh.
+Every process calls save (Orbax requires it on multi-host); writes are atomic (Orbax writes a
+temporary folder and renames it).
+"""
+from __future__ import annotations
+
+import pathlib
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+DONE_STEP = 2**31 - 1  # the final, "stage done" checkpoint
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+                        if hasattr(x, "sharding") else x, tree)
+
+
+class StageCheckpointer:
+    """Mid-stage and end-of-stage checkpoints of one stage of one run."""
+
+    def __init__(self, directory: pathlib.Path, *, min_interval_s: float = 0.0):
+        self.directory = pathlib.Path(directory)
+        self.min_interval_s = min_interval_s
+        self._last = -np.inf
+        self._manager = ocp.CheckpointManager(
+            self.directory.absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                 enable_async_checkpointing=False))
+
+    # -- mid-stage ---------------------------------------------------------------------------
+    def save(self, step: int, state, best: dict, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval_s:
+            return
+        self._last = now
+        has_best = best["params"] is not None
+        tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+                "key": jax.random.key_data(state.key),
+                "best_params": best["params"] if has_best else state.params}
+        meta = {"kind": "mid", "step": int(step), "best_metric": float(best["metric"]),
+                "best_step": int(best["step"]), "bad": int(best["bad"]), "has_best": has_best}
+        self._manager.save(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, template_state):
+        """(state, best, step) from the latest mid-stage checkpoint, or None."""
+        step = self._manager.latest_step()
+        if step is None or step == DONE_STEP:
+            return None
+        template = {"step": template_state.step, "params": template_state.params,
+                    "opt_state": template_state.opt_state,
+                    "key": jax.random.key_data(template_state.key),
+                    "best_params": template_state.params}
+        got = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(template)), meta=ocp.args.JsonRestore()))
+        tree, meta = got["state"], got["meta"]
+        state = template_state.replace(step=tree["step"], params=tree["params"],
+                                       opt_state=tree["opt_state"],
+                                       key=jax.random.wrap_key_data(tree["key"]))
+        best = {"metric": meta["best_metric"] if meta["has_best"] else -np.inf,
+                "step": meta["best_step"], "bad": meta["bad"],
+                "params": tree["best_params"] if meta["has_best"] else None}
+        return state, best, int(meta["step"])
+
+    # -- end of stage ------------------------------------------------------------------------
+    def save_done(self, params, record: dict) -> None:
+        self._manager.save(DONE_STEP, args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"params": params}),
+            meta=ocp.args.JsonSave({"kind": "done", "record": record})), force=True)
+        self._manager.wait_until_finished()
+
+    def restore_done(self, template_params):
+        """(kept params, stage record) if the stage finished, else None."""
+        if DONE_STEP not in self._manager.all_steps():
+            return None
+        got = self._manager.restore(DONE_STEP, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract({"params": template_params})),
+            meta=ocp.args.JsonRestore()))
+        return got["state"]["params"], got["meta"]["record"]
+
+    def close(self):
+        self._manager.close()
+
+
+def remove_run_checkpoints(run_dir: pathlib.Path) -> None:
+    """Drop a finished run's checkpoints (its record holds what matters)."""
+    if jax.process_index() == 0:
+        shutil.rmtree(pathlib.Path(run_dir) / "ckpt", ignore_errors=True)
