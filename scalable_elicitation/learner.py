@@ -7,6 +7,7 @@ features computed once.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pathlib
 import tempfile
@@ -87,9 +88,16 @@ class Learner:
 
     def data(self, ids, texts):
         """Inputs for these examples: token ids, or cached pooled features for a probe."""
-        enc = encode(self.tokenizer, texts, self.cfg.max_length)
+        return self.prepare(encode(self.tokenizer, texts, self.cfg.max_length), ids)
+
+    def prepare(self, enc: Encoded, ids=None):
+        """Encoded inputs as the steps take them: tokens, or (probe) cached features keyed by
+        example id or, for prompts, by a hash of the token ids."""
         if not self.probe:
             return enc
+        if ids is None:
+            ids = ["t:" + hashlib.blake2b(t.tobytes(), digest_size=8).hexdigest()
+                   for t in enc.tokens]
         ids = [str(i) for i in ids]
         missing = [k for k, i in enumerate(ids) if i not in self._cache]
         if missing:
@@ -118,9 +126,48 @@ class Learner:
         if self._cache_path is None or jax.process_index() != 0:
             return
         self._cache_path.parent.mkdir(parents=True, exist_ok=True)
-        ids = np.asarray(list(self._cache), dtype="<U16")
+        ids = np.asarray(list(self._cache), dtype="<U18")
         feats = np.stack(list(self._cache.values()))
         fd, tmp = tempfile.mkstemp(dir=self._cache_path.parent, suffix=".npz.tmp")
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, ids=ids, features=feats)
         os.replace(tmp, self._cache_path)
+
+    # -- in-context learning ----------------------------------------------------------------
+    def icl_scores(self, builder, ids, texts) -> np.ndarray:
+        """logit("1") - logit("0") at each input's last position after the shared k-shot
+        prefix, which is encoded once; its KV cache serves every batch."""
+        from scalable_elicitation.prompts import label_token_ids
+        from scalable_elicitation.stage import bucket_for
+
+        model = self.bundle.model
+        if not hasattr(model, "encode_prefix"):
+            raise ValueError(f"method icl needs a causal decoder; {self.cfg.source!r} is an "
+                             "encoder")
+        id0, id1 = label_token_ids(self.tokenizer)
+        prefix = builder.prefix()
+        plen = bucket_for(len(prefix), [64 * 2 ** i for i in range(12)])
+        p_ids = np.full((1, plen), self.spec.pad_id, np.int32)
+        p_mask = np.zeros((1, plen), np.int32)
+        p_ids[0, :len(prefix)] = prefix
+        p_mask[0, :len(prefix)] = 1
+        if not hasattr(self, "_icl_fns"):
+            self._icl_fns = (nnx.jit(lambda m, i, k: m.encode_prefix(i, k)),
+                             nnx.jit(lambda m, i, k, pre: m.last_lm_logits(i, k, prefix=pre)))
+        encode_fn, score_fn = self._icl_fns
+        cached = encode_fn(model, p_ids, p_mask)
+        suffixes = [builder.suffix(t)[0] for t in texts]
+        enc = Encoded([np.asarray(s, np.int32) for s in suffixes],
+                      np.zeros(len(suffixes), bool))
+        order = np.argsort(enc.lengths(), kind="stable")
+        out = np.zeros(len(enc), np.float32)
+        bs = self.spec.batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start:start + bs]
+            b = enc.batch(idx, np.zeros(len(idx)), np.ones(len(idx)), self.spec)
+            g = to_global({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]},
+                          self.steps.mesh)
+            logits = score_fn(model, g["input_ids"], g["attention_mask"], cached)
+            diff = np.asarray(jax.device_get(logits[:, id1] - logits[:, id0]), np.float32)
+            out[idx] = diff[:len(idx)]
+        return out

@@ -28,9 +28,17 @@ from scalable_elicitation import labels as labels_lib
 from scalable_elicitation import records
 from scalable_elicitation.data import PoolExhaustedError, load_task, make_pools
 from scalable_elicitation.learner import Learner, LearnerConfig
+from scalable_elicitation.models.sharding import data_parallel_size
+from scalable_elicitation.prompts import PromptBuilder, make_shots
 from scalable_elicitation.stage import StageConfig, predict, run_stage, split_validation
 
-METHODS = ("seq_sft",)
+METHODS = ("seq_sft", "kshot_sft", "icl", "mixture_sft")
+POINT_KEYS = ("budget", "fraction", "seed")
+
+
+class InfeasibleRun(ValueError):
+    """A run that cannot be made with what its grid point bought (e.g. fewer labels than
+    shots); recorded as `infeasible` with this message."""
 STREAMS = {"data": 1, "init": 2, "train": 3, "selection": 4}  # named RNG streams of a run
 
 
@@ -42,6 +50,7 @@ class RunSpec:
     budget: Fraction | None
     fractions: tuple[Fraction, ...]
     grid_points: tuple[tuple[Fraction, Fraction], ...] = ()
+    overrides: tuple[tuple[str, Any], ...] = ()  # per-point config overrides (method, k, ...)
 
 
 def validate(config) -> None:
@@ -54,6 +63,16 @@ def validate(config) -> None:
     need(config.trainable in ("lora", "full", "head"), "trainable",
          f"{config.trainable!r}; allowed: lora, full, head")
     need(config.loss in ("xent", "logconf"), "loss", f"{config.loss!r}; allowed: xent, logconf")
+    need(config.oracle_selection in ("random", "entropy"), "oracle_selection",
+         f"{config.oracle_selection!r}; allowed: random, entropy")
+    need(config.selection_temperature >= 0, "selection_temperature", "must be >= 0")
+    need(config.schedule in ("default", "api"), "schedule",
+         f"{config.schedule!r}; allowed: default, api")
+    need(config.k >= 1, "k", f"{config.k} must be >= 1")
+    need(config.shot_source in ("weak", "oracle"), "shot_source",
+         f"{config.shot_source!r}; allowed: weak, oracle")
+    need(config.mixture.weak_weight >= 0 and config.mixture.oracle_weight >= 0,
+         "mixture", "weights must be >= 0")
     need(len(config.budgets) > 0, "budgets", "needs at least one budget")
     for b in config.budgets:
         need(budget_lib.exact(b) >= 0, "budgets", f"budget {b} must be >= 0")
@@ -161,33 +180,60 @@ class Sweep:
 
     # -- planning --------------------------------------------------------------------------
     def plan(self, points: list[dict]) -> list[RunSpec]:
-        """Runs for grid points {budget, fraction, seed} (from the config's `sweep(add)`):
-        one run per distinct (n_weak, n_oracle, seed), listing every point it serves."""
-        merged: dict[tuple[int, int, int], list[tuple[Fraction, Fraction]]] = {}
+        """Runs for grid points {budget, fraction, seed, **overrides} (from the config's
+        `sweep(add, config)`): one run per distinct (overrides, n_weak, n_oracle, seed),
+        listing every (budget, fraction) it serves. Overrides are config keys (dotted for
+        nested ones) that vary per point, e.g. method or k."""
+        merged: dict[tuple, list[tuple[Fraction, Fraction]]] = {}
         for pt in points:
-            unknown = set(pt) - {"budget", "fraction", "seed"}
-            if unknown:
-                raise ValueError(f"sweep point {pt}: unknown keys {sorted(unknown)}; allowed: "
-                                 "budget, fraction, seed")
+            missing = [k for k in POINT_KEYS if k not in pt]
+            if missing:
+                raise ValueError(f"sweep point {pt}: missing {missing}")
+            overrides = tuple(sorted((k, v) for k, v in pt.items() if k not in POINT_KEYS))
+            self.run_config(overrides)  # unknown or invalid override keys fail here
             p = budget_lib.labels_for(pt["budget"], pt["fraction"], self.prices)
-            merged.setdefault((p.n_weak, p.n_oracle, int(pt["seed"])), []).append(
+            merged.setdefault((overrides, p.n_weak, p.n_oracle, int(pt["seed"])), []).append(
                 (p.budget, p.fraction))
         specs = []
-        for (nw, no, seed), pts in merged.items():
+        for (overrides, nw, no, seed), pts in merged.items():
             pts = sorted(set(pts))
             b0 = pts[0][0]
             specs.append(RunSpec(nw, no, seed, b0, tuple(f for b, f in pts if b == b0),
-                                 tuple(pts)))
+                                 tuple(pts), overrides))
         return specs
+
+    def run_config(self, overrides=()):
+        """The sweep's config with one point's overrides applied (and validated)."""
+        if not overrides:
+            return self.config
+        c = self.config.copy_and_resolve_references()
+        with c.unlocked():
+            for key, value in overrides:
+                node = c
+                *parents, leaf = key.split(".")
+                for part in parents:
+                    node = node[part]
+                if leaf not in node:
+                    raise ValueError(f"sweep override {key!r} is not a config key")
+                node[leaf] = value
+        validate(c)
+        return c
 
     def effective(self, spec: RunSpec) -> dict:
         """The config that identifies a run (its id hashes this)."""
-        c = self.config
+        c = self.run_config(spec.overrides)
+        method = {"method": c.method, "loss": c.loss, "oracle_selection": c.oracle_selection,
+                  "schedule": c.schedule}
+        if c.oracle_selection == "entropy":
+            method["selection_temperature"] = c.selection_temperature
+        if c.method in ("kshot_sft", "icl"):
+            method.update(k=c.k, shot_source=c.shot_source, shot_max_length=c.shot_max_length)
+        if c.method == "mixture_sft":
+            method["mixture"] = dict(c.mixture)
         return {"task": c.task, "task_options": self.task_options, "n_test": c.n_test,
                 "model": c.model, "trainable": c.trainable, "dtype": c.dtype,
-                "lora": dict(c.lora), "max_length": c.max_length,
-                "method": c.method, "loss": c.loss, "oracle_selection": "random",
-                "schedule": "default", "train": dict(c.train),
+                "lora": dict(c.lora), "max_length": c.max_length, **method,
+                "train": dict(c.train),
                 "labeler": self.labeler.config_dict(), "oracle_share": c.oracle_share,
                 "prices": {"oracle": str(self.prices.oracle), "weak": str(self.prices.weak)},
                 "n_weak": spec.n_weak, "n_oracle": spec.n_oracle, "seed": spec.seed}
@@ -213,7 +259,7 @@ class Sweep:
         base = self._base_record(spec)
         try:
             rec = self._train_and_eval(spec, base, out)
-        except PoolExhaustedError as err:
+        except (PoolExhaustedError, InfeasibleRun) as err:
             rec = {**base, "status": "infeasible", "error": str(err), "n_weak": 0,
                    "n_oracle": 0, "n_shots": 0, "cost": 0.0, "stages": [], "metrics": None}
         except (KeyboardInterrupt, SystemExit):
@@ -230,7 +276,7 @@ class Sweep:
         return rec
 
     def _base_record(self, spec: RunSpec) -> dict:
-        c = self.config
+        c = self.run_config(spec.overrides)
         eff = self.effective(spec)
         return {
             "run_id": records.run_id(eff), "task": c.task, "model": c.model,
@@ -245,8 +291,8 @@ class Sweep:
         }
 
     def _train_and_eval(self, spec: RunSpec, rec: dict, out: pathlib.Path) -> dict:
-        c = self.config
-        pools = self.pools(spec.seed)  # may raise PoolExhaustedError below, before training
+        c = self.run_config(spec.overrides)
+        pools = self.pools(spec.seed)  # raises PoolExhaustedError before any training
         weak_split = pools.take("weak", spec.n_weak)
         oracle_split = pools.take("oracle", spec.n_oracle)
         weak = self.weak_labels(spec.seed)
@@ -254,54 +300,53 @@ class Sweep:
         learner = self.learner
         steps = learner.steps
         key = jax.random.key(spec.seed)
-        init_key, train_key = (jax.random.fold_in(key, STREAMS["init"]),
-                               jax.random.fold_in(key, STREAMS["train"]))
-        params = steps.fresh_params(init_key)
-        ledger = {"weak": [], "oracle": []}
+        ledger: dict[str, list[str]] = {"weak": [], "oracle": [], "shots": []}
+        shot_ids: list[str] = []
+
+        # -- shots (k-shot SFT, ICL): bought labels of their source, not also trained on
+        builder, shot_sources = None, []
+        if c.method in ("kshot_sft", "icl"):
+            shots, weak_split, oracle_split, shot_ids, shot_sources = self._draw_shots(
+                c, weak, weak_split, oracle_split)
+            builder = PromptBuilder(learner.tokenizer, shots, shot_max_length=c.shot_max_length,
+                                    input_max_length=c.max_length, seed=spec.seed)
+
+        def inputs(split, shuffle=True):
+            if builder is None:
+                return learner.data(split["id"], split["text"])
+            return learner.prepare(builder.encode(split["id"], split["text"], shuffle=shuffle))
+
+        # -- stages
         stages = []
-        stage_cfg = StageConfig(
-            lr=c.train.lr, max_visits=c.train.max_visits,
-            small_stage_visits=c.train.small_stage_visits, eval_every=c.train.eval_every,
-            patience=c.train.patience, min_delta=c.train.min_delta)
-        for index, (source, split) in enumerate((("weak", weak_split),
-                                                 ("oracle", oracle_split))):
-            n = len(split)
-            if n == 0:
-                continue  # an empty stage is skipped: all-weak and all-oracle are endpoints
-            targets = (weak.lookup(split["id"]) if source == "weak"
-                       else split["label"]).astype(np.float32)
-            rng = np.random.default_rng([spec.seed, STREAMS["data"], index])
-            tr, va = split_validation(n, stage_cfg, rng)
-            data = learner.data(split["id"], split["text"])
-            cfg_i = dataclasses.replace(stage_cfg, loss=c.loss if source == "weak" else "xent")
-
-            def progress(step, total, loss, _s=source):
-                if self.progress:
-                    self.progress(f"{_s} {step}/{total} loss {loss:.3f}")
-
-            ckpt = (StageCheckpointer(out / "ckpt" / f"stage{index}",
-                                      min_interval_s=c.checkpoint_interval_s)
-                    if c.checkpoint else None)
-            done = ckpt.restore_done(params) if ckpt else None
-            if done is not None:  # finished before an interruption: reuse its result
-                params, stage_record = done
-            else:
-                result = run_stage(
-                    steps, params, data.take(tr), targets[tr],
-                    data.take(va) if len(va) else None, targets[va] if len(va) else None,
-                    cfg_i, seed_path=[spec.seed, STREAMS["train"], index],
-                    key=jax.random.fold_in(train_key, index), spec=learner.spec,
-                    source=source, progress=progress, checkpoint=ckpt)
-                params, stage_record = result.params, result.record
-                if ckpt:
-                    ckpt.save_done(params, stage_record)
-            if ckpt:
-                ckpt.close()
+        params = steps.fresh_params(jax.random.fold_in(key, STREAMS["init"]))
+        stage_plan = self._stage_plan(c, weak, weak_split, oracle_split, spec.seed)
+        for index, (source, split, targets, weights) in enumerate(stage_plan):
+            if source == "oracle" and c.oracle_selection == "entropy":
+                split = self._select_by_entropy(c, spec, pools, params, inputs, len(split),
+                                                exclude=shot_ids)
+                targets = split["label"].astype(np.float32)
+                weights = np.ones(len(split), np.float32)
+            params, stage_record = self._stage(c, spec, index, source, split, targets, weights,
+                                               params, inputs, out)
             stages.append(stage_record)
-            ledger[source] = [str(i) for i in split["id"]]  # train + validation: all bought
+            for src in ("weak", "oracle"):
+                if source in (src, "mixture"):
+                    ids = split["id"][split["source"] == src] if source == "mixture" \
+                        else split["id"]
+                    ledger[src] += [str(i) for i in ids]
+        ledger["shots"] = shot_ids
+        for sid, src in zip(shot_ids, shot_sources):
+            ledger[src].append(sid)
+
+        # -- evaluation on the fixed test set
         test = task.test
-        test_data = learner.data(test["id"], test["text"])
-        scores = predict(steps, params, test_data, learner.spec)
+        if c.method == "icl":
+            scores = learner.icl_scores(builder, test["id"], test["text"])
+            truncated = int(sum(builder.suffix(t)[1] for t in test["text"]))
+        else:
+            test_inputs = inputs(test)
+            scores = predict(steps, params, test_inputs, self._batch_spec(c, None))
+            truncated = int(test_inputs.truncated.sum())
         y = test["label"].astype(int)
         pred = (scores > 0).astype(int)
         k = int((pred == y).sum())
@@ -312,8 +357,7 @@ class Sweep:
             "auroc_ci": list(bootstrap_auroc(scores, y, seed=spec.seed)),
             "agreement_with_weak": float(np.mean(pred == (weak_test > 0.5))),
         }
-        n_weak, n_oracle = len(ledger["weak"]), len(ledger["oracle"])
-        n_shots = 0
+        n_weak, n_oracle, n_shots = len(ledger["weak"]), len(ledger["oracle"]), len(shot_ids)
         used = sum(s["n_train"] + s["n_val"] for s in stages) + n_shots
         if used != n_weak + n_oracle:
             raise AssertionError(f"ledger ({n_weak} + {n_oracle}) != labels used ({used})")
@@ -324,7 +368,166 @@ class Sweep:
                 "weak_label_test_accuracy": weak.metrics["test_accuracy"],
                 "n_weak": n_weak, "n_oracle": n_oracle, "n_shots": n_shots,
                 "cost": float(self.prices.cost(n_oracle, n_weak)), "stages": stages,
-                "metrics": metrics, "n_test": len(y)}
+                "metrics": metrics, "n_test": len(y), "test_truncated": truncated,
+                "shot_truncated": builder.shot_truncations if builder else 0}
+
+    # -- pieces of a run --------------------------------------------------------------------
+    def _draw_shots(self, c, weak, weak_split, oracle_split):
+        """The run's fixed shots: the first k bought labels of `shot_source` (k-shot SFT), or
+        up to k bought labels, oracle first (ICL). Returns shots, the remaining splits and ids."""
+        if c.method == "kshot_sft":
+            src = weak_split if c.shot_source == "weak" else oracle_split
+            if len(src) < c.k:
+                raise InfeasibleRun(f"kshot_sft needs k={c.k} {c.shot_source} shots but the "
+                                    f"grid point bought {len(src)} {c.shot_source} labels")
+            picked = src.take(np.arange(c.k))
+            rest = src.take(np.arange(c.k, len(src)))
+            sources = [c.shot_source] * c.k
+            if c.shot_source == "weak":
+                weak_split = rest
+            else:
+                oracle_split = rest
+        else:  # icl: the bought labels are the prompt; no training
+            n_o = min(c.k, len(oracle_split))
+            n_w = min(c.k - n_o, len(weak_split))
+            if n_o + n_w == 0:
+                raise InfeasibleRun("icl needs at least one bought label for its prompt")
+            picked_o, picked_w = oracle_split.take(np.arange(n_o)), weak_split.take(np.arange(n_w))
+            from scalable_elicitation.data import concat_splits
+            picked = concat_splits([picked_o, picked_w])
+            sources = ["oracle"] * n_o + ["weak"] * n_w
+            weak_split, oracle_split = weak_split.take(np.arange(0)), oracle_split.take(
+                np.arange(0))
+        shown = np.array([weak.lookup([i])[0] if s == "weak" else float(y)
+                          for i, s, y in zip(picked["id"], sources, picked["label"])])
+        return (make_shots(picked["id"], picked["text"], shown), weak_split, oracle_split,
+                [str(i) for i in picked["id"]], sources)
+
+    def _stage_plan(self, c, weak, weak_split, oracle_split, seed):
+        """(source, split, targets, weights) per stage; empty stages are skipped."""
+        if c.method == "icl":
+            return []
+        if c.method == "mixture_sft":
+            from scalable_elicitation.data import concat_splits
+            parts, targets, weights = [], [], []
+            for src, split, w in (("weak", weak_split, c.mixture.weak_weight),
+                                  ("oracle", oracle_split, c.mixture.oracle_weight)):
+                if len(split):
+                    parts.append(split.with_column("source", np.asarray([src] * len(split))))
+                    targets.append(weak.lookup(split["id"]) if src == "weak"
+                                   else split["label"].astype(np.float32))
+                    weights.append(np.full(len(split), w, np.float32))
+            if not parts:
+                return []
+            union = concat_splits(parts)
+            order = np.random.default_rng([seed, STREAMS["data"], 99]).permutation(len(union))
+            return [("mixture", union.take(order), np.concatenate(targets)[order].astype(
+                np.float32), np.concatenate(weights)[order])]
+        plan = []
+        if len(weak_split):
+            plan.append(("weak", weak_split, weak.lookup(weak_split["id"]).astype(np.float32),
+                         np.ones(len(weak_split), np.float32)))
+        if len(oracle_split):
+            plan.append(("oracle", oracle_split, oracle_split["label"].astype(np.float32),
+                         np.ones(len(oracle_split), np.float32)))
+        return plan
+
+    def _select_by_entropy(self, c, spec, pools, params, inputs, n, exclude=()):
+        """Buy the n oracle labels of highest predictive entropy under the current model
+        (temperature 0), or sample n without replacement with probability proportional to
+        H^(1/T) (Gumbel top-k on the `selection` stream)."""
+        pool = pools.take("oracle", pools.size("oracle"))
+        pool = pool.take(~np.isin(pool["id"], np.asarray(list(exclude), dtype=pool["id"].dtype)))
+        if n > len(pool):
+            raise InfeasibleRun(f"entropy selection needs {n} oracle labels; the pool holds "
+                                f"{len(pool)} after the shots")
+        scores = predict(self.learner.steps, params, inputs(pool), self._batch_spec(c, None))
+        rng = np.random.default_rng([spec.seed, STREAMS["selection"]])
+        return pool.take(np.sort(entropy_select(scores, n, c.selection_temperature, rng)))
+
+    def _batch_spec(self, c, n_train):
+        """The batch spec of a stage: fixed, or the API-style rule on the stage's size."""
+        spec = self.learner.spec
+        if c.schedule != "api" or n_train is None:
+            return spec
+        bs = api_batch_size(n_train)
+        dp = data_parallel_size(self.learner.steps.mesh)
+        if bs % dp and dp > 1:
+            raise ValueError(f"schedule=api uses batch size {bs} for {n_train} labels, which "
+                             f"the data-parallel size {dp} does not divide; use a mesh with "
+                             "config.mesh.data=1")
+        return dataclasses.replace(spec, batch_size=bs)
+
+    def _stage(self, c, spec, index, source, split, targets, weights, params, inputs, out):
+        """Train one stage (with checkpoints) and return (kept params, stage record)."""
+        learner = self.learner
+        api = c.schedule == "api"
+        n = len(split)
+        stage_cfg = StageConfig(
+            lr=c.train.lr, max_visits=c.train.max_visits,
+            small_stage_visits=c.train.small_stage_visits, eval_every=c.train.eval_every,
+            patience=c.train.patience, min_delta=c.train.min_delta, use_validation=not api,
+            epochs=api_epochs(n, api_batch_size(n)) if api else None,
+            loss=c.loss if source == "weak" else "xent")
+        rng = np.random.default_rng([spec.seed, STREAMS["data"], index])
+        tr, va = split_validation(n, stage_cfg, rng)
+        data = inputs(split)
+
+        def progress(step, total, loss):
+            if self.progress:
+                self.progress(f"{source} {step}/{total} loss {loss:.3f}")
+
+        ckpt = (StageCheckpointer(out / "ckpt" / f"stage{index}",
+                                  min_interval_s=c.checkpoint_interval_s)
+                if c.checkpoint else None)
+        try:
+            done = ckpt.restore_done(params) if ckpt else None
+            if done is not None:  # finished before an interruption: reuse its result
+                return done
+            result = run_stage(
+                learner.steps, params, data.take(tr), targets[tr],
+                data.take(va) if len(va) else None, targets[va] if len(va) else None,
+                stage_cfg, seed_path=[spec.seed, STREAMS["train"], index],
+                key=jax.random.fold_in(jax.random.fold_in(jax.random.key(spec.seed),
+                                                          STREAMS["train"]), index),
+                spec=self._batch_spec(c, n), source=source, weights=weights[tr],
+                progress=progress, checkpoint=ckpt)
+            if ckpt:
+                ckpt.save_done(result.params, result.record)
+            return result.params, result.record
+        finally:
+            if ckpt:
+                ckpt.close()
+
+
+def binary_entropy(scores: np.ndarray) -> np.ndarray:
+    """Predictive entropy H(p) (nats) of p = sigmoid(score), score = logit difference."""
+    p = 1.0 / (1.0 + np.exp(-np.asarray(scores, np.float64)))
+    return -(p * np.log(np.clip(p, 1e-300, 1)) + (1 - p) * np.log(np.clip(1 - p, 1e-300, 1)))
+
+
+def entropy_select(scores, n: int, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of n examples: the highest entropy (temperature 0, ties by position), or a
+    sample without replacement with probability proportional to H^(1/T) (Gumbel top-k)."""
+    h = binary_entropy(scores)
+    if temperature == 0:
+        return np.argsort(-h, kind="stable")[:n]
+    gumbel = -np.log(-np.log(rng.random(len(h))))
+    keys = np.log(np.maximum(h, 1e-300)) / temperature + gumbel
+    return np.argsort(-keys, kind="stable")[:n]
+
+
+def api_batch_size(n: int) -> int:
+    """API-style batch size (SPEC section 6): 1 if n < 1024, 2 if n < 4096, else 8."""
+    return 1 if n < 1024 else 2 if n < 4096 else 8
+
+
+def api_epochs(n: int, bs: int) -> float:
+    """API-style epochs: ceil(100 / (n // bs)) if n < 30, 3 if n < 4096, 2 if n < 16384,
+    else 1."""
+    if n < 30:
+        return float(math.ceil(100 / max(1, n // bs)))
+    return 3.0 if n < 4096 else 2.0 if n < 16384 else 1.0
 
 
 def _write_scores(path, ids, labels, scores):

@@ -44,7 +44,8 @@ def freeze_rules(rules) -> tuple:
 def make_mesh(shape: Mapping[str, int] | Sequence[int], devices=None) -> Mesh:
     """A (data, fsdp, tensor) mesh with explicit Auto axis types (newer JAX defaults differ).
 
-    `shape` maps axis names to sizes; -1 in one place takes the remaining devices.
+    `shape` maps axis names to sizes; -1 in one place takes the remaining devices; a mesh
+    smaller than the device count uses the first devices.
     """
     if not isinstance(shape, Mapping):
         shape = dict(zip(MESH_AXES, shape))
@@ -61,10 +62,11 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int], devices=None) -> Mesh:
         if n % rest:
             raise ValueError(f"mesh shape {dict(shape)} does not divide {n} devices")
         sizes[sizes.index(-1)] = n // rest
-    if int(np.prod(sizes)) != n:
+    if int(np.prod(sizes)) > n:
         raise ValueError(
             f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
             f"have {n}; use -1 on one axis to take the rest")
+    devices = list(devices)[:int(np.prod(sizes))]  # a smaller mesh uses the first devices
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
 

@@ -1,0 +1,58 @@
+r"""Elicitation methods on the cost grid (SPEC section 7): seq_sft and its +log-conf and
++uncertainty variants, k-shot-prompted SFT, in-context learning, mixture SFT.
+
+  python -m scalable_elicitation.main --config=configs/methods.py --workdir=w_methods
+  python -m scalable_elicitation.main --config=configs/methods.py:smoke --workdir=/tmp/m
+
+The default crosses seq_sft, kshot_sft (k=2, weak shots) and icl (k=2) on the embedded offline
+task over three budgets; `variants=all` adds logconf, entropy selection and mixture SFT.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cost_sweep  # noqa: E402
+
+VARIANTS = {
+    "seq_sft": {"method": "seq_sft"},
+    "kshot_sft": {"method": "kshot_sft", "k": 2, "shot_source": "weak"},
+    "icl": {"method": "icl", "k": 2},
+    "logconf": {"method": "seq_sft", "loss": "logconf"},
+    "entropy": {"method": "seq_sft", "oracle_selection": "entropy"},
+    "mixture_sft": {"method": "mixture_sft"},
+}
+
+
+def get_config(arg=None):
+    opts = dict(p.partition("=")[::2] for p in filter(None, (arg or "").split(",")))
+    unknown = set(opts) - {"smoke", "variants"}
+    if unknown:
+        raise ValueError(f"configs/methods.py: unknown preset {sorted(unknown)}; allowed: "
+                         "smoke, variants=all|NAME+NAME")
+    c = cost_sweep.get_config("smoke" if "smoke" in opts else None)
+    with c.unlocked():
+        c.variants = opts.get("variants") or "seq_sft+kshot_sft+icl"
+    if "smoke" not in opts:
+        c.budgets = (8, 64, 512)
+        c.fractions = ("0", "0.5", "1")
+        c.seeds = 1
+        c.n_test = 300
+        c.max_length = 48
+        c.shot_max_length = 48
+        c.length_buckets = (64, 160)
+    else:
+        c.length_buckets = (32, 128)
+        c.shot_max_length = 32
+    return c
+
+
+def sweep(add, config):
+    names = list(VARIANTS) if config.variants == "all" else config.variants.split("+")
+    unknown = set(names) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"config.variants: unknown {sorted(unknown)}; allowed: {list(VARIANTS)}")
+    points = []
+    cost_sweep.sweep(lambda **kw: points.append(kw), config)
+    for name in names:
+        for p in points:
+            add(**p, **VARIANTS[name])

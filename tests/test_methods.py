@@ -1,0 +1,173 @@
+"""Elicitation methods (SPEC section 7): shots, ICL prefix cache, entropy selection, mixture."""
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scalable_elicitation import runner as R
+from scalable_elicitation.learner import Learner, LearnerConfig
+from scalable_elicitation.main import run_sweep, sweep_points
+from scalable_elicitation.prompts import PromptBuilder, label_token_ids, make_shots
+from scalable_elicitation.stage import make_batch, to_global
+from scalable_elicitation.train import Steps
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "configs"))
+import methods as methods_config  # noqa: E402
+
+
+def test_entropy_selection_picks_most_uncertain():
+    scores = np.array([5.0, 0.1, -3.0, -0.05, 2.0, 0.0])
+    got = R.entropy_select(scores, 3, 0.0, np.random.default_rng(0))
+    assert sorted(got.tolist()) == [1, 3, 5]  # |score| smallest = entropy largest
+    # sampling: never repeats, and prefers uncertain examples over many draws
+    counts = np.zeros(len(scores))
+    for s in range(300):
+        pick = R.entropy_select(scores, 2, 1.0, np.random.default_rng(s))
+        assert len(set(pick.tolist())) == 2
+        counts[pick] += 1
+    assert counts[5] > counts[0] and counts[3] > counts[2]
+
+
+def test_label_tokens_resolved_after_newline():
+    learner = Learner(LearnerConfig("tiny:llama", trainable="lora", buckets=(32,),
+                                    max_length=32, mesh=(("data", 1),)))
+    id0, id1 = label_token_ids(learner.tokenizer)
+    assert learner.tokenizer.decode([id0]) == "0" and learner.tokenizer.decode([id1]) == "1"
+
+
+class _TwoTokenLabels:
+    def __call__(self, text, add_special_tokens=False):
+        ids = [10] if text == "\n" else [10, 1, 2] if text.startswith("\n") else [3]
+        return {"input_ids": ids}
+
+
+def test_multi_token_label_fails_clearly():
+    with pytest.raises(ValueError, match="single-token labels"):
+        label_token_ids(_TwoTokenLabels())
+
+
+def test_icl_prefix_cache_equals_full_prompt():
+    learner = Learner(LearnerConfig("tiny:llama", trainable="lora", buckets=(32, 64),
+                                    max_length=32, mesh=(("data", 1),)))
+    shots = make_shots(["aa01", "bb02", "cc03"], ["good film", "awful", "fine day"],
+                       [0.9, 0.2, 0.7])
+    builder = PromptBuilder(learner.tokenizer, shots, shot_max_length=16, input_max_length=32,
+                            seed=0)
+    texts = ["what a movie", "no", "somewhat longer input text here"]
+    cached = learner.icl_scores(builder, ["1", "2", "3"], texts)
+    id0, id1 = label_token_ids(learner.tokenizer)
+    model = learner.bundle.model
+    for text, got in zip(texts, cached):
+        ids = np.asarray([builder.prefix() + builder.suffix(text)[0]], np.int32)
+        logits = model.last_lm_logits(jnp.asarray(ids), jnp.ones_like(ids))
+        want = float(logits[0, id1] - logits[0, id0])
+        assert abs(got - want) <= 1e-4 * max(1.0, abs(want))
+
+
+def test_prompts_render_and_truncate_inputs_not_shots():
+    learner = Learner(LearnerConfig("tiny:llama", trainable="lora", buckets=(128,),
+                                    max_length=8, mesh=(("data", 1),)))
+    shots = make_shots(["aa01", "bb02"], ["first shot", "second"], [1.0, 0.0])
+    b = PromptBuilder(learner.tokenizer, shots, shot_max_length=64, input_max_length=8, seed=3)
+    text = b.render_text("ff00", "the input")
+    assert text.endswith("the input\n") and "first shot\n1" in text and "second\n0" in text
+    enc = b.encode(["ff00"], ["a very long input that will be cut"])
+    assert enc.truncated[0]
+    decoded = learner.tokenizer.decode(enc.tokens[0].tolist())
+    assert "first shot\n1" in decoded and "second\n0" in decoded  # shots survive
+    orders = {tuple(b.order(f"{i:04x}")) for i in range(20)}
+    assert len(orders) == 2  # reshuffled per input
+
+
+def smoke(**overrides):
+    c = methods_config.get_config("smoke")
+    with c.unlocked():
+        for k, v in overrides.items():
+            c[k] = v
+    return c
+
+
+def test_weak_shots_show_weak_labels_never_ground_truth(tmp_path):
+    config = smoke(method="kshot_sft", k=4)
+    config.labeler.rate = 1.0  # every weak label is wrong
+    sweep = R.Sweep(config, tmp_path)
+    weak = sweep.weak_labels(0)
+    pools = sweep.pools(0)
+    shots, *_ = sweep._draw_shots(config, weak, pools.take("weak", 10),
+                                  pools.take("oracle", 2))
+    truth = dict(zip(pools.take("weak", 10)["id"], pools.take("weak", 10)["label"]))
+    assert len(shots) == 4
+    assert all(s.label != truth[s.id] for s in shots)
+
+
+def test_mixture_weights_change_the_loss():
+    learner = Learner(LearnerConfig("tiny:llama", trainable="lora", buckets=(16,),
+                                    max_length=16, batch_size=4, mesh=(("data", 1),)))
+    steps = learner.steps
+    toks = [np.arange(3, 3 + n) for n in (4, 5, 6, 7)]
+    y = np.array([1.0, 0.0, 0.3, 1.0])
+    hp = {k: jnp.float32(v) for k, v in dict(lr=0.0, warmup=2, total=10, logconf_ramp=200,
+                                               logconf_coef=0.5).items()}
+
+    params = jax.tree_util.tree_map_with_path(  # a head large enough for distinct losses
+        lambda path, x: x * 3000 if "head" in jax.tree_util.keystr(path) else x,
+        steps.fresh_params(jax.random.key(0)))
+    batch0 = to_global(make_batch(toks, y, np.ones(4), 4, (16,), 256), steps.mesh)
+    logits = np.asarray(steps._logits(params, steps.frozen, batch0), np.float64)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    per_example = -((1 - y) * logp[:, 0] + y * logp[:, 1])
+
+    def loss(weights):
+        state = steps.init_state(params, jax.random.key(1))
+        batch = to_global(make_batch(toks, y, weights, 4, (16,), 256), steps.mesh)
+        return float(steps.train_step(state, batch, hp)[1]["loss"])
+
+    for w in ([1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 2.0, 2.0]):
+        w = np.asarray(w)
+        assert loss(w) == pytest.approx((w * per_example).sum() / w.sum(), rel=1e-4)
+    assert abs(loss(np.array([1.0, 1.0, 1.0, 1.0])) - loss(np.array([0.2, 0.2, 1, 1]))) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def methods_sweep(tmp_path_factory):
+    config = smoke()
+    workdir = tmp_path_factory.mktemp("methods")
+    recs = run_sweep(config, workdir, sweep_points(str(ROOT / "configs" / "methods.py"), config),
+                     out=lambda *_: None)
+    return workdir, recs
+
+
+def test_methods_sweep_counts_shots_in_ledger_and_cost(methods_sweep):
+    workdir, recs = methods_sweep
+    by_method = {}
+    for r in recs:
+        by_method.setdefault(r["method"], []).append(r)
+    assert set(by_method) == {"seq_sft", "kshot_sft", "icl"}
+    for r in recs:
+        if r["status"] != "ok":
+            assert r["status"] == "infeasible", r.get("error")
+            continue
+        ledger = json.loads((workdir / "runs" / r["run_id"] / "ledger.json").read_text())
+        assert r["n_shots"] == len(ledger["shots"])
+        assert r["cost"] == pytest.approx(r["n_oracle"] + 0.1 * r["n_weak"])
+        if r["method"] == "kshot_sft":
+            assert r["n_shots"] == 2
+            assert set(ledger["shots"]) <= set(ledger["weak"])
+            trained = sum(s["n_train"] + s["n_val"] for s in r["stages"])
+            assert trained + 2 == r["n_weak"] + r["n_oracle"]
+        if r["method"] == "icl":
+            assert r["stages"] == [] and r["n_shots"] == r["n_weak"] + r["n_oracle"] >= 1
+    assert (workdir / "frontier.png").exists()
+
+
+def test_methods_config_validates_variants():
+    c = smoke()
+    with c.unlocked():
+        c.variants = "seq_sft+bogus"
+    with pytest.raises(ValueError, match="bogus"):
+        methods_config.sweep(lambda **kw: None, c)
