@@ -1,0 +1,240 @@
+r"""Sweep worker: expand a config's `sweep(add, config)` into runs and run the ones left to do.
+
+  python -m launch.sweep --config=configs/cost_sweep.py:smoke --workdir=/tmp/w --dry_run
+  python -m launch.sweep --config=configs/cost_sweep.py --workdir=/tmp/w --shard=0/4 \
+      --config.train.lr=0.05
+
+Any number of workers may share a sweep folder: a run in progress holds
+WORKDIR/runs/RUN_ID/lock, finished runs (`ok` or `infeasible` records) are skipped, `failed`
+ones are retried, and a lock left by a dead worker is taken over. Every start of a run appends
+"host pid time" to WORKDIR/runs/RUN_ID/starts.log. `--shard=i/n` (or a SLURM array's
+SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT) takes runs i, i+n, i+2n, ... of the plan.
+
+`--dry_run` prints one line per run on stdout and nothing else:
+  RUN_ID METHOD n_weak=N n_oracle=N cost=C seed=S STATUS      STATUS: todo | done | infeasible | failed
+A run needing more labels than its seed's pool holds is `infeasible` before anything runs.
+
+Multi-host (one process per host, same command everywhere): set SE_MULTIHOST=1 (see
+launch/multihost.py). Process 0 takes the locks and writes the records; every process trains.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+from launch import lock as lock_lib
+from launch import multihost
+
+# The main job's module defines --config (config_flags, lock_config=True), --workdir and
+# --dry_run at import; defining them again would be a DuplicateFlagError, so this worker shares
+# them (and `sweep_points`) and adds its own flags below. Importing it does not import JAX.
+from scalable_elicitation import main as main_lib  # noqa: E402  (defines the shared flags)
+
+FLAGS = flags.FLAGS
+_SHARD = flags.DEFINE_string("shard", None, "i/n: run the i-th of n round-robin slices of the "
+                             "plan (default: from SLURM_ARRAY_TASK_ID/COUNT, else 0/1).")
+_STALE_AFTER = flags.DEFINE_float("stale_after", 3600.0, "Seconds without a heartbeat after "
+                                  "which another host's lock counts as stale (same-host locks "
+                                  "are stale as soon as their pid is dead).")
+_WANDB = flags.DEFINE_bool("wandb", None, "Also log to Weights & Biases (default: SE_WANDB).")
+_TENSORBOARD = flags.DEFINE_bool("tensorboard", True, "Write scalars under WORKDIR/tb/RUN_ID.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    def select(self, items: list) -> list:
+        return items[self.index::self.count]
+
+
+def parse_shard(text: str | None, env=os.environ) -> Shard:
+    """`i/n` from the flag, else from a SLURM array task, else the whole plan (0/1)."""
+    if text:
+        i, sep, n = text.partition("/")
+        try:
+            shard = Shard(int(i), int(n))
+        except ValueError:
+            raise ValueError(f"--shard={text!r}: expected i/n with integers, e.g. 0/4") from None
+        if not sep or not 0 <= shard.index < shard.count:
+            raise ValueError(f"--shard={text!r}: need 0 <= i < n, e.g. 0/4")
+        return shard
+    if env.get("SLURM_ARRAY_TASK_ID") is not None:
+        try:
+            task = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+            count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        except (KeyError, ValueError):
+            raise ValueError("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is missing "
+                             "or not an integer; pass --shard=i/n instead") from None
+        if not 0 <= task < count:
+            raise ValueError(f"SLURM array task {task} (id - SLURM_ARRAY_TASK_MIN) is outside "
+                             f"[0, {count}); submit the array as --array=0-{count - 1}")
+        return Shard(task, count)
+    return Shard(0, 1)
+
+
+def feasibility(sweep, spec) -> str | None:
+    """Why a run cannot be bought from its seed's pools (None when it can)."""
+    pools = sweep.pools(spec.seed)
+    for source, n in (("weak", spec.n_weak), ("oracle", spec.n_oracle)):
+        size = pools.size(source)
+        if n > size:
+            return f"needs {n} {source} labels; the {source} pool of seed {spec.seed} has {size}"
+    return None
+
+
+def dry_run_lines(sweep, specs) -> list[str]:
+    """One line per run: id, method, counts, cost, and todo/done/infeasible/failed."""
+    lines = []
+    for s in specs:
+        status = sweep.status(s)
+        if status == "todo" and feasibility(sweep, s) is not None:
+            status = "infeasible"
+        cost = float(sweep.prices.cost(s.n_oracle, s.n_weak))
+        lines.append(f"{sweep.run_dir(s).name} {sweep.config.method} n_weak={s.n_weak} "
+                     f"n_oracle={s.n_oracle} cost={cost:g} seed={s.seed} {status}")
+    return lines
+
+
+def _finished(sweep, spec) -> bool:
+    return sweep.status(spec) in ("done", "infeasible")
+
+
+class Worker:
+    """Runs the runs of one shard that are not done, each under its lock."""
+
+    def __init__(self, sweep, *, stale_after: float = 3600.0, tracker=None, out=None):
+        self.sweep = sweep
+        self.stale_after = stale_after
+        self.tracker = tracker
+        self.out = out or (lambda msg: print(msg, file=sys.stderr))
+        self.records: list[dict] = []
+        self.skipped_busy: list[str] = []
+
+    def _claim(self, spec) -> lock_lib.RunLock | None:
+        """On process 0: the run's lock if the run is still to do and nobody else holds it."""
+        if _finished(self.sweep, spec):
+            return None
+        lock = lock_lib.RunLock(self.sweep.run_dir(spec), stale_after=self.stale_after)
+        if not lock.acquire():
+            return None
+        if _finished(self.sweep, spec):  # finished between our look and the lock
+            lock.release()
+            return None
+        if lock.took_over:
+            held = lock.took_over
+            self.out(f"taking over stale lock of {self.sweep.run_dir(spec).name} from "
+                     f"{held.get('host')} pid {held.get('pid')}")
+        lock.log_start()
+        return lock
+
+    def run_one(self, spec) -> str:
+        """`ran`, `skipped` (finished) or `busy` (another worker holds it). A collective on
+        multi-host: every process calls it for the same specs in the same order."""
+        leader = multihost.is_leader()
+        lock = self._claim(spec) if leader else None
+        if not multihost.broadcast_flag(lock is not None):
+            if leader and not _finished(self.sweep, spec):
+                return "busy"
+            return "skipped"
+        try:
+            run_id = self.sweep.run_dir(spec).name
+            if self.tracker is not None:
+                with self.tracker.run(run_id) as log:
+                    rec = self.sweep.run(spec)
+                    log.summary(rec)
+            else:
+                rec = self.sweep.run(spec)
+        finally:
+            if lock is not None:
+                lock.release()  # after the record: Sweep.run has written it on process 0
+        self.records.append(rec)
+        acc = (rec.get("metrics") or {}).get("accuracy")
+        self.out(f"run {rec['run_id']} n_weak={spec.n_weak} n_oracle={spec.n_oracle} "
+                 f"seed={spec.seed}: {rec['status']}"
+                 + (f" accuracy={acc:.3f}" if acc is not None else "")
+                 + (f" ({rec.get('error')})" if rec["status"] != "ok" else ""))
+        return "ran"
+
+    def run_all(self, specs, progress=None) -> list[dict]:
+        """One pass over `specs`, then one more over those busy in the first (their holder
+        may have died meanwhile, leaving a stale lock to take over)."""
+        busy = []
+        for spec in specs:
+            if self.run_one(spec) == "busy":
+                busy.append(spec)
+            if progress is not None:
+                progress()
+        still = [s for s in busy if self.run_one(s) == "busy"] if busy else []
+        self.skipped_busy = [self.sweep.run_dir(s).name for s in still]
+        if self.skipped_busy:
+            self.out(f"{len(still)} run(s) held by live workers, left to them: "
+                     + " ".join(self.skipped_busy))
+        return self.records
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.workdir is None:
+        raise app.UsageError("--workdir is required")
+    try:
+        shard = parse_shard(_SHARD.value)
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
+    if multihost.maybe_initialize():
+        import jax
+        logging.info("multi-host JAX: process %d of %d, %d local of %d devices",
+                     jax.process_index(), jax.process_count(), jax.local_device_count(),
+                     jax.device_count())
+
+    from scalable_elicitation import runner as runner_lib
+
+    config = FLAGS.config
+    points = main_lib.sweep_points(FLAGS["config"].config_filename, config)
+    if not points:
+        raise app.UsageError("the config file defines no sweep(add, config)")
+    real_stdout = sys.stdout
+    # stdout carries the dry-run lines only: anything else that prints goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        sweep = runner_lib.Sweep(config, FLAGS.workdir)
+        specs = shard.select(sweep.plan(points))
+        logging.info("shard %d/%d: %d run(s)", shard.index, shard.count, len(specs))
+        if FLAGS.dry_run:
+            lines = dry_run_lines(sweep, specs)
+            if multihost.is_leader():
+                real_stdout.write("".join(line + "\n" for line in lines))
+                real_stdout.flush()
+            return 0
+        tracker = None
+        if _TENSORBOARD.value or _WANDB.value:
+            from scalable_elicitation.tracking import Tracker
+            tracker = Tracker(FLAGS.workdir, wandb=_WANDB.value)
+        from tqdm import tqdm
+        bar = tqdm(total=len(specs), desc=f"runs {shard.index}/{shard.count}", unit="run",
+                   file=sys.stderr, disable=not multihost.is_leader())
+        sweep.progress = lambda msg: bar.set_postfix_str(msg, refresh=False)
+        worker = Worker(sweep, stale_after=_STALE_AFTER.value, tracker=tracker,
+                        out=lambda msg: bar.write(msg, file=sys.stderr))
+        t0 = time.time()
+        recs = worker.run_all(specs, progress=bar.update)
+        bar.close()
+        failed = [r for r in recs if r["status"] == "failed"]
+        logging.info("ran %d run(s) in %.1f s; %d failed", len(recs), time.time() - t0,
+                     len(failed))
+    if failed:
+        print(f"{len(failed)} run(s) failed; rerun the same command to retry them",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)

@@ -1,0 +1,261 @@
+"""The sweep worker (launch/sweep.py): locks, shards, dry run, and workers sharing a sweep."""
+import json
+import multiprocessing
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launch import lock as lock_lib
+from launch.sweep import Shard, parse_shard
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "cost_sweep.py")
+
+
+def worker_env():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env.pop("SLURM_ARRAY_TASK_ID", None)
+    return env
+
+
+def start_worker(workdir, *overrides, log=None):
+    cmd = [sys.executable, "-m", "launch.sweep", f"--config={CONFIG}:smoke",
+           f"--workdir={workdir}", *overrides]
+    return subprocess.Popen(cmd, cwd=ROOT, env=worker_env(), stdout=subprocess.PIPE,
+                            stderr=log or subprocess.PIPE, text=True)
+
+
+def run_dirs(workdir):
+    return sorted(p for p in (pathlib.Path(workdir) / "runs").iterdir() if p.is_dir())
+
+
+def dry_run(workdir, *overrides):
+    out = subprocess.run([sys.executable, "-m", "launch.sweep", f"--config={CONFIG}:smoke",
+                          f"--workdir={workdir}", "--dry_run", *overrides], cwd=ROOT,
+                         env=worker_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.splitlines()
+
+
+LINE = re.compile(r"^[0-9a-f]{16} seq_sft n_weak=(\d+) n_oracle=(\d+) cost=(\S+) seed=\d+ "
+                  r"(todo|done|infeasible|failed)$")
+
+
+# -- locks ------------------------------------------------------------------------------------
+def test_lock_is_exclusive_and_released(tmp_path):
+    a, b = lock_lib.RunLock(tmp_path), lock_lib.RunLock(tmp_path)
+    assert a.acquire() and not b.acquire()
+    holder = json.loads((tmp_path / "lock").read_text())
+    assert holder["pid"] == os.getpid() and holder["host"] == lock_lib.hostname()
+    assert "time" in holder
+    a.release()
+    assert not (tmp_path / "lock").exists() and b.acquire()
+    b.release()
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_dead_same_host_lock_is_taken_over(tmp_path):
+    stale = {"host": lock_lib.hostname(), "pid": _dead_pid(), "time": time.time()}
+    (tmp_path / "lock").write_text(json.dumps(stale))
+    lock = lock_lib.RunLock(tmp_path, stale_after=1e9)  # same host: age does not matter
+    assert lock.acquire() and lock.took_over == stale
+    assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+    lock.release()
+
+
+def test_live_lock_is_kept_and_other_host_goes_stale_by_heartbeat_age(tmp_path):
+    live = {"host": lock_lib.hostname(), "pid": os.getppid(), "time": time.time()}
+    (tmp_path / "lock").write_text(json.dumps(live))
+    assert not lock_lib.RunLock(tmp_path, stale_after=0.01).acquire()
+    other = {"host": "some-other-host", "pid": os.getpid(), "time": time.time()}
+    (tmp_path / "lock").write_text(json.dumps(other))
+    assert not lock_lib.RunLock(tmp_path, stale_after=60).acquire()  # fresh heartbeat
+    old = time.time() - 120
+    os.utime(tmp_path / "lock", (old, old))
+    lock = lock_lib.RunLock(tmp_path, stale_after=60)
+    assert lock.acquire() and lock.took_over == other
+    lock.release()
+
+
+def test_heartbeat_refreshes_the_lock(tmp_path):
+    lock = lock_lib.RunLock(tmp_path, stale_after=60, heartbeat_s=0.05)
+    assert lock.acquire()
+    old = time.time() - 120
+    os.utime(tmp_path / "lock", (old, old))
+    time.sleep(0.3)
+    assert time.time() - (tmp_path / "lock").stat().st_mtime < 5
+    lock.release()
+
+
+def _race(run_dir, stale_after, queue):
+    lock = lock_lib.RunLock(run_dir, stale_after=stale_after)
+    won = lock.acquire()
+    if won:
+        lock.log_start()
+    queue.put(won)
+    time.sleep(0.5)  # hold while the others try
+    lock.release()
+
+
+@pytest.mark.parametrize("stale_first", [False, True])
+def test_racing_processes_one_winner(tmp_path, stale_first):
+    if stale_first:  # everybody sees the same stale lock and tries to take it over
+        (tmp_path / "lock").write_text(json.dumps(
+            {"host": lock_lib.hostname(), "pid": _dead_pid(), "time": 0}))
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(tmp_path, 3600, queue)) for _ in range(8)]
+    for p in procs:
+        p.start()
+    wins = [queue.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert sum(wins) == 1
+    assert len(lock_lib.starts(tmp_path)) == 1
+
+
+def test_starts_log_line_has_host_pid_time(tmp_path):
+    lock = lock_lib.RunLock(tmp_path)
+    assert lock.acquire()
+    lock.log_start()
+    lock.release()
+    host, pid, stamp = lock_lib.starts(tmp_path)[0].split()
+    assert host == lock_lib.hostname() and int(pid) == os.getpid()
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", stamp)
+
+
+# -- shards -----------------------------------------------------------------------------------
+def test_shards_from_flag_and_slurm_cover_the_plan_once():
+    assert parse_shard("1/3", env={}) == Shard(1, 3)
+    assert parse_shard(None, env={}) == Shard(0, 1)
+    env = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4",
+           "SLURM_ARRAY_TASK_COUNT": "3"}
+    assert parse_shard(None, env=env) == Shard(1, 3)
+    assert parse_shard("2/3", env=env) == Shard(2, 3)  # the flag wins
+    items = list(range(10))
+    slices = [Shard(i, 3).select(items) for i in range(3)]
+    assert sorted(sum(slices, [])) == items and slices[1] == [1, 4, 7]
+    for bad in ("3/3", "a/b", "1", "-1/2"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad, env={})
+    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_COUNT"):
+        parse_shard(None, env={"SLURM_ARRAY_TASK_ID": "0"})
+
+
+# -- the CLI on the smoke config --------------------------------------------------------------
+def test_dry_run_lists_grid_with_costs_and_marks_infeasible(tmp_path):
+    lines = dry_run(tmp_path, "--config.budgets=(2,8,100000)", "--config.seeds=1")
+    parsed = [LINE.match(line) for line in lines]
+    assert all(parsed), lines  # nothing but run lines on stdout
+    rows = [(int(m[1]), int(m[2]), float(m[3]), m[4]) for m in parsed]
+    assert len(rows) == 9  # 3 budgets x 3 fractions, 1 seed: no merges in this grid
+    for nw, no, cost, status in rows:
+        assert cost == pytest.approx(no + 0.1 * nw)
+        assert status == ("infeasible" if cost > 1000 else "todo")
+    assert not list(tmp_path.glob("runs/*/result.json"))  # nothing ran
+    sharded = dry_run(tmp_path, "--config.budgets=(2,8,100000)", "--config.seeds=1",
+                      "--shard=1/4")
+    assert sharded == lines[1::4]
+
+
+def test_two_workers_finish_every_run_exactly_once(tmp_path):
+    # the smoke grid: 2 budgets x 3 fractions, 6 runs
+    grid = ("--config.seeds=1",)
+    workers = [start_worker(tmp_path, *grid) for _ in range(2)]
+    outs = [w.communicate(timeout=300) for w in workers]
+    for w, (_, err) in zip(workers, outs):
+        assert w.returncode == 0, err[-3000:]
+    expected = dry_run(tmp_path, *grid)
+    assert expected and all(line.endswith(" done") for line in expected)
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == len(expected)
+    pids = set()
+    for d in dirs:
+        starts = lock_lib.starts(d)
+        assert len(starts) == 1, (d.name, starts)
+        pids.add(int(starts[0].split()[1]))
+        assert json.loads((d / "result.json").read_text())["status"] == "ok"
+        assert not (d / "lock").exists()
+    assert pids <= {w.pid for w in workers}
+
+
+def test_killed_worker_restarts_without_loss_or_duplicates(tmp_path):
+    grid = ("--config.budgets=(8,)", "--config.seeds=1")  # three runs
+    first = start_worker(tmp_path, *grid, log=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    victim = None
+    while victim is None and time.time() < deadline and first.poll() is None:
+        for lock_path in (tmp_path / "runs").glob("*/lock"):
+            holder = lock_lib.read_holder(lock_path)
+            if holder and holder.get("pid") == first.pid:
+                victim = lock_path.parent
+        time.sleep(0.05)
+    assert victim is not None, "the worker never started a run"
+    assert not (victim / "result.json").exists()
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert (victim / "lock").exists()  # left behind by the dead worker
+    again = start_worker(tmp_path, *grid)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    assert f"taking over stale lock of {victim.name}" in err
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == 3 and victim in dirs
+    for d in dirs:
+        starts = lock_lib.starts(d)
+        pids = [int(s.split()[1]) for s in starts]
+        if d == victim:  # the interrupted start and the restart
+            assert pids == [first.pid, again.pid]
+        else:
+            assert len(starts) == 1
+        assert json.loads((d / "result.json").read_text())["status"] == "ok"
+        assert not (d / "lock").exists()
+    assert all(line.endswith(" done") for line in dry_run(tmp_path, *grid))
+
+
+def test_tracker_writes_tensorboard_events(tmp_path):
+    from scalable_elicitation.tracking import Tracker
+    tracker = Tracker(tmp_path, wandb=False)
+    with tracker.run("abc123", config={"train.lr": 0.1}) as log:
+        log.scalar("weak/loss", 0.5, step=1)
+        tracker.scalar("weak/loss", 0.25, step=2)
+        log.summary({"status": "ok", "cost": 4.0, "n_weak": 40, "n_oracle": 0, "wall_s": 1.0,
+                     "metrics": {"accuracy": 0.75, "accuracy_ci": [0.5, 0.9]},
+                     "stages": [{"source": "weak", "steps": 3, "val_metric": None}]})
+    tracker.scalar("ignored/after_close", 1.0, step=0)  # no open run: a no-op
+    events = list((tmp_path / "tb" / "abc123").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    scalars = read_scalars(events[0])
+    assert {"weak/loss", "test/accuracy", "run/cost", "weak/steps"} <= set(scalars)
+    assert "ignored/after_close" not in scalars and "test/accuracy_ci" not in scalars
+    assert scalars["weak/loss"] == [(1, 0.5), (2, 0.25)]
+
+
+def read_scalars(path):
+    """{tag: [(step, value)]} from a TensorBoard event file (TFRecord framing, no tensorboard)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+    out = {}
+    data = pathlib.Path(path).read_bytes()
+    pos = 0
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+        pos += 12 + length + 4
+        for v in event.summary.value:
+            if v.HasField("simple_value"):
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
