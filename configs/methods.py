@@ -41,6 +41,7 @@ def get_config(arg=None):
         c.shot_max_length = 48
         c.length_buckets = (64, 160)
     else:
+        c.budgets = (8,)
         c.length_buckets = (32, 128)
         c.shot_max_length = 32
     return c

@@ -65,11 +65,9 @@ class Learner:
         self.probe = cfg.trainable == "head"
         if self.probe:
             self.steps = Steps.for_probe(self.bundle.config.hidden_size, 2, mesh)
-            model = self.bundle.model
             how = self.bundle.config.pooling
-            self._features_fn = nnx.jit(
-                lambda m, ids, mask: L.pool(m.hidden(ids, mask), mask, how))
-            self._model = model
+            self._features_fn = _replicated_jit(
+                self.bundle, lambda m, ids, mask: L.pool(m.hidden(ids, mask), mask, how))
         else:
             self.steps = Steps.for_model(self.bundle)
         self._cache: dict[str, np.ndarray] = {}
@@ -118,7 +116,7 @@ class Learner:
             b = enc.batch(idx, np.zeros(len(idx)), np.ones(len(idx)), spec)
             g = to_global({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]},
                           self.steps.mesh)
-            f = self._features_fn(self._model, g["input_ids"], g["attention_mask"])
+            f = self._features_fn(g["input_ids"], g["attention_mask"])
             out[idx] = np.asarray(jax.device_get(f), np.float32)[:len(idx)]
         return out
 
@@ -152,10 +150,12 @@ class Learner:
         p_ids[0, :len(prefix)] = prefix
         p_mask[0, :len(prefix)] = 1
         if not hasattr(self, "_icl_fns"):
-            self._icl_fns = (nnx.jit(lambda m, i, k: m.encode_prefix(i, k)),
-                             nnx.jit(lambda m, i, k, pre: m.last_lm_logits(i, k, prefix=pre)))
+            self._icl_fns = (
+                _replicated_jit(self.bundle, lambda m, i, k: m.encode_prefix(i, k)),
+                _replicated_jit(self.bundle,
+                                lambda m, i, k, pre: m.last_lm_logits(i, k, prefix=pre)))
         encode_fn, score_fn = self._icl_fns
-        cached = encode_fn(model, p_ids, p_mask)
+        cached = encode_fn(p_ids, p_mask)
         suffixes = [builder.suffix(t)[0] for t in texts]
         enc = Encoded([np.asarray(s, np.int32) for s in suffixes],
                       np.zeros(len(suffixes), bool))
@@ -167,7 +167,18 @@ class Learner:
             b = enc.batch(idx, np.zeros(len(idx)), np.ones(len(idx)), self.spec)
             g = to_global({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]},
                           self.steps.mesh)
-            logits = score_fn(model, g["input_ids"], g["attention_mask"], cached)
+            logits = score_fn(g["input_ids"], g["attention_mask"], cached)
             diff = np.asarray(jax.device_get(logits[:, id1] - logits[:, id0]), np.float32)
             out[idx] = diff[:len(idx)]
         return out
+
+
+def _replicated_jit(bundle, fn):
+    """jit `fn(model, *args)` over the bundle's current weights with a replicated output, so
+    every process (multi-host) can read the whole result."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    graphdef, state = nnx.split(bundle.model)
+    jitted = jax.jit(lambda st, *args: fn(nnx.merge(graphdef, st), *args),
+                     out_shardings=NamedSharding(bundle.mesh, P()))
+    return lambda *args: jitted(state, *args)

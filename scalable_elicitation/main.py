@@ -65,6 +65,8 @@ def run_sweep(config, workdir, points, *, dry_run=False, out=print) -> list[dict
 
 def main(argv):
     del argv
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required")
     config = _CONFIG.value

@@ -476,6 +476,8 @@ class Sweep:
         def progress(step, total, loss):
             if self.progress:
                 self.progress(f"{source} {step}/{total} loss {loss:.3f}")
+            if getattr(self, "tracker", None) is not None:
+                self.tracker.scalar(f"{source}/loss", loss, step)
 
         ckpt = (StageCheckpointer(out / "ckpt" / f"stage{index}",
                                   min_interval_s=c.checkpoint_interval_s)

@@ -117,9 +117,11 @@ def make_batch(tokens: Sequence[np.ndarray], targets, weights, batch_size: int,
 
 
 def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-    """Host batch -> global arrays sharded over the data-parallel axes. Each process passes
-    its own rows (single process: all rows)."""
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+    """Host batch -> global arrays sharded over the data-parallel axes. Every process holds
+    the same full host batch (it is a pure function of the step) and contributes the rows its
+    devices own, so single- and multi-process runs see identical batches."""
+    return {k: jax.make_array_from_callback(v.shape, batch_sharding(mesh, v.ndim),
+                                            lambda idx, v=v: v[idx])
             for k, v in batch.items()}
 
 

@@ -221,8 +221,8 @@ class Steps:
         return logits[:, 1] - logits[:, 0]  # score: logit difference
 
     def scores(self, params, batch):
-        if self._eval is None:
-            self._eval = jax.jit(self._eval_step)
+        if self._eval is None:  # replicated output: every process can read all scores
+            self._eval = jax.jit(self._eval_step, out_shardings=NamedSharding(self.mesh, P()))
         return self._eval(params, self.frozen, batch)
 
 

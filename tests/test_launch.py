@@ -171,8 +171,8 @@ def test_dry_run_lists_grid_with_costs_and_marks_infeasible(tmp_path):
 
 
 def test_two_workers_finish_every_run_exactly_once(tmp_path):
-    # the smoke grid: 2 budgets x 3 fractions, 6 runs
-    grid = ("--config.seeds=1",)
+    # one budget of the smoke grid: 3 runs for two workers to share
+    grid = ("--config.budgets=(8,)", "--config.seeds=1")
     workers = [start_worker(tmp_path, *grid) for _ in range(2)]
     outs = [w.communicate(timeout=300) for w in workers]
     for w, (_, err) in zip(workers, outs):

@@ -1,11 +1,9 @@
 """Multi-host JAX on CPU: two processes (jax.distributed over localhost, gloo collectives) run
 the smoke sweep through `launch.sweep` and reach the single-process metrics within 1e-5.
 
-The runner at the time of writing builds global batches with
-`make_array_from_process_local_data` from the *full* host batch on every process (so a
-two-process batch has twice the rows) and fetches data-sharded scores with `device_get`
-(which fails for arrays spanning other processes' devices). The worker below applies the two
-fixes when the library still lacks them (see `COMPAT`); once they land it runs unpatched.
+Every process builds the same full host batch and contributes its devices' rows
+(`stage.to_global`), and scores and features come back replicated, so every process can read
+them.
 """
 import json
 import math
@@ -21,35 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "cost_sweep.py")
 GRID = ("--config.budgets=(8,)", "--config.seeds=1")  # three runs, both stages
 
-COMPAT = r'''
-import inspect, sys
-import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
-from scalable_elicitation import learner, stage, train
-from scalable_elicitation.models.sharding import batch_sharding
-
-if "make_array_from_process_local_data" in inspect.getsource(stage.to_global):
-    def to_global(batch, mesh):
-        # every process builds the same full host batch; each device takes its own rows
-        return {k: jax.make_array_from_callback(v.shape, batch_sharding(mesh, v.ndim),
-                                                lambda idx, v=v: v[idx])
-                for k, v in batch.items()}
-    stage.to_global = learner.to_global = to_global
-    print("compat: patched stage.to_global", file=sys.stderr)
-
-if "out_shardings" not in inspect.getsource(train.Steps.scores):
-    def scores(self, params, batch):
-        if self._eval is None:  # replicated scores: every process can read them
-            self._eval = jax.jit(self._eval_step, out_shardings=NamedSharding(self.mesh, P()))
-        return self._eval(params, self.frozen, batch)
-    train.Steps.scores = scores
-    print("compat: patched Steps.scores", file=sys.stderr)
-
-from absl import app
-from launch import sweep
-sys.argv[0] = "launch.sweep"
-app.run(sweep.main)
-'''
+def _worker_cmd(*args):
+    return [sys.executable, "-m", "launch.sweep", *args]
 
 
 def _free_port():
@@ -95,17 +66,14 @@ def _floats(a, b, path=""):
 
 @pytest.mark.slow
 def test_two_process_cpu_run_matches_single_process(tmp_path):
-    worker = tmp_path / "worker.py"
-    worker.write_text(COMPAT)
     args = [f"--config={CONFIG}:smoke", *GRID]
-    single = subprocess.run([sys.executable, str(worker), f"--workdir={tmp_path / 'one'}",
-                             *args], cwd=ROOT, env=_env(1), capture_output=True, text=True,
-                            timeout=300)
+    single = subprocess.run(_worker_cmd(f"--workdir={tmp_path / 'one'}", *args), cwd=ROOT,
+                            env=_env(1), capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
 
     port = _free_port()
     procs = [subprocess.Popen(
-        [sys.executable, str(worker), f"--workdir={tmp_path / 'two'}", *args], cwd=ROOT,
+        _worker_cmd(f"--workdir={tmp_path / 'two'}", *args), cwd=ROOT,
         env=_env(1, SE_COORDINATOR_ADDRESS=f"localhost:{port}", SE_NUM_PROCESSES="2",
                  SE_PROCESS_ID=str(i)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
