@@ -28,6 +28,7 @@ def frontier_figure(records: list[dict], path: pathlib.Path) -> pathlib.Path | N
     import io
 
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -58,6 +59,7 @@ def frontier_figure(records: list[dict], path: pathlib.Path) -> pathlib.Path | N
             ax.axhline(sum(weak_acc) / len(weak_acc), ls="--", color="grey",
                        label="weak-label accuracy (test)")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("labelling cost (oracle-label units)")
         ax.set_title(variant, fontsize=9)
         ax.grid(alpha=0.3)
