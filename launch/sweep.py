@@ -236,5 +236,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from scalable_elicitation.main import parse_flags
     flags.mark_flag_as_required("config")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -24,6 +24,8 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the planned runs and their
 def sweep_points(config_path: str, config) -> list[dict]:
     """Grid points from the config file's `sweep(add, config)`, or one point if it has none."""
     path = config_path.split(":", 1)[0]
+    if not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"config file {path!r} not found (e.g. configs/cost_sweep.py)")
     spec = importlib.util.spec_from_file_location("_sweep_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -70,10 +72,14 @@ def main(argv):
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required")
     config = _CONFIG.value
-    points = sweep_points(flags.FLAGS["config"].config_filename, config)
-    if not points:
-        raise app.UsageError("the config file defines no sweep(add, config)")
-    recs = run_sweep(config, _WORKDIR.value, points, dry_run=_DRY_RUN.value)
+    try:
+        points = sweep_points(flags.FLAGS["config"].config_filename, config)
+        if not points:
+            raise ValueError("the config file's sweep(add, config) added no grid point")
+        recs = run_sweep(config, _WORKDIR.value, points, dry_run=_DRY_RUN.value)
+    except (ValueError, FileNotFoundError) as err:  # bad config or data: say what, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     failed = [r for r in recs if r["status"] == "failed"]
     if failed:
         print(f"{len(failed)} run(s) failed; rerun the same command to retry them",
@@ -82,6 +88,25 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
+def parse_flags(argv):
+    """absl flag parsing with one clear line for a bad `--config.KEY=VALUE` override (a typo'd
+    key on the locked config) instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip() and ln.strip() != ")"]
+        msg = (lines[-1] if lines else str(err)).strip("\"'")
+        print(f"error: bad flag or config override ({msg}); overrides given: {bad or 'none'}. "
+              "Check the key against the config file (python -m scalable_elicitation.main "
+              "--config=FILE --workdir=DIR --dry_run lists the grid).", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_main():
     flags.mark_flag_as_required("config")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run_main()
