@@ -41,7 +41,11 @@ def get_config(arg=None):
     opts = parse_arg(arg)
     c = ml_collections.ConfigDict()
     c.task = "tweet_sentiment"
-    c.task_options = ml_collections.ConfigDict({"min_confidence": 0.9})
+    # None: the task's own default (tweet_sentiment keeps crowd confidence >= 0.9); options a
+    # task does not take must stay None.
+    c.task_options = ml_collections.ConfigDict({
+        "min_confidence": ml_collections.config_dict.placeholder(float),
+        "max_train": ml_collections.config_dict.placeholder(int)})
     c.n_test = 300
     c.model = "smollm2"
     c.trainable = "head"  # linear probe on cached features: the CPU default (see README)
@@ -110,7 +114,7 @@ def get_config(arg=None):
     if opts.get("smoke"):
         c.model = "tiny:llama"
         c.trainable = "lora"
-        c.task_options = ml_collections.ConfigDict({"min_confidence": 0.9, "max_train": 160})
+        c.task_options.max_train = 160
         c.n_test = 32
         c.max_length = 32
         c.length_buckets = (32,)

@@ -212,6 +212,11 @@ def main(argv):
                 real_stdout.write("".join(line + "\n" for line in lines))
                 real_stdout.flush()
             return 0
+        try:  # bad data fails once, clearly, before any run takes a lock
+            sweep.prepare(s.seed for s in specs)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         tracker = None
         if _TENSORBOARD.value or _WANDB.value:
             from scalable_elicitation.tracking import Tracker

@@ -50,6 +50,7 @@ def run_sweep(config, workdir, points, *, dry_run=False, out=print) -> list[dict
             out(f"{sweep.run_dir(s).name} {config.method} n_weak={s.n_weak} "
                 f"n_oracle={s.n_oracle} cost={cost:g} seed={s.seed} {sweep.status(s)}")
         return []
+    sweep.prepare(s.seed for s in specs)
     bar = tqdm(specs, desc="runs", unit="run", file=sys.stderr)
     sweep.progress = lambda msg: bar.set_postfix_str(msg, refresh=False)
     recs = []

@@ -88,9 +88,14 @@ def validate(config) -> None:
     from scalable_elicitation.data.registry import resolve_options, task_kind
     try:
         task_kind(config.task)
-        resolve_options(config.task, dict(config.task_options))
+        resolve_options(config.task, set_options(config))
     except ValueError as err:
         raise ValueError(f"config.task: {err}") from None
+
+
+def set_options(config) -> dict:
+    """The task options that are set (None means the task's default)."""
+    return {k: v for k, v in config.task_options.items() if v is not None}
 
 
 def make_labeler(cfg, cache_dir):
@@ -139,7 +144,7 @@ class Sweep:
         self.cache_dir = self.workdir / "cache"
         self.progress = progress
         self.prices = budget_lib.Prices.of(config.prices.oracle, config.prices.weak)
-        self.task_options = dict(config.task_options)
+        self.task_options = set_options(config)
         self._tasks: dict[int, Any] = {}
         self._weak: dict[int, Any] = {}
         self._pools: dict[int, Any] = {}
@@ -177,6 +182,12 @@ class Sweep:
                 buckets=tuple(c.length_buckets), batch_size=c.train.batch_size,
                 mesh=tuple(c.mesh.items()), remat=c.remat), cache_dir=self.cache_dir)
         return self._learner
+
+    def prepare(self, seeds) -> None:
+        """Load each seed's task and weak labels up front, so bad data fails once, clearly,
+        before any run (instead of as a failed record per run)."""
+        for seed in sorted(set(seeds)):
+            self.weak_labels(seed)
 
     # -- planning --------------------------------------------------------------------------
     def plan(self, points: list[dict]) -> list[RunSpec]:

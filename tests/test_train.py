@@ -192,3 +192,15 @@ def test_killed_run_resumes_mid_stage_with_identical_record(tmp_path):
     assert got["metrics"] == want["metrics"]
     assert got["stages"] == want["stages"]
     assert not (run_dir / "ckpt").exists()  # checkpoints dropped once the record is written
+
+
+def test_bad_task_file_fails_once_before_any_run(tmp_path):
+    one_class = tmp_path / "one_class.jsonl"
+    one_class.write_text("".join(json.dumps({"text": f"text {i}", "label": 1}) + "\n"
+                                 for i in range(40)))
+    config = smoke_config(task=f"file:{one_class}")
+    with config.unlocked():
+        config.task_options.max_train = None
+    with pytest.raises(ValueError, match="one_class.jsonl"):
+        run_sweep(config, tmp_path / "w", sweep_points(CONFIG, config), out=lambda *_: None)
+    assert not (tmp_path / "w" / "runs").exists()  # no partial records
