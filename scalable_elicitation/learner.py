@@ -36,6 +36,7 @@ class LearnerConfig:
     batch_size: int = 32
     mesh: tuple[tuple[str, int], ...] = (("data", -1),)
     remat: bool = False
+    pooling: str | None = None  # None: the family's (decoders: last token; MiniLM: mean)
 
     def __post_init__(self):
         if self.max_length > max(self.buckets):
@@ -54,7 +55,8 @@ class Learner:
         lora = (LoraConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
                 if cfg.trainable == "lora" else None)
         self.bundle = load_pretrained(cfg.source, dtype=cfg.dtype, lora=lora,
-                                      trainable=cfg.trainable, mesh=mesh, remat=cfg.remat)
+                                      trainable=cfg.trainable, mesh=mesh, remat=cfg.remat,
+                                      pooling=cfg.pooling)
         tok = self.bundle.tokenizer
         if tok is None:
             raise ValueError(f"model {cfg.source!r} has no tokenizer files")
@@ -75,7 +77,8 @@ class Learner:
         if cache_dir is not None and self.probe:
             name = "".join(c if c.isalnum() else "_" for c in cfg.source)[-60:]
             self._cache_path = (pathlib.Path(cache_dir) / "features" /
-                                f"{name}-{cfg.dtype}-len{cfg.max_length}.npz")
+                                f"{name}-{cfg.dtype}-len{cfg.max_length}-"
+                                f"{self.bundle.config.pooling}.npz")
             if self._cache_path.exists():
                 with np.load(self._cache_path) as f:
                     self._cache = dict(zip(f["ids"].tolist(), f["features"]))

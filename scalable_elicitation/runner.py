@@ -62,6 +62,8 @@ def validate(config) -> None:
     need(config.method in METHODS, "method", f"{config.method!r}; allowed: {METHODS}")
     need(config.trainable in ("lora", "full", "head"), "trainable",
          f"{config.trainable!r}; allowed: lora, full, head")
+    need(config.pooling in ("", "last", "first", "mean"), "pooling",
+         f"{config.pooling!r}; allowed: '' (the family's), last, first, mean")
     need(config.loss in ("xent", "logconf"), "loss", f"{config.loss!r}; allowed: xent, logconf")
     need(config.oracle_selection in ("random", "entropy"), "oracle_selection",
          f"{config.oracle_selection!r}; allowed: random, entropy")
@@ -180,7 +182,8 @@ class Sweep:
                 c.model, trainable=c.trainable, dtype=c.dtype, lora_rank=c.lora.rank,
                 lora_alpha=c.lora.alpha, lora_dropout=c.lora.dropout, max_length=c.max_length,
                 buckets=tuple(c.length_buckets), batch_size=c.train.batch_size,
-                mesh=tuple(c.mesh.items()), remat=c.remat), cache_dir=self.cache_dir)
+                mesh=tuple(c.mesh.items()), remat=c.remat, pooling=c.pooling or None),
+                cache_dir=self.cache_dir)
         return self._learner
 
     def prepare(self, seeds) -> None:
@@ -243,7 +246,8 @@ class Sweep:
             method["mixture"] = dict(c.mixture)
         return {"task": c.task, "task_options": self.task_options, "n_test": c.n_test,
                 "model": c.model, "trainable": c.trainable, "dtype": c.dtype,
-                "lora": dict(c.lora), "max_length": c.max_length, **method,
+                "lora": dict(c.lora), "max_length": c.max_length, "pooling": c.pooling,
+                **method,
                 "train": dict(c.train),
                 "labeler": self.labeler.config_dict(), "oracle_share": c.oracle_share,
                 "prices": {"oracle": str(self.prices.oracle), "weak": str(self.prices.weak)},

@@ -137,9 +137,10 @@ class LlamaModel(nnx.Module):
         return self._run(input_ids, attention_mask, dropout_key=dropout_key)[0]
 
     def __call__(self, input_ids, attention_mask, *, dropout_key=None, prefix=None):
-        """Class logits [B, num_labels] from the last real token."""
+        """Class logits [B, num_labels], pooled as cfg.pooling says (default: last real
+        token)."""
         h, _ = self._run(input_ids, attention_mask, dropout_key=dropout_key, prefix=prefix)
-        return self.head(L.pool(h, attention_mask, "last"))
+        return self.head(L.pool(h, attention_mask, self.cfg.pooling))
 
     def _unembed(self, h):
         w = self.embed.value.T if self.lm_head is None else self.lm_head.value  # [D, V]
