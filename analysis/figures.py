@@ -13,7 +13,7 @@ from analysis import pricing  # noqa: E402
 from analysis.aggregate import Surface  # noqa: E402
 from analysis.fits import CurveFit, fraction_fit  # noqa: E402
 from analysis.io import save_figure  # noqa: E402
-from analysis.tables import ALL, method_mask, priced  # noqa: E402
+from analysis.tables import ALL, priced  # noqa: E402
 
 MAX_PANELS = 6
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from scalable_elicitation import labels as labels_lib
 from scalable_elicitation.models.sharding import batch_sharding
-from scalable_elicitation.train import Steps, TrainState, warmup_steps
+from scalable_elicitation.train import Steps, warmup_steps
 
 
 # ---------------------------------------------------------------------------------------------

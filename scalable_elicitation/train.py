@@ -7,13 +7,10 @@ a fixed batch size and a few length buckets, so a sweep compiles once per bucket
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec as P

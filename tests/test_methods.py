@@ -13,7 +13,6 @@ from scalable_elicitation.learner import Learner, LearnerConfig
 from scalable_elicitation.main import run_sweep, sweep_points
 from scalable_elicitation.prompts import PromptBuilder, label_token_ids, make_shots
 from scalable_elicitation.stage import make_batch, to_global
-from scalable_elicitation.train import Steps
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "configs"))

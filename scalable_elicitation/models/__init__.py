@@ -31,7 +31,7 @@ from scalable_elicitation.models.sharding import (DEFAULT_RULES, freeze_rules, m
                                                   state_shardings)
 
 __all__ = ["ArchConfig", "LoraConfig", "ModelBundle", "load_pretrained", "build_model",
-           "trainable_filter", "WeightImportError", "TINY_CONFIGS"]
+           "trainable_filter", "WeightImportError", "TINY_CONFIGS", "from_hf_config"]
 
 WeightImportError = W.WeightImportError
 
