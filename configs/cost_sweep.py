@@ -73,7 +73,7 @@ def get_config(arg=None):
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32
-    c.train.lr = 0.1  # probe lr: see README, "Choosing the defaults"
+    c.train.lr = 0.01  # probe lr: see README, "Choosing the defaults"
     c.train.max_visits = 30000  # the study's example-visit cap per stage
     c.train.small_stage_visits = 3000
     c.train.eval_every = 50
