@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from test_parity_golden import rel_err  # noqa: E402  (one comparator for both parity files)
 
 pytestmark = pytest.mark.torch
 
@@ -40,15 +41,6 @@ LIVE = {
     "mistral_swa": dict(sliding_window=7),
     "bert": dict(hidden_size=48, num_attention_heads=6, intermediate_size=80),
 }
-
-
-def rel_err(ours, ref, mask=None) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    if mask is not None:
-        keep = np.asarray(mask).astype(bool)
-        ours, ref = ours[keep], ref[keep]
-    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
 def run(fn, input_ids, attention_mask) -> np.ndarray:
