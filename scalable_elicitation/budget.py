@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from fractions import Fraction
-from typing import Iterable, Sequence
 
 
 def exact(x) -> Fraction:
@@ -69,34 +68,6 @@ def labels_for(budget, fraction, prices: Prices) -> GridPoint:
     n_weak = math.floor((b - n_oracle * prices.oracle) / prices.weak)
     assert prices.cost(n_oracle, n_weak) <= b  # invariant of the floors above
     return GridPoint(b, f, n_oracle, n_weak)
-
-
-@dataclasses.dataclass(frozen=True)
-class PlannedRun:
-    """One run of the grid: the (n_weak, n_oracle) it buys, the grid points it serves."""
-
-    n_weak: int
-    n_oracle: int
-    budget: Fraction
-    fractions: tuple[Fraction, ...]
-    seed: int
-
-
-def plan_grid(budgets: Iterable, fractions: Iterable, prices: Prices,
-              seeds_for: "callable[[int, int], Sequence[int]]") -> list[PlannedRun]:
-    """Expand budgets x fractions into runs; points that buy the same counts at the same budget
-    are one run listing every fraction it serves. `seeds_for(n_weak, n_oracle)` gives the seeds
-    (the study used 3, and 7 where the smaller non-empty stage has at most 10 labels)."""
-    merged: dict[tuple, list[Fraction]] = {}
-    for b in budgets:
-        for f in fractions:
-            p = labels_for(b, f, prices)
-            merged.setdefault((p.budget, p.n_weak, p.n_oracle), []).append(p.fraction)
-    runs = []
-    for (b, n_weak, n_oracle), fs in merged.items():
-        for seed in seeds_for(n_weak, n_oracle):
-            runs.append(PlannedRun(n_weak, n_oracle, b, tuple(sorted(fs)), seed))
-    return runs
 
 
 def study_seeds(n_seeds: int = 3, n_seeds_small: int = 7, small: int = 10):

@@ -124,6 +124,7 @@ class Steps:
             key=replicated)
         self._train = {}
         self._eval = None
+        self._init = None
 
     @classmethod
     def for_model(cls, bundle: ModelBundle, optimizer=None) -> "Steps":
@@ -169,8 +170,9 @@ class Steps:
 
     def init_state(self, params, key) -> TrainState:
         """A fresh optimizer and step counter around `params` (each stage starts so)."""
-        fn = jax.jit(self._init_state, out_shardings=self.state_sharding)
-        return fn(params, key)
+        if self._init is None:  # one compile for the sweep, not one per stage
+            self._init = jax.jit(self._init_state, out_shardings=self.state_sharding)
+        return self._init(params, key)
 
     def fresh_params(self, key):
         """Newly initialised trainable parameters (head, LoRA) for a run."""
