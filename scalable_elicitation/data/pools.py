@@ -2,9 +2,14 @@
 
 For each (task, seed), one seeded permutation of the training split, minus the weak labeller's
 own training examples, is cut into a weak pool and a disjoint oracle pool. The cut is stratified
-by class and the larger class is undersampled, so each pool is balanced exactly. A run takes
-prefixes, so a bigger budget's labels contain a smaller one's, and all methods at one seed see the
-same labels.
+by class and the larger class is undersampled, so each pool is balanced as a whole; each pool is
+then put in its own seeded random order, so its first n examples are a uniform random sample of
+it (the class mix of a prefix is hypergeometric, close to binomial). A run takes prefixes, so a
+bigger budget's labels contain a smaller one's, and all methods at one seed see the same labels.
+
+(Keeping the permutation's order after a rank-by-class cut is not enough: the oracle pool then
+starts with whichever class finishes its weak quota first, and seed 0's first 28 oracle tweets
+were all positive.)
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import numpy as np
 from scalable_elicitation.data.split import Split
 
 SOURCES = ("weak", "oracle")
+_POOL_ORDER_SALT = 0x706F6F6C  # the pools' own order stream, apart from the cut's permutation
 
 
 class PoolExhaustedError(ValueError):
@@ -60,7 +66,8 @@ def make_pools(train: Split, *, seed: int, exclude_ids=(), oracle_share: float =
 
     Each class contributes the same number of examples to a pool, `floor((1 - oracle_share) * m)`
     to the weak pool and the rest of its first `m` to the oracle pool, m the smaller class's
-    count, so both pools are balanced; within a pool the order is the permutation's.
+    count, so both pools are balanced; each pool is then shuffled (seeded), so its prefixes are
+    uniform random samples of it.
     """
     if not 0.0 <= oracle_share <= 1.0:
         raise ValueError(f"oracle_share must be in [0, 1], got {oracle_share}")
@@ -74,8 +81,9 @@ def make_pools(train: Split, *, seed: int, exclude_ids=(), oracle_share: float =
     for c in (0, 1):
         members = labels == c
         rank[members] = np.arange(int(members.sum()))
-    weak = order[rank < n_weak_per_class]
-    oracle = order[(rank >= n_weak_per_class) & (rank < m)]
+    order_rng = np.random.default_rng([seed, _POOL_ORDER_SALT])
+    weak = order_rng.permutation(order[rank < n_weak_per_class])
+    oracle = order_rng.permutation(order[(rank >= n_weak_per_class) & (rank < m)])
     info = {"n_excluded": int(excluded.sum()), "n_unused": int(len(order) - 2 * m),
             "oracle_share": oracle_share}
     return Pools(train.take(weak), train.take(oracle), seed, info)
