@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from scalable_elicitation.data import Split, Task
 from scalable_elicitation.data.processing import first_balanced
 
-LABELS_VERSION = 1  # bump when a labeller's output for a given config changes
+LABELS_VERSION = 2  # bump when a labeller's output for a given config changes
 _NOISE_SALT = 0x6E6F6973  # keeps the noise stream apart from the data streams at the same seed
 _TRAIN_SPLIT_SALT = 0x77747261
 
@@ -84,6 +84,27 @@ def accuracy(soft: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         return float("nan")
     return float(np.mean((np.asarray(soft) >= 0.5).astype(np.int64) == np.asarray(labels)))
+
+
+def positive_rate(soft: np.ndarray) -> float:
+    """Share of examples called positive (soft label hardened at 0.5, ties count as 1)."""
+    soft = np.asarray(soft)
+    return float(np.mean(soft >= 0.5)) if len(soft) else float("nan")
+
+
+def expected_calibration_error(soft: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
+    """ECE of soft labels read as P(y=1): over `n_bins` equal-width bins of P(y=1), the
+    size-weighted mean of |share of positives - mean P(y=1)| (SPEC section 11)."""
+    soft, labels = np.asarray(soft, np.float64), np.asarray(labels, np.float64)
+    if len(soft) == 0:
+        return float("nan")
+    bins = np.minimum((soft * n_bins).astype(np.int64), n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        inside = bins == b
+        if inside.any():
+            total += inside.sum() * abs(labels[inside].mean() - soft[inside].mean())
+    return float(total / len(soft))
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -147,6 +168,9 @@ def make_weak_labels(labeler: str, config: dict, task: Task, train_ids, pool_sof
             raise ValueError(f"{labeler}: {what} soft labels must be probabilities in [0, 1]")
     metrics = {"pool_accuracy": accuracy(pool_soft, pool["label"]),
                "pool_auroc": auroc(pool_soft, pool["label"]),
+               "pool_positive_rate": positive_rate(pool_soft),
+               "pool_ece": expected_calibration_error(pool_soft, pool["label"]),
+               "test_ece": expected_calibration_error(test_soft, task.test["label"]),
                "test_accuracy": accuracy(test_soft, task.test["label"]),
                "test_auroc": auroc(test_soft, task.test["label"]),
                "n_pool": len(pool), "n_test": len(task.test), "n_train": len(train_ids)}
@@ -289,7 +313,15 @@ class ModelLabeler:
             max_length=self.max_length, buckets=(self.max_length,),
             batch_size=self.batch_size), cache_dir=self.cache_dir)
         train = labeler_train_split(task, seed, self.n_train)
-        data = learner.data(train["id"], train["text"])
+        # a probe sees features standardised with its task's unlabelled training texts
+        stats = (learner.feature_stats(task.train["id"], task.train["text"])
+                 if learner.probe else None)
+
+        def inputs(split):
+            data = learner.data(split["id"], split["text"])
+            return stats.apply(data) if stats is not None else data
+
+        data = inputs(train)
         key = jax.random.key(seed)
         init_key, train_key = jax.random.split(jax.random.fold_in(key, _TRAIN_SPLIT_SALT))
         result = run_stage(
@@ -301,8 +333,7 @@ class ModelLabeler:
         pool = labelled_pool(task, train["id"])
 
         def soft(split):
-            scores = predict(learner.steps, result.params,
-                             learner.data(split["id"], split["text"]), learner.spec)
+            scores = predict(learner.steps, result.params, inputs(split), learner.spec)
             return (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
 
         return make_weak_labels(self.name, self.config_dict(), task, train["id"], soft(pool),

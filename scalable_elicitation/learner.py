@@ -19,8 +19,11 @@ from flax import nnx
 from scalable_elicitation.models import LoraConfig, load_pretrained
 from scalable_elicitation.models import layers as L
 from scalable_elicitation.models.sharding import data_parallel_size, make_mesh
-from scalable_elicitation.stage import BatchSpec, Encoded, Features, encode, to_global
+from scalable_elicitation.stage import (BatchSpec, Encoded, Features, FeatureStats, encode,
+                                        to_global)
 from scalable_elicitation.train import Steps
+
+FEATURES_VERSION = 2  # bump when cached features change (v2: special tokens kept on truncation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +71,11 @@ class Learner:
         if self.probe:
             self.steps = Steps.for_probe(self.bundle.config.hidden_size, 2, mesh)
             how = self.bundle.config.pooling
+            # pooled over `pool_mask`: the input's own tokens (a k-shot prompt's shots are
+            # context for them, not part of the pooled feature; SPEC section 7.2)
             self._features_fn = _replicated_jit(
-                self.bundle, lambda m, ids, mask: L.pool(m.hidden(ids, mask), mask, how))
+                self.bundle,
+                lambda m, ids, mask, pool_mask: L.pool(m.hidden(ids, mask), pool_mask, how))
         else:
             self.steps = Steps.for_model(self.bundle)
         self._cache: dict[str, np.ndarray] = {}
@@ -78,7 +84,7 @@ class Learner:
             name = "".join(c if c.isalnum() else "_" for c in cfg.source)[-60:]
             self._cache_path = (pathlib.Path(cache_dir) / "features" /
                                 f"{name}-{cfg.dtype}-len{cfg.max_length}-"
-                                f"{self.bundle.config.pooling}.npz")
+                                f"{self.bundle.config.pooling}-v{FEATURES_VERSION}.npz")
             if self._cache_path.exists():
                 with np.load(self._cache_path) as f:
                     self._cache = dict(zip(f["ids"].tolist(), f["features"]))
@@ -97,8 +103,9 @@ class Learner:
         if not self.probe:
             return enc
         if ids is None:
-            ids = ["t:" + hashlib.blake2b(t.tobytes(), digest_size=8).hexdigest()
-                   for t in enc.tokens]
+            ids = ["t:" + hashlib.blake2b(t.tobytes() + int(s).to_bytes(4, "little"),
+                                          digest_size=8).hexdigest()
+                   for t, s in zip(enc.tokens, enc.starts)]
         ids = [str(i) for i in ids]
         missing = [k for k, i in enumerate(ids) if i not in self._cache]
         if missing:
@@ -110,6 +117,13 @@ class Learner:
                         np.zeros((0, self.bundle.config.hidden_size), np.float32),
                         enc.truncated)
 
+    def feature_stats(self, ids, texts) -> FeatureStats:
+        """Per-dimension statistics of these (unlabelled) examples' features, for a probe's
+        standardisation (SPEC section 5); the features are cached like any other."""
+        if not self.probe:
+            raise ValueError("feature statistics are for a linear probe (trainable='head')")
+        return FeatureStats.of(self.data(ids, texts).features)
+
     def _compute(self, enc: Encoded) -> np.ndarray:
         spec = self.spec
         order = np.argsort(enc.lengths(), kind="stable")
@@ -117,9 +131,12 @@ class Learner:
         for start in range(0, len(order), spec.batch_size):
             idx = order[start:start + spec.batch_size]
             b = enc.batch(idx, np.zeros(len(idx)), np.ones(len(idx)), spec)
-            g = to_global({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]},
-                          self.steps.mesh)
-            f = self._features_fn(g["input_ids"], g["attention_mask"])
+            pool_mask = b["attention_mask"].copy()
+            for row, start in enumerate(enc.starts[idx]):
+                pool_mask[row, :start] = 0
+            g = to_global({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
+                           "pool_mask": pool_mask}, self.steps.mesh)
+            f = self._features_fn(g["input_ids"], g["attention_mask"], g["pool_mask"])
             out[idx] = np.asarray(jax.device_get(f), np.float32)[:len(idx)]
         return out
 

@@ -1,8 +1,10 @@
 """Few-shot prompts (SPEC section 7.2-7.3), built at the token level.
 
 A shot renders as `{text}\\n{0|1}`, shots are joined by blank lines, then the input `{text}`
-and `\\n`. Each shot's text and the input are truncated separately (keep the start), so a long
-input never cuts a shot away. Weak shots show the weak label hardened at 0.5, never ground
+and `\\n`. The model's special tokens wrap the whole prompt exactly as they wrap a plain input
+(BOS first for the Llama family; [CLS] ... [SEP] for BERT), so every method is tokenised alike.
+Each shot's text and the input are truncated separately (keep the start), so a long input never
+cuts a shot away. Weak shots show the weak label hardened at 0.5, never ground
 truth (the study's code leaked ground truth here).
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from scalable_elicitation.stage import Encoded
+from scalable_elicitation.stage import Encoded, special_tokens
 
 _ORDER_SALT = 0x6F726472
 
@@ -65,6 +67,7 @@ class PromptBuilder:
             self._shot_tokens.append((body[:shot_max_length]
                                       + _tokens(tokenizer, f"\n{s.label}\n\n"), cut))
         self._newline = _tokens(tokenizer, "\n")
+        self._before, self._after = special_tokens(tokenizer)
         self.shot_truncations = sum(cut for _, cut in self._shot_tokens)
 
     def order(self, example_id: str) -> np.ndarray:
@@ -73,23 +76,28 @@ class PromptBuilder:
         return rng.permutation(len(self.shots))
 
     def prefix(self, order: Sequence[int] | None = None) -> list[int]:
-        """The shots' tokens in a given order (default: as drawn)."""
+        """The leading special tokens and the shots' tokens in a given order (default: as
+        drawn): the part of a prompt shared by every input."""
         order = range(len(self.shots)) if order is None else order
-        return [t for i in order for t in self._shot_tokens[i][0]]
+        return list(self._before) + [t for i in order for t in self._shot_tokens[i][0]]
 
     def suffix(self, text: str) -> tuple[list[int], bool]:
+        """The input's own tokens: its text (truncated), a newline, the trailing special
+        tokens; and whether the text was truncated."""
         body = _tokens(self.tokenizer, text)
-        return body[:self.input_max_length] + self._newline, len(body) > self.input_max_length
+        return (body[:self.input_max_length] + self._newline + list(self._after),
+                len(body) > self.input_max_length)
 
     def encode(self, ids, texts, *, shuffle: bool = True) -> Encoded:
         """Full prompts (shots + input + newline) for each example."""
-        tokens, truncated = [], []
+        tokens, truncated, starts = [], [], []
         for i, t in zip(ids, texts):
             suffix, cut = self.suffix(t)
             prefix = self.prefix(self.order(i) if shuffle else None)
             tokens.append(np.asarray(prefix + suffix, dtype=np.int32))
             truncated.append(cut)
-        return Encoded(tokens, np.asarray(truncated, dtype=bool))
+            starts.append(len(prefix))  # a probe pools over the input's own tokens only
+        return Encoded(tokens, np.asarray(truncated, dtype=bool), np.asarray(starts))
 
     def render_text(self, example_id: str, text: str) -> str:
         """The prompt as text (for inspection and tests)."""

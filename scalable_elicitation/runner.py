@@ -30,7 +30,8 @@ from scalable_elicitation.data import PoolExhaustedError, load_task, make_pools
 from scalable_elicitation.learner import Learner, LearnerConfig
 from scalable_elicitation.models.sharding import data_parallel_size
 from scalable_elicitation.prompts import PromptBuilder, make_shots
-from scalable_elicitation.stage import StageConfig, predict, run_stage, split_validation
+from scalable_elicitation.stage import (FeatureStats, StageConfig, predict, run_stage,
+                                        split_validation)
 
 METHODS = ("seq_sft", "kshot_sft", "icl", "mixture_sft")
 POINT_KEYS = ("budget", "fraction", "seed")
@@ -40,6 +41,7 @@ class InfeasibleRun(ValueError):
     """A run that cannot be made with what its grid point bought (e.g. fewer labels than
     shots); recorded as `infeasible` with this message."""
 STREAMS = {"data": 1, "init": 2, "train": 3, "selection": 4}  # named RNG streams of a run
+PROMPT_STATS_SIZE = 256  # unlabelled training texts whose prompted features standardise a probe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +152,7 @@ class Sweep:
         self._tasks: dict[int, Any] = {}
         self._weak: dict[int, Any] = {}
         self._pools: dict[int, Any] = {}
+        self._stats: dict[int, FeatureStats] = {}
         self._learner = None
         self.labeler = make_labeler(config.labeler, self.cache_dir)
 
@@ -174,6 +177,16 @@ class Sweep:
                                            oracle_share=self.config.oracle_share)
         return self._pools[seed]
 
+    def feature_stats(self, seed: int) -> FeatureStats | None:
+        """A probe's per-dimension feature statistics over the seed's unlabelled training
+        texts (SPEC section 5); None when the model is finetuned."""
+        if not self.learner.probe:
+            return None
+        if seed not in self._stats:
+            train = self.task(seed).train
+            self._stats[seed] = self.learner.feature_stats(train["id"], train["text"])
+        return self._stats[seed]
+
     @property
     def learner(self) -> Learner:
         if self._learner is None:
@@ -191,6 +204,7 @@ class Sweep:
         before any run (instead of as a failed record per run)."""
         for seed in sorted(set(seeds)):
             self.weak_labels(seed)
+            self.feature_stats(seed)
 
     # -- planning --------------------------------------------------------------------------
     def plan(self, points: list[dict]) -> list[RunSpec]:
@@ -296,7 +310,8 @@ class Sweep:
         return {
             "run_id": records.run_id(eff), "task": c.task, "model": c.model,
             "method": c.method, "seed": spec.seed, "weak_labeler": self.labeler.name,
-            "weak_label_accuracy": None,
+            "weak_label_accuracy": None, "weak_label_positive_rate": None,
+            "weak_label_ece": None,
             "prices": {"oracle": float(self.prices.oracle), "weak": float(self.prices.weak)},
             "budget": float(spec.budget) if spec.budget is not None else None,
             "oracle_fractions": [float(f) for f in spec.fractions],
@@ -326,10 +341,22 @@ class Sweep:
             builder = PromptBuilder(learner.tokenizer, shots, shot_max_length=c.shot_max_length,
                                     input_max_length=c.max_length, seed=spec.seed)
 
-        def inputs(split, shuffle=True):
+        def raw_inputs(split, shuffle=True):
             if builder is None:
                 return learner.data(split["id"], split["text"])
             return learner.prepare(builder.encode(split["id"], split["text"], shuffle=shuffle))
+
+        stats = self.feature_stats(spec.seed)
+        if stats is not None and builder is not None:
+            # prompted features differ from plain ones: standardise with the prompt's own
+            # statistics over a fixed sample of unlabelled training texts
+            sample = task.train.take(np.random.default_rng([spec.seed, STREAMS["data"], 7])
+                                     .permutation(len(task.train))[:PROMPT_STATS_SIZE])
+            stats = FeatureStats.of(raw_inputs(sample).features)
+
+        def inputs(split, shuffle=True):
+            data = raw_inputs(split, shuffle)
+            return stats.apply(data) if stats is not None else data
 
         # -- stages
         stages = []
@@ -380,6 +407,8 @@ class Sweep:
             _write_scores(out / "scores.parquet", test["id"], y, scores)
             records.atomic_write_json(out / "ledger.json", ledger)
         return {**rec, "status": "ok", "weak_label_accuracy": weak.metrics["pool_accuracy"],
+                "weak_label_positive_rate": weak.metrics["pool_positive_rate"],
+                "weak_label_ece": weak.metrics["pool_ece"],
                 "weak_label_test_accuracy": weak.metrics["test_accuracy"],
                 "n_weak": n_weak, "n_oracle": n_oracle, "n_shots": n_shots,
                 "cost": float(self.prices.cost(n_oracle, n_weak)), "stages": stages,

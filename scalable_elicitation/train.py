@@ -79,11 +79,22 @@ def warmup_steps(steps_per_epoch: int) -> int:
     return max(2, min(40, steps_per_epoch))
 
 
+def _key_name(entry) -> str:
+    """The plain name of one pytree path entry: DictKey('bias') -> 'bias', GetAttrKey('value')
+    -> 'value' (str() of an entry gives "['bias']", which no name test matches)."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
 def decay_mask(params):
-    """Weight decay on matrices only: not on norms and biases (1-D per layer)."""
+    """Weight decay on matrices only: not on norms and biases (SPEC section 6). Decided by the
+    parameter's name, since stacked layers make a bias 2-D ([layers, dim])."""
     def one(path, v):
-        name = str(path[-1])
-        return not (name == "bias" or "norm" in ".".join(str(p) for p in path))
+        names = [_key_name(p) for p in path if _key_name(p) != "value"]
+        leaf = names[-1] if names else ""
+        return not ("bias" in leaf or any("norm" in n for n in names))
     return jax.tree_util.tree_map_with_path(one, params)
 
 
@@ -141,9 +152,11 @@ class Steps:
     def for_probe(cls, hidden: int, num_labels: int, mesh, optimizer=None) -> "Steps":
         """Head-only training on cached features: batches carry `features` [B, D].
 
-        A frozen base cannot move the decision threshold or rescale its features, so the probe
-        standardises each feature vector (layer norm without affine parameters, a function of
-        the example alone) and has a bias; the finetuned head has neither (SPEC section 5).
+        The features arrive standardised per dimension with statistics of the task's unlabelled
+        training texts (`stage.FeatureStats`, SPEC section 5). A frozen base cannot move the
+        decision threshold, so the probe has a bias; the finetuned head has none. (Standardising
+        each example's vector instead leaves a component shared by all examples that acts as a
+        hidden bias, and early-stopped probes then predict one class for every input.)
         """
         from scalable_elicitation.models.layers import HEAD_INIT_SCALE, HEAD_INIT_STD
         sharding = NamedSharding(mesh, P())
@@ -155,8 +168,7 @@ class Steps:
                 "bias": jax.device_put(jnp.zeros((num_labels,), jnp.float32), sharding)}}
 
         def logits_fn(params, frozen, batch, dropout_key=None):
-            x = batch["features"].astype(jnp.float32)
-            x = (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-6)
+            x = batch["features"].astype(jnp.float32)  # [B, D], standardised per dimension
             return x @ params["head"]["kernel"] + params["head"]["bias"]
 
         params = jax.eval_shape(init_params, jax.random.key(0))
@@ -213,6 +225,39 @@ class Steps:
                 out_shardings=(self.state_sharding, None),
                 donate_argnums=(0,))
         return self._train[loss_kind](state, self.frozen, batch, hp)
+
+    def _train_chunk(self, loss_kind, state: TrainState, frozen, batches, active, hp):
+        """T train steps under one `lax.scan`, so the step loop stays on the device
+        (no host round trip per step). `batches` are stacked [T, B, ...]; a step whose `active`
+        is False is skipped (state unchanged, loss NaN), so one compiled chunk serves every
+        stage length."""
+        def body(state, xs):
+            batch, on = xs
+
+            def run(s):
+                new, metrics = self._train_step(loss_kind, s, frozen, batch, hp)
+                return new, metrics["loss"]
+
+            def skip(s):
+                return s, jnp.full((), jnp.nan, jnp.float32)
+
+            return jax.lax.cond(on, run, skip, state)
+
+        return jax.lax.scan(body, state, (batches, active))
+
+    def train_chunk(self, state, batches, active, hp, loss_kind="xent"):
+        """Run the active steps of a stacked chunk of batches; returns (state, losses [T])."""
+        key = ("chunk", loss_kind)
+        if key not in self._train:
+            import functools
+            batch_sh = {k: batch_sharding(self.mesh, v.ndim - 1, leading=1)
+                        for k, v in batches.items()}
+            self._train[key] = jax.jit(
+                functools.partial(self._train_chunk, loss_kind),
+                in_shardings=(self.state_sharding, self.frozen_sharding, batch_sh, None, None),
+                out_shardings=(self.state_sharding, None),
+                donate_argnums=(0,))
+        return self._train[key](state, self.frozen, batches, active, hp)
 
     def _eval_step(self, params, frozen, batch):
         self.compiles["eval"] += 1

@@ -142,12 +142,14 @@ def last_token_index(attention_mask):
 
 
 def pool(hidden, attention_mask, how: str):
-    """Pool [B, L, D] hidden states to [B, D]: last real token, first token, or masked mean."""
+    """Pool [B, L, D] hidden states to [B, D] over the positions the mask marks: the last, the
+    first, or their mean."""
     if how == "last":
         idx = last_token_index(attention_mask)
         return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
     if how == "first":
-        return hidden[:, 0]
+        idx = jnp.argmax(attention_mask, axis=1)  # first marked position (0 when right-padded)
+        return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
     if how == "mean":
         m = attention_mask.astype(hidden.dtype)[..., None]
         return (hidden * m).sum(1) / jnp.maximum(m.sum(1), 1.0)

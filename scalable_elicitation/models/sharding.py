@@ -119,15 +119,16 @@ def state_shardings(state, mesh: Mesh, rules=DEFAULT_RULES):
                         is_leaf=lambda x: isinstance(x, P))
 
 
-def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
-    """Sharding of a [B, ...] batch array: batch over the data-parallel axes, rest replicated."""
+def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES, leading: int = 0) -> NamedSharding:
+    """Sharding of a [B, ...] batch array: batch over the data-parallel axes, rest replicated.
+    `leading` unsharded axes may come first (e.g. [T, B, ...] for a chunk of steps)."""
     axes = ("batch",) + (None,) * (ndim - 1)
     table = dict(rules)
     target = table["batch"]
     targets = (target,) if isinstance(target, str) else tuple(target or ())
     targets = tuple(t for t in targets if mesh.shape.get(t, 1) > 1)
-    spec = P(targets if len(targets) > 1 else (targets[0] if targets else None),
-             *axes[1:])
+    spec = P(*(None,) * leading,
+             targets if len(targets) > 1 else (targets[0] if targets else None), *axes[1:])
     return NamedSharding(mesh, spec)
 
 
