@@ -11,17 +11,20 @@ Resume order, for each stage in turn:
    saved step (the data order is a pure function of the step, so the same batches follow);
 3. else start the stage fresh.
 Every process calls save (Orbax requires it on multi-host); writes are atomic (Orbax writes a
-temporary folder and renames it).
+temporary folder and finalises the step only once it is complete). RUN_DIR may be a local
+folder or an object-store URI (`scalable_elicitation.paths`): Orbax takes both as `epath` paths.
 """
 from __future__ import annotations
 
-import pathlib
+import os
 import shutil
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from scalable_elicitation.paths import as_path, is_uri
 
 DONE_STEP = 2**31 - 1  # the final, "stage done" checkpoint
 
@@ -34,12 +37,12 @@ def _abstract(tree):
 class StageCheckpointer:
     """Mid-stage and end-of-stage checkpoints of one stage of one run."""
 
-    def __init__(self, directory: pathlib.Path, *, min_interval_s: float = 0.0):
-        self.directory = pathlib.Path(directory)
+    def __init__(self, directory: str | os.PathLike, *, min_interval_s: float = 0.0):
+        self.directory = as_path(directory)
         self.min_interval_s = min_interval_s
         self._last = -np.inf
         self._manager = ocp.CheckpointManager(
-            self.directory.absolute(),
+            self.directory if is_uri(self.directory) else self.directory.absolute(),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
                                                  enable_async_checkpointing=False))
 
@@ -99,7 +102,12 @@ class StageCheckpointer:
         self._manager.close()
 
 
-def remove_run_checkpoints(run_dir: pathlib.Path) -> None:
+def remove_run_checkpoints(run_dir: str | os.PathLike) -> None:
     """Drop a finished run's checkpoints (its record holds what matters)."""
-    if jax.process_index() == 0:
-        shutil.rmtree(pathlib.Path(run_dir) / "ckpt", ignore_errors=True)
+    if jax.process_index() != 0:
+        return
+    ckpt = as_path(run_dir) / "ckpt"
+    if is_uri(ckpt):
+        ckpt.rmtree(missing_ok=True)
+    else:
+        shutil.rmtree(ckpt, ignore_errors=True)

@@ -144,7 +144,7 @@ class Sweep:
     def __init__(self, config, workdir: str | pathlib.Path, *, progress=None):
         validate(config)
         self.config = config
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = records.as_path(workdir)  # a local folder or gs://bucket/...
         self.cache_dir = self.workdir / "cache"
         self.progress = progress
         self.prices = budget_lib.Prices.of(config.prices.oracle, config.prices.weak)
