@@ -8,6 +8,13 @@ heartbeat thread. A lock is stale when its holder is gone: on this host, its pid
 (or was reused by another process, told apart by the process start time); on another host, its
 heartbeat is older than `stale_after` seconds. A stale lock is taken over under a second,
 short-lived `takeover` lock, so two workers that both see a stale lock do not both win.
+
+This needs a POSIX filesystem that every worker sharing the sweep sees, with an exclusive
+create that is atomic between hosts and mtimes that other hosts read fresh: a local disk (one
+host, or one multi-host job, where process 0 takes every lock), NFS (e.g. Filestore), Lustre or
+GPFS. An object store does not qualify, neither as a URI (`gs://`) nor through a FUSE mount
+(gcsfuse, s3fs, ...): there an exclusive create is only exclusive within one mount, and cached
+metadata hides another host's heartbeat. `storage_problem` names such storage before any run.
 """
 from __future__ import annotations
 
@@ -18,10 +25,61 @@ import socket
 import threading
 import time
 
+from scalable_elicitation import paths
+
 LOCK = "lock"
 TAKEOVER = "lock.takeover"
 STARTS = "starts.log"
 TAKEOVER_STALE_S = 60.0  # a takeover is a few file operations; older means its taker died
+# FUSE file systems backed by an object store (the mount type /proc/mounts lists)
+OBJECT_STORE_MOUNTS = frozenset({
+    "fuse.gcsfuse", "fuse.s3fs", "fuse.goofys", "fuse.geesefs", "fuse.rclone",
+    "fuse.blobfuse", "fuse.blobfuse2", "fuse.mountpoint-s3"})
+LOCK_STORAGE_HELP = ("locks need a POSIX filesystem with an atomic exclusive create: a local "
+                     "disk (workers on one host, or one multi-host job), NFS/Filestore, Lustre "
+                     "or GPFS; keep records on the bucket and pass --lock_dir=DIR on such a "
+                     "filesystem (see README, 'Launching sweeps at scale')")
+
+
+def _unescape_mount(field: str) -> str:
+    """/proc/mounts writes space, tab, newline and backslash as octal escapes."""
+    return field.replace("\\040", " ").replace("\\011", "\t").replace(
+        "\\012", "\n").replace("\\134", "\\")
+
+
+def mount_type(path: str | os.PathLike, mounts: str | None = None) -> str | None:
+    """The file-system type of the mount holding `path` (longest mount point that contains
+    it, after resolving symlinks), from /proc/mounts or the given text; None when unknown."""
+    if mounts is None:
+        try:
+            mounts = pathlib.Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(os.path.abspath(os.fspath(path)))
+    best, best_type = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = _unescape_mount(fields[1])
+        inside = point == "/" or target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, best_type = point, fields[2]
+    return best_type
+
+
+def storage_problem(path: str | os.PathLike, mounts: str | None = None) -> str | None:
+    """Why run locks under `path` would not be exclusive between workers (None when they
+    are): an object-store URI, or a FUSE mount of an object store."""
+    if paths.is_uri(path):
+        return f"{os.fspath(path)} is an object-store URI, which cannot hold a lock: " \
+               + LOCK_STORAGE_HELP
+    kind = mount_type(path, mounts)
+    if kind in OBJECT_STORE_MOUNTS:
+        return (f"{os.fspath(path)} is on a {kind} mount, where an exclusive create is only "
+                "exclusive within one mount and cached metadata hides other hosts' "
+                "heartbeats: " + LOCK_STORAGE_HELP)
+    return None
 
 
 def hostname() -> str:
@@ -93,7 +151,7 @@ class RunLock:
                  heartbeat_s: float | None = None):
         if stale_after <= 0:
             raise ValueError(f"stale_after={stale_after} must be > 0 seconds")
-        self.run_dir = pathlib.Path(run_dir)
+        self.run_dir = paths.local_path(run_dir, "a run lock")
         self.path = self.run_dir / LOCK
         self.stale_after = stale_after
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else min(60.0,

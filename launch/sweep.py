@@ -14,8 +14,15 @@ SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT) takes runs i, i+n, i+2n, ... of the 
   RUN_ID METHOD n_weak=N n_oracle=N cost=C seed=S STATUS      STATUS: todo | done | infeasible | failed
 A run needing more labels than its seed's pool holds is `infeasible` before anything runs.
 
-Multi-host (one process per host, same command everywhere): set SE_MULTIHOST=1 (see
-launch/multihost.py). Process 0 takes the locks and writes the records; every process trains.
+Storage: WORKDIR must be a filesystem path (records, scores and checkpoints may sit on a gcsfuse
+mount of a bucket). Locks need a POSIX filesystem with an atomic exclusive create (launch/lock.py);
+`--lock_dir=DIR` keeps them (and the starts logs, as DIR/RUN_ID/) apart from WORKDIR, and a
+worker refuses to start, before any run, when the lock folder is an object store.
+
+Multi-host (same command in every process): set SE_MULTIHOST=1 (see launch/multihost.py).
+Process 0 takes the locks, decides each run (run, finished or busy) and broadcasts the decision,
+so every process makes the same collective calls whatever the lock states; it also writes the
+records. Every process trains.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from absl import app, flags, logging
 
 from launch import lock as lock_lib
 from launch import multihost
+from scalable_elicitation import paths
 
 # The main job's module defines --config (config_flags, lock_config=True), --workdir and
 # --dry_run at import; defining them again would be a DuplicateFlagError, so this worker shares
@@ -43,6 +51,13 @@ _STALE_AFTER = flags.DEFINE_float("stale_after", 3600.0, "Seconds without a hear
                                   "are stale as soon as their pid is dead).")
 _WANDB = flags.DEFINE_bool("wandb", None, "Also log to Weights & Biases (default: SE_WANDB).")
 _TENSORBOARD = flags.DEFINE_bool("tensorboard", True, "Write scalars under WORKDIR/tb/RUN_ID.")
+_LOCK_DIR = flags.DEFINE_string("lock_dir", None, "Folder for run locks and starts logs "
+                                "(LOCK_DIR/RUN_ID/lock); default WORKDIR/runs. Must be a POSIX "
+                                "filesystem every worker of the sweep sees (not an object "
+                                "store, nor a gcsfuse mount).")
+
+# what process 0 decided about a run, broadcast to every process
+FINISHED, CLAIMED, BUSY = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +117,24 @@ def dry_run_lines(sweep, specs) -> list[str]:
     return lines
 
 
+def storage_problem(workdir: str, lock_dir: str | None, *, dry_run: bool = False) -> str | None:
+    """Why this worker cannot use its storage (None when it can), checked before any run."""
+    if paths.is_uri(workdir):
+        return (f"--workdir={workdir}: the sweep worker needs a filesystem path (its task and "
+                "feature cache and its locks are files); mount the bucket (gcsfuse, see "
+                "README) and pass the mount's path, with --lock_dir on a POSIX filesystem")
+    try:
+        paths.as_path(workdir)
+        if lock_dir is not None:
+            paths.as_path(lock_dir)
+    except ValueError as err:
+        return str(err)
+    if dry_run:  # lists runs, takes no lock
+        return None
+    return lock_lib.storage_problem(lock_dir if lock_dir is not None
+                                    else os.path.join(workdir, "runs"))
+
+
 def _finished(sweep, spec) -> bool:
     return sweep.status(spec) in ("done", "infeasible")
 
@@ -109,39 +142,48 @@ def _finished(sweep, spec) -> bool:
 class Worker:
     """Runs the runs of one shard that are not done, each under its lock."""
 
-    def __init__(self, sweep, *, stale_after: float = 3600.0, tracker=None, out=None):
+    def __init__(self, sweep, *, stale_after: float = 3600.0, tracker=None, out=None,
+                 lock_root=None):
         self.sweep = sweep
         self.stale_after = stale_after
         self.tracker = tracker
         self.out = out or (lambda msg: print(msg, file=sys.stderr))
+        self.lock_root = None if lock_root is None else paths.local_path(lock_root, "--lock_dir")
         self.records: list[dict] = []
         self.skipped_busy: list[str] = []
 
-    def _claim(self, spec) -> lock_lib.RunLock | None:
-        """On process 0: the run's lock if the run is still to do and nobody else holds it."""
+    def lock_dir(self, spec):
+        """Where the run's lock and starts log live: its run folder, or LOCK_ROOT/RUN_ID."""
+        run_dir = self.sweep.run_dir(spec)
+        return run_dir if self.lock_root is None else self.lock_root / run_dir.name
+
+    def _claim(self, spec) -> tuple[lock_lib.RunLock | None, int]:
+        """On process 0: (the run's lock, CLAIMED) if the run is still to do and nobody else
+        holds it, else (None, FINISHED or BUSY)."""
         if _finished(self.sweep, spec):
-            return None
-        lock = lock_lib.RunLock(self.sweep.run_dir(spec), stale_after=self.stale_after)
+            return None, FINISHED
+        lock = lock_lib.RunLock(self.lock_dir(spec), stale_after=self.stale_after)
         if not lock.acquire():
-            return None
+            return None, FINISHED if _finished(self.sweep, spec) else BUSY
         if _finished(self.sweep, spec):  # finished between our look and the lock
             lock.release()
-            return None
+            return None, FINISHED
         if lock.took_over:
             held = lock.took_over
             self.out(f"taking over stale lock of {self.sweep.run_dir(spec).name} from "
                      f"{held.get('host')} pid {held.get('pid')}")
         lock.log_start()
-        return lock
+        return lock, CLAIMED
 
     def run_one(self, spec) -> str:
-        """`ran`, `skipped` (finished) or `busy` (another worker holds it). A collective on
-        multi-host: every process calls it for the same specs in the same order."""
-        leader = multihost.is_leader()
-        lock = self._claim(spec) if leader else None
-        if not multihost.broadcast_flag(lock is not None):
-            if leader and not _finished(self.sweep, spec):
-                return "busy"
+        """`ran`, `skipped` (finished) or `busy` (another worker holds it), the same on every
+        process. A collective on multi-host: every process calls it for the same specs in the
+        same order, and each call makes exactly one broadcast, whatever the lock states."""
+        lock, outcome = self._claim(spec) if multihost.is_leader() else (None, FINISHED)
+        outcome = multihost.broadcast_int(outcome)  # process 0's decision, everywhere
+        if outcome == BUSY:
+            return "busy"
+        if outcome != CLAIMED:
             return "skipped"
         try:
             run_id = self.sweep.run_dir(spec).name
@@ -188,6 +230,10 @@ def main(argv):
         shard = parse_shard(_SHARD.value)
     except ValueError as err:
         raise app.UsageError(str(err)) from None
+    problem = storage_problem(FLAGS.workdir, _LOCK_DIR.value, dry_run=FLAGS.dry_run)
+    if problem:  # before anything is written, and in every process alike
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if multihost.maybe_initialize():
         import jax
         logging.info("multi-host JAX: process %d of %d, %d local of %d devices",
@@ -226,7 +272,8 @@ def main(argv):
                    file=sys.stderr, disable=not multihost.is_leader())
         sweep.progress = lambda msg: bar.set_postfix_str(msg, refresh=False)
         worker = Worker(sweep, stale_after=_STALE_AFTER.value, tracker=tracker,
-                        out=lambda msg: bar.write(msg, file=sys.stderr))
+                        out=lambda msg: bar.write(msg, file=sys.stderr),
+                        lock_root=_LOCK_DIR.value)
         t0 = time.time()
         recs = worker.run_all(specs, progress=bar.update)
         bar.close()

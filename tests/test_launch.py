@@ -136,6 +136,49 @@ def test_starts_log_line_has_host_pid_time(tmp_path):
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", stamp)
 
 
+def test_every_process_makes_the_same_collective_calls_whatever_the_locks(tmp_path,
+                                                                          monkeypatch):
+    """Process 0 decides each run and broadcasts it: a run whose lock another worker holds is
+    retried by every process, not by process 0 alone (which would hang a multi-host sweep)."""
+    import types
+
+    from launch import multihost
+    from launch import sweep as sweep_lib
+
+    class FakeSweep:
+        def run_dir(self, spec):
+            return tmp_path / "runs" / spec.name
+
+        def status(self, spec):
+            return "done" if spec.name == "c" else "todo"
+
+        def run(self, spec):
+            return {"run_id": spec.name, "status": "ok", "metrics": None}
+
+    specs = [types.SimpleNamespace(name=n, n_weak=1, n_oracle=0, seed=0) for n in "abc"]
+    (tmp_path / "runs" / "a").mkdir(parents=True)  # run a: held by a live worker
+    (tmp_path / "runs" / "a" / "lock").write_text(json.dumps(
+        {"host": lock_lib.hostname(), "pid": os.getppid(), "time": time.time()}))
+
+    def play(leader, script):
+        calls = []
+
+        def broadcast(value):
+            calls.append(value)
+            return value if leader else script[len(calls) - 1]  # process 0's value
+        monkeypatch.setattr(multihost, "is_leader", lambda: leader)
+        monkeypatch.setattr(multihost, "broadcast_int", broadcast)
+        worker = sweep_lib.Worker(FakeSweep(), out=lambda msg: None)
+        worker.run_all(specs)
+        return calls, worker
+
+    sent, leader = play(True, None)
+    received, follower = play(False, sent)
+    assert len(received) == len(sent) == 4  # a, b, c, then a again
+    assert leader.skipped_busy == follower.skipped_busy == ["a"]
+    assert [r["run_id"] for r in leader.records] == [r["run_id"] for r in follower.records]
+
+
 # -- shards -----------------------------------------------------------------------------------
 def test_shards_from_flag_and_slurm_cover_the_plan_once():
     assert parse_shard("1/3", env={}) == Shard(1, 3)

@@ -91,3 +91,44 @@ def test_two_process_cpu_run_matches_single_process(tmp_path):
     # process 0 alone took the locks and logged the starts
     for d in (tmp_path / "two" / "runs").iterdir():
         assert len((d / "starts.log").read_text().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_two_process_sweep_with_a_held_lock_finishes(tmp_path):
+    """A run whose lock a live worker holds: process 0 sees it busy, decides so for both
+    processes, and both skip it twice (first pass and retry) with the same collective calls,
+    so the sweep ends instead of hanging."""
+    args = [f"--config={CONFIG}:smoke", *GRID]
+    workdir = tmp_path / "w"
+    dry = subprocess.run(_worker_cmd(f"--workdir={workdir}", "--dry_run", *args), cwd=ROOT,
+                         env=_env(1), capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    ids = [line.split()[0] for line in dry.stdout.splitlines()]
+    assert len(ids) == 3
+    held = workdir / "runs" / ids[0]
+    held.mkdir(parents=True)
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "time": 0}  # pytest: alive
+    (held / "lock").write_text(json.dumps(holder))
+
+    port = _free_port()
+    procs = [subprocess.Popen(
+        _worker_cmd(f"--workdir={workdir}", *args), cwd=ROOT,
+        env=_env(1, SE_COORDINATOR_ADDRESS=f"localhost:{port}", SE_NUM_PROCESSES="2",
+                 SE_PROCESS_ID=str(i)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=400) for p in procs]  # a hang fails here
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert f"1 run(s) held by live workers, left to them: {ids[0]}" in outs[0][1]
+    assert json.loads((held / "lock").read_text()) == holder  # untouched
+    assert not (held / "result.json").exists() and not (held / "starts.log").exists()
+    for run_id in ids[1:]:
+        rec = json.loads((workdir / "runs" / run_id / "result.json").read_text())
+        assert rec["status"] == "ok", rec.get("error")
+        assert len((workdir / "runs" / run_id / "starts.log").read_text().splitlines()) == 1
