@@ -23,7 +23,7 @@ def _shellcheck():
     return shutil.which("shellcheck", path=os.path.dirname(os.sys.executable))
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS + ["launch/tpu_install.sh"])
 def test_shellcheck_clean(script):
     exe = _shellcheck()
     if exe is None:
@@ -229,4 +229,189 @@ def test_multihost_splits_a_nodes_gpus_over_its_tasks():
         "local_device_ids": [2, 3]}
     with pytest.raises(ValueError, match="do not split evenly"):
         multihost.slurm_local_device_ids({**base, "SLURM_STEP_TASKS_PER_NODE": "3"})
+
+
+# gcloud: records every call (one file of NUL-separated arguments each); `describe` fails (no
+# such TPU yet) unless STUB_TPU_EXISTS. With STUB_WORKER set, `scp` copies into that folder and
+# `ssh --command` runs there as on a worker: HOME is the folder, PATH only STUB_WORKER_PATH.
+STUB_GCLOUD = r"""#!/usr/bin/env bash
+n=$(find "$STUB_LOG" -name 'gcloud-*' | wc -l)
+printf '%s\0' "$@" > "$STUB_LOG/gcloud-$(printf %03d "$n")"
+verb="$4"
+case "$verb" in
+  describe) [[ -n "${STUB_TPU_EXISTS:-}" ]]; exit ;;
+  scp) if [[ -n "${STUB_WORKER:-}" ]]; then cp "$5" "$STUB_WORKER/${6#*:}"; fi ;;
+  ssh)
+    for arg in "$@"; do [[ "$arg" == --command=* ]] && cmd="${arg#--command=}"; done
+    if [[ -n "${STUB_WORKER:-}" ]]; then
+      cd "$STUB_WORKER" && HOME="$STUB_WORKER" PATH="$STUB_WORKER_PATH" bash -c "$cmd"
+      exit
+    fi ;;
+esac
+"""
+
+# the image's python3 (3.10): too old for every version check; `pip install --user uv` works
+STUB_PY310 = r"""#!/usr/bin/env bash
+echo "python3 $*" >> "$STUB_LOG/worker.log"
+if [[ "$*" == *"pip install --user"*uv* ]]; then
+  mkdir -p "$HOME/.local/bin" && cp "$STUB_BIN/uv" "$HOME/.local/bin/uv"
+  exit 0
+fi
+exit 1
+"""
+
+STUB_UV = r"""#!/usr/bin/env bash
+echo "uv $*" >> "$STUB_LOG/worker.log"
+case "$1 $2" in
+  "python install") mkdir -p "$HOME/uv-python/bin" &&
+                    cp "$STUB_BIN/python3.11" "$HOME/uv-python/bin/python3.11" ;;
+  "python find") echo "$HOME/uv-python/bin/python3.11" ;;
+esac
+"""
+
+# a Python 3.11 (and, copied, its venv's python): records pip installs and the sweep it runs
+STUB_PY311 = r"""#!/usr/bin/env bash
+echo "$0 $*" >> "$STUB_LOG/worker.log"
+case "$1" in
+  -c) exit 0 ;;
+  --version) echo "Python 3.11.9" ;;
+  -m)
+    case "$2" in
+      venv) mkdir -p "$3/bin" && cp "$0" "$3/bin/python" ;;
+      launch.sweep) { echo "PWD=$PWD"; echo "SE_MULTIHOST=${SE_MULTIHOST:-}"; echo "ARGV=$*"; } \
+                      > "$STUB_LOG/sweep.started" ;;
+    esac ;;
+esac
+"""
+
+WORKER_TOOLS = ("bash", "sh", "cat", "cp", "cut", "dirname", "find", "grep", "gzip", "head",
+                "hostname", "ln", "mkdir", "nohup", "rm", "setsid", "sha1sum", "tar", "touch")
+
+
+def _tpu_repo(tmp_path):
+    """A committed copy of what the install ships (launchers, scripts, setup.py)."""
+    repo = tmp_path / "repo"
+    for part in ("launch", "scripts"):
+        shutil.copytree(ROOT / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "setup.py", repo / "setup.py")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(repo)]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "snapshot"], check=True)
+    return repo
+
+
+def _run_tpu(tmp_path, tpu_type, *args, worker=False, repo=None, **env_extra):
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    for d in (bin_dir, log):
+        d.mkdir(exist_ok=True)
+    _write_exe(bin_dir / "gcloud", STUB_GCLOUD)
+    env = _clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", STUB_LOG=str(log),
+                     STUB_BIN=str(bin_dir), TPU_NAME="se-test", TPU_ZONE="zone-a",
+                     TPU_TYPE=tpu_type, **env_extra)
+    if worker:  # emulate one worker with the image's Python 3.10 and nothing newer on PATH
+        home, wbin = tmp_path / "worker", tmp_path / "worker-bin"
+        for d in (home, wbin):
+            d.mkdir(exist_ok=True)
+        for tool in WORKER_TOOLS:
+            (wbin / tool).symlink_to(shutil.which(tool))
+        _write_exe(wbin / "python3", STUB_PY310)
+        _write_exe(bin_dir / "uv", STUB_UV)
+        _write_exe(bin_dir / "python3.11", STUB_PY311)
+        env.update(STUB_WORKER=str(home), STUB_WORKER_PATH=str(wbin))
+    repo = repo or _tpu_repo(tmp_path)
+    out = subprocess.run(["bash", str(repo / "launch/tpu_vm.sh"), *args], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    calls = [p.read_bytes().decode().split("\0")[:-1] for p in sorted(log.glob("gcloud-*"))]
+    return out, calls
+
+
+ARGS = ("--config=configs/cost_sweep.py:lora", "--workdir=/mnt/sweeps/cost")
+
+
+@pytest.mark.parametrize("tpu_type,runtime", [
+    ("v5litepod-16", "v2-alpha-tpuv5-lite"), ("v5p-8", "v2-alpha-tpuv5"),
+    ("v6e-8", "v2-alpha-tpuv6e"), ("v4-8", "tpu-ubuntu2204-base")])
+def test_tpu_creates_each_generation_with_its_documented_runtime(tmp_path, tpu_type, runtime):
+    out, calls = _run_tpu(tmp_path, tpu_type, *ARGS, SE_SKIP_INSTALL="1")
+    assert out.returncode == 0, out.stderr
+    create = [c for c in calls if c[3] == "create"]
+    assert len(create) == 1
+    assert f"--accelerator-type={tpu_type}" in create[0] and f"--version={runtime}" in create[0]
+
+
+def test_tpu_runtime_override_and_unknown_type(tmp_path):
+    (tmp_path / "a").mkdir()
+    out, calls = _run_tpu(tmp_path / "a", "v6e-8", *ARGS, SE_SKIP_INSTALL="1",
+                          TPU_VERSION="v2-alpha-tpuv6e-custom")
+    assert out.returncode == 0 and "--version=v2-alpha-tpuv6e-custom" in calls[1]
+    (tmp_path / "b").mkdir()
+    out, calls = _run_tpu(tmp_path / "b", "tpu9-8", *ARGS, SE_SKIP_INSTALL="1")
+    assert out.returncode == 2 and "TPU_VERSION" in out.stderr
+    assert not [c for c in calls if c[3] == "create"]
+
+
+def test_tpu_install_gets_python311_tpu_extra_and_assets_then_runs_detached(tmp_path):
+    from scalable_elicitation.assets import ASSETS
+    out, calls = _run_tpu(tmp_path, "v4-8", *ARGS, worker=True)
+    assert out.returncode == 0, out.stderr
+    log = (tmp_path / "log" / "worker.log").read_text()
+    assert "uv python install 3.11" in log
+    venv_python = tmp_path / "worker" / "scalable_elicitation" / ".venv" / "bin" / "python"
+    assert "python3.11 -m venv .venv" in log and venv_python.exists()  # made by 3.11
+    pip = [line for line in log.splitlines() if line.startswith(".venv/bin/python -m pip")]
+    assert any(line.endswith("install -q -e .[tpu,analysis]") for line in pip), pip
+    assets = [line for line in pip if "--no-deps" in line]
+    assert assets and all(f"{a.distribution}=={a.version}" in assets[0]
+                          for a in ASSETS.values())
+    # the run: started detached on the worker, logging there, with a command to follow it
+    started = tmp_path / "log" / "sweep.started"
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    rec = dict(line.split("=", 1) for line in started.read_text().splitlines())
+    assert rec["SE_MULTIHOST"] == "1" and rec["ARGV"].endswith(" ".join(ARGS))
+    assert rec["PWD"] == str(tmp_path / "worker" / "scalable_elicitation")
+    logs = tmp_path / "worker" / "scalable_elicitation" / "logs"
+    assert os.readlink(logs / "latest.log").startswith("sweep-")
+    assert (logs / "sweep.pid").read_text().strip().isdigit()  # for the busy check and stop
+    assert "tail -n +1 -F scalable_elicitation/logs/latest.log" in out.stderr
+    ssh = [c for c in calls if c[3] == "ssh"]
+    assert len(ssh) == 2 and all("--worker=all" in c for c in ssh)
+    assert "nohup setsid" in ssh[1][-1] and "< /dev/null &" in ssh[1][-1]
+
+
+def test_tpu_refuses_uncommitted_changes_unless_asked_to_ship_them(tmp_path):
+    repo = _tpu_repo(tmp_path)
+    (repo / "setup.py").write_text((repo / "setup.py").read_text() + "# edited\n")
+    out, calls = _run_tpu(tmp_path, "v4-8", *ARGS, repo=repo)
+    assert out.returncode == 2 and "uncommitted changes" in out.stderr
+    assert "setup.py" in out.stderr and not calls  # refused before touching any TPU
+    out, calls = _run_tpu(tmp_path, "v4-8", *ARGS, repo=repo, worker=True, SE_SHIP_DIRTY="1")
+    assert out.returncode == 0, out.stderr
+    shipped = tmp_path / "worker" / "scalable_elicitation" / "setup.py"
+    assert shipped.read_text().endswith("# edited\n")
+
+
+@pytest.mark.parametrize("workdir,message", [("gs://bucket/sweep", "gcsfuse"),
+                                             ("sweeps/cost", "absolute")])
+def test_tpu_workdir_must_be_a_path_every_worker_sees(tmp_path, workdir, message):
+    out, calls = _run_tpu(tmp_path, "v4-8", "--config=c.py", f"--workdir={workdir}",
+                          SE_SKIP_INSTALL="1")
+    assert out.returncode == 2 and message in out.stderr and not calls
+
+
+def test_tpu_refuses_to_start_while_a_sweep_runs_on_a_worker(tmp_path):
+    logs = tmp_path / "worker" / "scalable_elicitation" / "logs"
+    logs.mkdir(parents=True)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                "-m", "launch.sweep"])  # what its cmdline shows
+    try:
+        (logs / "sweep.pid").write_text(f"{running.pid}\n")
+        out, calls = _run_tpu(tmp_path, "v4-8", *ARGS, worker=True, SE_SKIP_INSTALL="1")
+    finally:
+        running.kill()
+        running.wait()
+    assert out.returncode == 3 and "a sweep is still running" in out.stderr
+    assert not (tmp_path / "log" / "sweep.started").exists()
 
