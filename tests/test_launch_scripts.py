@@ -415,3 +415,60 @@ def test_tpu_refuses_to_start_while_a_sweep_runs_on_a_worker(tmp_path):
     assert out.returncode == 3 and "a sweep is still running" in out.stderr
     assert not (tmp_path / "log" / "sweep.started").exists()
 
+
+# -- local.sh ---------------------------------------------------------------------------------
+STUB_WORKER = r"""#!/usr/bin/env bash
+{ echo "PWD=$PWD"; echo "GPUS=${CUDA_VISIBLE_DEVICES-unset}";
+  echo "PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE-unset}"; echo "PYTHONPATH=$PYTHONPATH";
+  echo "ARGV=$*"; } > "$STUB_LOG/worker-$$.env"
+"""
+
+
+def _run_local(tmp_path, *args, gpus_listed=0, **env_extra):
+    bin_dir, log, here = tmp_path / "bin", tmp_path / "log", tmp_path / "here"
+    for d in (bin_dir, log, here):
+        d.mkdir(exist_ok=True)
+    worker = _write_exe(bin_dir / "stub-python", STUB_WORKER)
+    _write_exe(bin_dir / "nvidia-smi", "#!/usr/bin/env bash\n" + "".join(
+        f"echo 'GPU {g}: Stub GPU (UUID: GPU-{g})'\n" for g in range(gpus_listed)))
+    env = _clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", STUB_LOG=str(log),
+                     PYTHON=str(worker), **env_extra)
+    out = subprocess.run(["bash", str(ROOT / "launch/local.sh"), *args], cwd=here, env=env,
+                         capture_output=True, text=True, timeout=60)
+    workers = [dict(line.split("=", 1) for line in p.read_text().splitlines())
+               for p in sorted(log.glob("worker-*.env"))]
+    return out, workers
+
+
+def test_local_resolves_a_relative_workdir_where_the_user_stands(tmp_path):
+    out, workers = _run_local(tmp_path, "--config=configs/cost_sweep.py:smoke",
+                              "--workdir=sweeps/smoke", "--dry_run")
+    assert out.returncode == 0, out.stderr
+    (w,) = workers
+    assert w["PWD"] == str(tmp_path / "here")  # so sweeps/smoke is ./sweeps/smoke there
+    assert "--workdir=sweeps/smoke" in w["ARGV"]
+    # the config is not in the user's folder: the repository's is used
+    assert f"--config={ROOT}/configs/cost_sweep.py:smoke" in w["ARGV"]
+    assert w["PYTHONPATH"].split(":")[0] == str(ROOT)
+
+
+@pytest.mark.parametrize("env,gpus_listed,expected", [
+    ({"SE_WORKERS": "2", "SE_GPUS": "0"}, 0, None),        # two workers, one GPU: refused
+    ({"SE_WORKERS": "2"}, 0, None),                         # no GPU at all: refused
+    ({"SE_WORKERS": "3"}, 2, None),                         # nvidia-smi lists two
+    ({"SE_WORKERS": "2", "SE_GPUS": "4,5,6,7"}, 0, {"4,6", "5,7"}),
+    ({"SE_WORKERS": "2"}, 2, {"0", "1"}),
+    ({"SE_WORKERS": "3", "SE_GPUS": "0,1", "SE_SHARE_DEVICES": "1"}, 0, {"0", "1"}),
+])
+def test_local_never_more_workers_than_gpus_unless_asked(tmp_path, env, gpus_listed, expected):
+    out, workers = _run_local(tmp_path, "--config=c.py", "--workdir=w", gpus_listed=gpus_listed,
+                              **env)
+    if expected is None:
+        assert out.returncode == 2 and "SE_SHARE_DEVICES=1" in out.stderr and not workers
+        return
+    assert out.returncode == 0, out.stderr
+    assert len(workers) == int(env["SE_WORKERS"])
+    assert {w["GPUS"] for w in workers} == expected
+    sharing = env.get("SE_SHARE_DEVICES") == "1"
+    assert all(w["PREALLOCATE"] == ("false" if sharing else "unset") for w in workers)
+
