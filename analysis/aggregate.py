@@ -1,9 +1,11 @@
-"""Aggregate runs over seeds (SPEC section 9), with bootstrap resamples over seeds.
+"""Aggregate runs over seeds (SPEC section 9), with joint resamples of seeds and test examples.
 
-A *cell* is (task, model, variant, weak_labeler, n_weak, n_oracle): everything but the seed. A
+A *cell* is (task, model, variant, weak_labeler, n_weak, n_oracle): everything but the seed (the
+variant carries every other config value that defines a run, see :mod:`analysis.records`). A
 *surface* is the table of cells one analysis works on: one (model, weak_labeler) scope, accuracy
 averaged over the tasks that share the cell (only cells present for every task are kept, so the
-average is matched on the grid). Each surface row carries ``boot``: resampled means over seeds.
+average is matched on the grid). Each surface row carries ``boot``: resampled means from
+:mod:`analysis.resample`, averaged over tasks resample by resample.
 """
 from __future__ import annotations
 
@@ -13,14 +15,21 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from analysis import pricing
 from analysis.records import CELL_KEYS
+from analysis.resample import resample_cells
 
 SCOPE_KEYS = ("model", "weak_labeler")
 SURFACE_KEYS = ("model", "weak_labeler", "variant", "n_weak", "n_oracle")
+MEMBER_COLUMNS = ["variant", "n_weak", "n_oracle", "sweep_oracle_price", "sweep_weak_price",
+                  "budget", "oracle_fraction"]
+UNMEASURED_COLUMNS = MEMBER_COLUMNS + ["status"]
 
 
 def dedupe_seeds(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Keep one run per (cell, seed); the same counts bought in two sweeps are the same run."""
+    """Keep one run per (cell, seed). The cell's variant carries every config value that defines
+    a run, so what is dropped is the same run recorded twice (e.g. the same counts bought by
+    sweeps at two prices), never a run that differs."""
     keys = list(CELL_KEYS) + ["seed"]
     out = frame.drop_duplicates(subset=keys, keep="first")
     return out, len(frame) - len(out)
@@ -69,27 +78,28 @@ def mean_over_tasks(cells: pd.DataFrame, by=SURFACE_KEYS) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def bootstrap_cell_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``n_boot`` means of ``values`` resampled with replacement (seeds are the resampled unit)."""
-    values = np.asarray(values, dtype=float)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    return values[idx].mean(axis=1)
-
-
 @dataclasses.dataclass
 class Surface:
     """Cells of one (model, weak_labeler) scope, averaged over matched tasks.
 
     Attributes:
       cells: one row per (variant, n_weak, n_oracle) with accuracy, accuracy_std, n_seeds, tasks.
-      boot: [n_cells, n_boot] bootstrap means over seeds (per task, then averaged over tasks).
+      boot: [n_cells, n_boot] resampled means, seeds and test examples resampled jointly (per
+        task, then averaged over tasks).
       members: which sweep grid points each cell served: variant, n_weak, n_oracle,
         sweep_oracle_price, sweep_weak_price, budget, oracle_fraction (NaN outside a grid).
+      unmeasured: grid points of this scope with no ok run: variant, n_weak, n_oracle (what the
+        point would have bought), sweep prices, budget, oracle_fraction, status (``infeasible``
+        or ``failed``).
+      notes: how the noise was modelled, in words.
     """
 
     cells: pd.DataFrame
     boot: np.ndarray
     members: pd.DataFrame
+    unmeasured: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(
+        columns=UNMEASURED_COLUMNS))
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def scope(self) -> tuple[str, str]:
@@ -102,36 +112,81 @@ class Surface:
         cells = self.cells[mask].reset_index(drop=True)
         keys = ["variant", "n_weak", "n_oracle"]
         members = self.members.merge(cells[keys], on=keys, how="inner")
-        return Surface(cells, self.boot[mask], members)
+        return Surface(cells, self.boot[mask], members, self.unmeasured, self.notes)
+
+
+def _grid_points(row) -> list[tuple[float, float]]:
+    """The (budget, oracle fraction) grid points a run serves: ``grid_points`` when the record
+    has them, else its ``budget`` with each of its ``oracle_fractions``; ``[(nan, nan)]``
+    outside a grid."""
+    points = row.get("grid_points")
+    if isinstance(points, (list, tuple)) and len(points):
+        return [(float(b), float(f)) for b, f in points]
+    budget = pd.to_numeric(pd.Series([row.get("budget")]), errors="coerce").iloc[0]
+    fracs = row.get("oracle_fractions")
+    if not isinstance(fracs, (list, tuple)) or not len(fracs):
+        fracs = [np.nan]
+    return [(float(budget), float(f)) for f in fracs]
 
 
 def _members(frame: pd.DataFrame) -> pd.DataFrame:
-    """Sweep grid membership of each run: one row per (cell, sweep prices, budget, fraction)."""
-    cols = ["variant", "n_weak", "n_oracle"]
-    base = pd.DataFrame({c: frame[c] for c in cols})
-    base["sweep_oracle_price"] = frame["prices.oracle"].astype(float)
-    base["sweep_weak_price"] = frame["prices.weak"].astype(float)
-    budget = frame["budget"] if "budget" in frame.columns else pd.Series(np.nan, index=frame.index)
-    base["budget"] = pd.to_numeric(budget, errors="coerce").astype(float)
-    fracs = frame["oracle_fractions"] if "oracle_fractions" in frame.columns else \
-        pd.Series([None] * len(frame), index=frame.index)
-    base["oracle_fraction"] = [list(f) if isinstance(f, (list, tuple)) and len(f) else [np.nan]
-                               for f in fracs]
-    base = base.explode("oracle_fraction", ignore_index=True)
-    base["oracle_fraction"] = base["oracle_fraction"].astype(float)
-    return base.drop_duplicates(ignore_index=True)
+    """Sweep grid membership of each run: one row per (cell, sweep prices, budget, fraction);
+    a run that serves several grid points (``grid_points``) counts at each."""
+    rows = []
+    for rec in frame.to_dict("records"):
+        for budget, fraction in _grid_points(rec):
+            rows.append((rec["variant"], int(rec["n_weak"]), int(rec["n_oracle"]),
+                         float(rec["prices.oracle"]), float(rec["prices.weak"]), budget,
+                         fraction))
+    return pd.DataFrame(rows, columns=MEMBER_COLUMNS).drop_duplicates(ignore_index=True)
 
 
-def build_surfaces(frame: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> list[Surface]:
-    """One :class:`Surface` per (model, weak_labeler) scope of the ok runs in ``frame``."""
+def _unmeasured(excluded: pd.DataFrame | None, scope: tuple[str, str],
+                measured: pd.DataFrame) -> pd.DataFrame:
+    """Grid points of ``scope`` that only infeasible or failed runs reached (none ok there)."""
+    if excluded is None or excluded.empty or "planned.weak" not in excluded.columns:
+        return pd.DataFrame(columns=UNMEASURED_COLUMNS)
+    ex = excluded[(excluded["model"] == scope[0]) & (excluded["weak_labeler"] == scope[1])]
+    rows = []
+    for rec in ex.to_dict("records"):
+        try:
+            po, pw = float(rec["prices.oracle"]), float(rec["prices.weak"])
+        except (TypeError, ValueError):
+            continue
+        for budget, fraction in _grid_points(rec):
+            if np.isnan(budget):
+                continue
+            w, o = rec.get("planned.weak"), rec.get("planned.oracle")
+            if w is None or o is None or pd.isna(w) or pd.isna(o):
+                if np.isnan(fraction):
+                    continue
+                w, o = pricing.grid_counts(budget, fraction, po, pw)
+            rows.append((rec["variant"], int(w), int(o), po, pw, budget, fraction,
+                         rec["status"]))
+    out = pd.DataFrame(rows, columns=UNMEASURED_COLUMNS).drop_duplicates(ignore_index=True)
+    if out.empty:
+        return out
+    # a point some seed did measure is not unmeasured
+    done = measured[["variant", "sweep_oracle_price", "sweep_weak_price", "budget",
+                     "oracle_fraction"]].drop_duplicates()
+    keys = ["variant", "sweep_oracle_price", "sweep_weak_price", "budget", "oracle_fraction"]
+    out = out.merge(done.assign(_done=True), on=keys, how="left")
+    return out[out["_done"].isna()].drop(columns="_done").reset_index(drop=True)
+
+
+def build_surfaces(frame: pd.DataFrame, n_boot: int = 200, seed: int = 0,
+                   excluded: pd.DataFrame | None = None) -> list[Surface]:
+    """One :class:`Surface` per (model, weak_labeler) scope of the ok runs in ``frame``.
+
+    ``excluded`` (:attr:`Records.excluded`) marks the grid points no ok run reached, so the
+    regime table can say which categories were never compared.
+    """
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    every_run = frame  # grid membership counts duplicates too (a run shared by two sweeps)
     frame, _ = dedupe_seeds(frame)
-    rng = np.random.default_rng(seed)
     per_task = aggregate(frame)
-    # Bootstrap each (task, cell) over its seeds, then average over tasks like the point estimate.
-    groups = frame.groupby(list(CELL_KEYS), sort=True)["metrics.accuracy"]
-    boots = {key: bootstrap_cell_means(v.to_numpy(), n_boot, rng) for key, v in groups}
+    resampled = resample_cells(frame, n_boot, seed)
     surfaces = []
     averaged = mean_over_tasks(per_task)
     for scope, cells in averaged.groupby(list(SCOPE_KEYS), sort=True):
@@ -139,10 +194,12 @@ def build_surfaces(frame: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> lis
         tasks = cells["tasks"].iloc[0].split("+")
         boot = np.empty((len(cells), n_boot))
         for i, row in enumerate(cells.itertuples(index=False)):
-            boot[i] = np.mean([boots[(t, row.model, row.variant, row.weak_labeler, row.n_weak,
-                                      row.n_oracle)] for t in tasks], axis=0)
-        in_scope = (frame["model"] == scope[0]) & (frame["weak_labeler"] == scope[1])
-        members = _members(frame[in_scope]).merge(
-            cells[["variant", "n_weak", "n_oracle"]], on=["variant", "n_weak", "n_oracle"])
-        surfaces.append(Surface(cells, boot, members))
+            boot[i] = np.mean([resampled.boot[(t, row.model, row.variant, row.weak_labeler,
+                                               row.n_weak, row.n_oracle)] for t in tasks], axis=0)
+        in_scope = (every_run["model"] == scope[0]) & (every_run["weak_labeler"] == scope[1])
+        served = _members(every_run[in_scope])
+        members = served.merge(cells[["variant", "n_weak", "n_oracle"]],
+                               on=["variant", "n_weak", "n_oracle"])
+        unmeasured = _unmeasured(excluded, scope, served)
+        surfaces.append(Surface(cells, boot, members, unmeasured, resampled.notes))
     return surfaces

@@ -11,7 +11,7 @@ from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 
 from analysis import pricing  # noqa: E402
 from analysis.aggregate import Surface  # noqa: E402
-from analysis.fits import CurveFit, fraction_fit  # noqa: E402
+from analysis.fits import CurveFit, fraction_fit, percentile_band  # noqa: E402
 from analysis.io import save_figure  # noqa: E402
 from analysis.tables import ALL, priced  # noqa: E402
 
@@ -51,7 +51,8 @@ def _weak_line(ax, surface: Surface) -> None:
 def fraction_fits(surface: Surface, variant: str | None = None, max_boot: int | None = None,
                   level: float = 0.9) -> dict[tuple[float, float, float], CurveFit]:
     """Per-budget smooth fits of accuracy vs oracle fraction for one variant (default: the main
-    one), keyed by (sweep oracle price, sweep weak price, budget), with bootstrap bands."""
+    one), keyed by (sweep oracle price, sweep weak price, budget), with bands from the joint
+    resamples of seeds and test examples."""
     variant = variant or main_variant(surface)
     out = {}
     for po, pw in _sweep_prices(surface):
@@ -67,8 +68,9 @@ def accuracy_vs_oracle_fraction(surface: Surface, path_stem,
                                 fits: dict[tuple[float, float, float], CurveFit] | None = None
                                 ) -> list:
     """The study's main figure: accuracy vs oracle spending fraction, one curve per budget, the
-    weak-label accuracy dashed; one row per sweep price, one column per variant. With ``fits``
-    (from :func:`fraction_fits`), the main variant only, drawn as fitted curves with bands."""
+    weak-label accuracy dashed; one row per sweep price, one column per variant; bars are 90%
+    bands. With ``fits`` (from :func:`fraction_fits`), the main variant only, drawn as fitted
+    curves with bands."""
     with_fits = fits is not None
     variants = [main_variant(surface)] if with_fits else \
         sorted(surface.cells["variant"].unique())[:MAX_PANELS]
@@ -92,12 +94,15 @@ def accuracy_vs_oracle_fraction(surface: Surface, path_stem,
                     ax.plot(cf.x, cf.fit, color=color, lw=1.5, label=f"B={budget:g}")
                     ax.plot(p["x"], p["accuracy"], "o", color=color, ms=3.5)
                 else:
-                    ax.errorbar(p["x"], p["accuracy"], yerr=p["accuracy_std"].fillna(0),
+                    lo, hi = percentile_band(surface.boot[p["cell"].to_numpy()].T, 0.9)
+                    ax.errorbar(p["x"], p["accuracy"],
+                                yerr=[np.clip(p["accuracy"] - lo, 0, None),
+                                      np.clip(hi - p["accuracy"], 0, None)],
                                 color=color, marker="o", ms=3.5, lw=1.3, capsize=2,
                                 label=f"B={budget:g}")
             _weak_line(ax, surface)
-            ax.set_title(f"{variant}, weak price {pw:g}" + (" (fit, 90% band)" if with_fits else ""),
-                         fontsize=9)
+            ax.set_title(f"{variant}, weak price {pw:g}" + (" (fit, 90% band)" if with_fits
+                                                             else " (90% bands)"), fontsize=9)
             ax.set_xlabel("oracle spending fraction")
             ax.set_xlim(-0.03, 1.03)
             ax.grid(alpha=0.3)
@@ -124,8 +129,8 @@ def _step(ax, cost, acc, **kw):
 def frontier_figure(surface: Surface, weak_prices, frontiers: pd.DataFrame,
                     tolerance: pd.DataFrame, fits: dict, path_stem, oracle_price=1) -> list:
     """Frontier vs cost (log axis), one panel per weak price: every configuration coloured by its
-    weak fraction, the overall Pareto frontier (black steps), the study's tolerance frontier
-    (crosses) and the monotone fit with its 90% bootstrap band (grey)."""
+    weak fraction, the overall Pareto frontier (black steps, each point with its 90% band), the
+    study's tolerance frontier (triangles) and the monotone fit with its 90% band (grey)."""
     n = len(weak_prices)
     fig, axes = plt.subplots(1, n, squeeze=False, sharey=True, figsize=(4.8 * n + 1.0, 4.0))
     cmap = plt.get_cmap("coolwarm")
@@ -138,6 +143,11 @@ def frontier_figure(surface: Surface, weak_prices, frontiers: pd.DataFrame,
         _step(ax, fr["cost"], fr["accuracy"], color="k", lw=1.2, zorder=3, label="Pareto frontier")
         ax.scatter(fr["cost"], fr["accuracy"], c=fr["weak_fraction"], cmap=cmap, vmin=0, vmax=1,
                    s=36, edgecolors="k", linewidths=0.8, zorder=4)
+        if len(fr) and "accuracy_lo" in fr.columns:
+            ax.errorbar(fr["cost"], fr["accuracy"],
+                        yerr=[np.clip(fr["accuracy"] - fr["accuracy_lo"], 0, None),
+                              np.clip(fr["accuracy_hi"] - fr["accuracy"], 0, None)],
+                        fmt="none", ecolor="k", elinewidth=0.8, capsize=2, zorder=4)
         tol = tolerance[(tolerance["weak_price"] == float(wp)) & (tolerance["method"] == ALL)]
         ax.scatter(tol["cost"], tol["accuracy"] + 0.012, marker="v", color="k", s=14, zorder=4,
                    label="tolerance frontier (study)")

@@ -8,8 +8,8 @@
   (scipy, penalty by generalised cross-validation), or a polynomial of degree <= 2 (numpy) when
   there are fewer than five distinct fractions.
 
-Bands: refit on every bootstrap resample of the cell means (seeds resampled), re-selecting the
-frontier each time, and take pointwise percentiles.
+Bands: refit on every resample of the cell means (seeds and test examples resampled jointly,
+:mod:`analysis.resample`), re-selecting the frontier each time, and take pointwise percentiles.
 """
 from __future__ import annotations
 

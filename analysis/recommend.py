@@ -3,9 +3,12 @@
     python -m analysis.recommend --results WORKDIR/runs --budget 64 --oracle_price 1 --weak_price 0.1
 
 The recommendation is the most accurate *measured* configuration that the budget affords at these
-prices (costs re-priced exactly from the counts), with a 90% bootstrap band over seeds for its
-accuracy and the regime of the choice (undetermined unless the bootstrap supports it). The same
-oracle share scaled to spend the whole budget is reported beside it, as an extrapolation.
+prices (costs re-priced exactly from the counts), with a 90% band for its accuracy (seeds and test
+examples resampled jointly, :mod:`analysis.resample`) and the regime of the choice: undetermined
+unless its category's lead survives picking the best of several configurations and that noise
+(:mod:`analysis.regimes`). Categories the sweep could not buy at this budget (infeasible or
+failed runs) are named, since the regime was then decided without them. The same oracle share
+scaled to spend the whole budget is reported beside it, as an extrapolation.
 """
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ import numpy as np
 from analysis import pricing
 from analysis.aggregate import Surface, build_surfaces
 from analysis.fits import percentile_band
-from analysis.records import as_frame
-from analysis.regimes import category, classify
+from analysis.records import Records, as_frame, load_records
+from analysis.regimes import REGIMES, category, classify
 from analysis.tables import ALL, best_affordable, method_mask, priced
 
 
@@ -48,6 +51,8 @@ class Recommendation:
     model: str
     weak_labeler: str
     tasks: str
+    infeasible_categories: tuple[str, ...] = ()
+    compared_cheaper: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -58,11 +63,17 @@ class Recommendation:
             f"  buy n_weak={self.n_weak}, n_oracle={self.n_oracle} (cost {self.cost:g}, "
             f"{100 * self.oracle_fraction:.0f}% of it on oracle labels) and use {self.method}",
             f"  expected accuracy {self.expected_accuracy:.3f} "
-            f"(90% band {lo:.3f}-{hi:.3f}, {self.n_seeds} seeds)",
+            f"(90% band {lo:.3f}-{hi:.3f}, {self.n_seeds} seeds; seeds and test examples "
+            "resampled)",
             f"  regime: {self.regime}" + (
-                f" (best is {self.category} in {100 * self.confidence:.0f}% of resamples)"
+                f" (the best is {self.category}, confidence {self.confidence:.2f} that it is "
+                "strictly best, after picking the best of the configurations)"
                 if np.isfinite(self.confidence) else ""),
         ]
+        for c in self.infeasible_categories:
+            lines.append(f"  {c}: the sweep could not buy it at this budget (infeasible or "
+                         "failed); " + ("compared with a cheaper measured point of it instead"
+                                        if c in self.compared_cheaper else "not compared"))
         if (self.scaled_n_weak, self.scaled_n_oracle) != (self.n_weak, self.n_oracle):
             lines.append(f"  same oracle share over the whole budget (extrapolated, not measured): "
                          f"n_weak={self.scaled_n_weak}, n_oracle={self.scaled_n_oracle}")
@@ -120,7 +131,12 @@ def recommend(prices, budget, results, *, method: str | None = None, model: str 
     elif isinstance(results, list) and results and all(isinstance(s, Surface) for s in results):
         surface = pick_surface(results, model, weak_labeler)
     else:
-        surface = pick_surface(build_surfaces(as_frame(results), n_boot, seed), model, weak_labeler)
+        excluded = results.excluded if isinstance(results, Records) else None
+        if isinstance(results, (str, list, tuple)) or hasattr(results, "__fspath__"):
+            results = load_records(results)
+            excluded = results.excluded
+        surface = pick_surface(build_surfaces(as_frame(results), n_boot, seed, excluded),
+                               model, weak_labeler)
     cells = priced(surface, po, pw)
     if method is not None and method != ALL and method not in set(cells["variant"]):
         raise ValueError(f"method {method!r} not in the results; have {sorted(set(cells['variant']))}")
@@ -134,6 +150,8 @@ def recommend(prices, budget, results, *, method: str | None = None, model: str 
     idx = np.flatnonzero(afford)
     cats = [category(w, o) for w, o in zip(cells["n_weak"].iloc[idx], cells["n_oracle"].iloc[idx])]
     cl = classify(cells["accuracy"].iloc[idx], surface.boot[idx], cats, level)
+    missing = _unmeasured_categories(surface, po, pw, b, method)
+    stand_in = tuple(c for c in missing if c in set(cats))
     best = cells.iloc[i]
     lo, hi = percentile_band(surface.boot[i][:, None], level)
     n_w, n_o = int(best["n_weak"]), int(best["n_oracle"])
@@ -145,7 +163,24 @@ def recommend(prices, budget, results, *, method: str | None = None, model: str 
         n_seeds=int(best["n_seeds"]), regime=cl.regime, category=cl.category,
         confidence=cl.confidence, oracle_fraction=float(share), scaled_n_weak=scaled_w,
         scaled_n_oracle=scaled_o, oracle_price=float(po), weak_price=float(pw), budget=float(b),
-        model=surface.scope[0], weak_labeler=surface.scope[1], tasks=str(best["tasks"]))
+        model=surface.scope[0], weak_labeler=surface.scope[1], tasks=str(best["tasks"]),
+        infeasible_categories=missing, compared_cheaper=stand_in)
+
+
+def _unmeasured_categories(surface: Surface, po, pw, budget, method) -> tuple[str, ...]:
+    """Categories the sweep planned at exactly this budget and these prices but never measured
+    there (infeasible or failed runs)."""
+    um, mem = surface.unmeasured, surface.members
+
+    def at(t):
+        m = (t["sweep_oracle_price"] == float(po)) & (t["sweep_weak_price"] == float(pw)) & \
+            (t["budget"] == float(budget))
+        return t[m & (t["variant"] == method)] if method not in (None, ALL) else t[m]
+    if um.empty:
+        return ()
+    planned = {category(w, o) for w, o in zip(at(um)["n_weak"], at(um)["n_oracle"])}
+    measured = {category(w, o) for w, o in zip(at(mem)["n_weak"], at(mem)["n_oracle"])}
+    return tuple(c for c in REGIMES if c in planned and c not in measured)
 
 
 def main(argv=None) -> int:

@@ -3,6 +3,16 @@
 Every ``result.json`` under the given folders (recursively) and every ``*.jsonl`` file of records
 is read. A torn file, a truncated JSONL line or a record missing a required field is skipped with
 a :class:`CorruptRecordWarning` naming the file (and line); the rest still load.
+
+Cells (SPEC section 9) aggregate runs that differ only in seed. A run's *identity* is every value
+of its flattened config that defines it (:func:`config_identity`: everything except the seed, the
+grid, the prices it was priced at, execution details such as the mesh, and options that do not
+apply to its method). Runs whose method variant matches but whose identity differs are never
+merged: a :class:`VariantSplitWarning` names the differing keys and each identity becomes its own
+variant, e.g. ``seq_sft[trainable=lora]`` beside ``seq_sft[trainable=head]``.
+
+A run's per-example test scores (``scores.parquet`` beside its ``result.json``: id, label, score;
+prediction = score > 0) are found here and read by :mod:`analysis.resample`.
 """
 from __future__ import annotations
 
@@ -14,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import pandas as pd
 
 from analysis import pricing
@@ -38,12 +49,39 @@ DEFAULT_OPTION_VALUES = {
     "schedule": {"default", "none", "sequential", "cosine"},
 }
 SHOT_METHODS = ("kshot_sft", "icl")
-# The cell of an aggregate: everything but the seed (SPEC section 9).
+# The cell of an aggregate: everything but the seed (SPEC section 9). ``variant`` carries every
+# other config value that defines a run (see :func:`config_identity` and :func:`assign_variants`).
 CELL_KEYS = ("task", "model", "variant", "weak_labeler", "n_weak", "n_oracle")
+# Flattened config keys that do not define a run: seeds, the grid and its prices (cost is
+# re-priced from the counts), the counts themselves (cell keys), execution details, and the
+# keys already in the cell key or the variant name.
+NON_DEFINING_KEYS = frozenset({
+    "seed", "seeds", "seed_offset", "seed_rule", "budgets", "fractions", "budget", "fraction",
+    "grid_points", "n_weak", "n_oracle", "checkpoint", "checkpoint_interval_s", "remat",
+    "length_buckets", "variants", "progress", "task", "model", "method", "weak_labeler"})
+NON_DEFINING_PREFIXES = ("mesh.", "prices.", "tracking.", "wandb.", "tensorboard.")
+# Options that only apply to some methods or settings (mirrors the runner's effective config).
+SHOT_ONLY_KEYS = ("shot_max_length",)
+# Differing keys named first in a split variant's suffix (the rest alphabetically).
+NAMING_PRIORITY = ("trainable", "pooling", "dtype", "max_length", "train.lr", "n_test")
+# Keys that may differ between tasks without making the runs different methods.
+TASK_SPECIFIC_PREFIXES = ("task_options.",)
+TASK_SPECIFIC_KEYS = frozenset({"n_test"})
+LABELER_KEYS = {"noise": {"kind", "rate", "soft", "only_where"}, "file": {"kind"}}
+LABELER_NOISE_ONLY = {"rate", "soft", "only_where"}
+SCORES_FILE = "scores.parquet"
+EXCLUDED_COLUMNS = list(REQUIRED_ALWAYS) + [
+    "error", "budget", "weak_labeler", "variant", "identity", "planned.weak", "planned.oracle",
+    "prices.oracle", "prices.weak", "oracle_fractions", "grid_points", "source"]
 
 
 class CorruptRecordWarning(UserWarning):
     """A results file or line could not be read and was skipped."""
+
+
+class VariantSplitWarning(UserWarning):
+    """Runs of one method variant differ in a config value that defines a run; they were kept
+    apart as separate variants instead of being merged."""
 
 
 @dataclasses.dataclass
@@ -51,16 +89,21 @@ class Records:
     """What :func:`load_records` read.
 
     Attributes:
-      ok: one row per ``ok`` run (flattened columns, plus ``variant``).
-      excluded: one row per ``infeasible`` or ``failed`` run (``status``, ``error``, ...).
+      ok: one row per ``ok`` run (flattened columns, plus ``variant``, ``identity`` and
+        ``example_scores``: the path of its ``scores.parquet``, in-memory ``(ids, correct)``
+        arrays, or None).
+      excluded: one row per ``infeasible`` or ``failed`` run (``status``, ``error``, ``variant``,
+        ``planned.weak``/``planned.oracle``, prices, ``budget``, ``grid_points``, ...).
       skipped: ``(location, reason)`` for each unreadable file or line.
       n_duplicates: records dropped because their ``run_id`` was already read.
+      variant_splits: one line per group of runs kept apart as separate variants.
     """
 
     ok: pd.DataFrame
     excluded: pd.DataFrame
     skipped: list[tuple[str, str]]
     n_duplicates: int = 0
+    variant_splits: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -153,10 +196,86 @@ def _check_record(rec: Any) -> str | None:
     return None
 
 
+def base_variant(rec: dict[str, Any]) -> str:
+    """The method-variant name of a record (method and options, SPEC section 9), before any
+    suffix that :func:`assign_variants` adds to keep differing configs apart."""
+    config = flatten(rec.get("config") or {})
+    opts = method_options(rec["method"], config)
+    if rec["method"] in SHOT_METHODS and opts["k"] is None and rec.get("n_shots"):
+        opts["k"], opts["shot_source"] = rec["n_shots"], opts["shot_source"] or "weak"
+    return variant_name(rec["method"], opts)
+
+
+def _plain_value(value: Any) -> Any:
+    """A JSON-able, hashable-when-dumped form of a config value (lists stay lists)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    return value
+
+
+def config_identity(method: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The config values that define a run beyond its task, model, method variant, weak
+    labeller, counts and seed: a flat ``{dotted key: value}``.
+
+    Dropped: :data:`NON_DEFINING_KEYS` and prefixes (seeds, grid, prices, mesh, checkpointing,
+    ...), the method options already in the variant name, and options that do not apply: shot
+    settings for methods without shots, ``selection_temperature`` without entropy selection,
+    ``mixture.*`` outside ``mixture_sft``, ``lora.*`` unless ``trainable`` is ``lora``, and
+    labeller keys its kind does not use.
+    """
+    option_names = {n for names in OPTION_KEYS.values() for n in names}
+    trainable = config.get("trainable")
+    selection = config.get("oracle_selection")
+    kind = config.get("labeler.kind")
+    out = {}
+    for key, value in config.items():
+        last = key.rsplit(".", 1)[-1]
+        if key in NON_DEFINING_KEYS or key.startswith(NON_DEFINING_PREFIXES):
+            continue
+        if "." not in key and last in option_names:
+            continue  # in the variant name (or irrelevant to this method)
+        if key in SHOT_ONLY_KEYS and method not in SHOT_METHODS:
+            continue
+        if key == "selection_temperature" and selection not in (None, "entropy"):
+            continue
+        if key.startswith("mixture.") and method != "mixture_sft":
+            continue
+        if key.startswith("lora.") and trainable not in (None, "lora"):
+            continue
+        if key.startswith("labeler.") and kind is not None:
+            keep = LABELER_KEYS.get(kind)
+            if keep is not None and last not in keep:
+                continue
+            if keep is None and kind == "model" and last in LABELER_NOISE_ONLY:
+                continue
+        out[key] = _plain_value(value)
+    return out
+
+
+def _example_scores(rec: dict[str, Any], source: str) -> Any:
+    """Where a run's per-example test scores are: in memory (``rec["scores"]``, as
+    ``(ids, correct)``), the ``scores.parquet`` beside its ``result.json``, or None."""
+    scores = rec.get("scores")
+    if isinstance(scores, dict) and {"id", "label", "score"} <= set(scores):
+        ids = np.asarray(scores["id"]).astype(str)
+        correct = (np.asarray(scores["score"], dtype=float) > 0) == \
+            (np.asarray(scores["label"]).astype(int) == 1)
+        return ids, correct
+    if source.endswith("result.json"):
+        path = Path(source).parent / SCORES_FILE
+        if path.is_file():
+            return str(path)
+    return None
+
+
 def _to_row(rec: dict[str, Any], source: str) -> dict[str, Any]:
-    """One table row from a valid record."""
+    """One table row from a valid ``ok`` record."""
     row: dict[str, Any] = {}
     for key, value in rec.items():
+        if key == "scores":
+            continue
         if key == "config" and isinstance(value, dict):
             config = flatten(value)
             row.update({f"config.{k}": v for k, v in config.items()})
@@ -171,19 +290,135 @@ def _to_row(rec: dict[str, Any], source: str) -> dict[str, Any]:
     for name, value in opts.items():
         row[f"config.{name}"] = value
     row["variant"] = variant_name(rec["method"], opts)
-    row.setdefault("weak_labeler", None)
-    if row["weak_labeler"] is None:
-        row["weak_labeler"] = "none"
-    elif isinstance(row["weak_labeler"], dict):
-        row["weak_labeler"] = json.dumps(row["weak_labeler"], sort_keys=True)
+    row["identity"] = json.dumps(config_identity(rec["method"], config), sort_keys=True,
+                                 default=str)
+    row["weak_labeler"] = _labeler_name(rec.get("weak_labeler"))
     for ci in ("metrics.accuracy_ci", "metrics.auroc_ci"):
         value = row.get(ci)
         if isinstance(value, (list, tuple)) and len(value) == 2:
             row[f"{ci}_lo"], row[f"{ci}_hi"] = value
     stages = rec.get("stages")
     row["n_stages"] = len(stages) if isinstance(stages, list) else None
+    row["example_scores"] = _example_scores(rec, source)
     row["source"] = source
     return row
+
+
+def _labeler_name(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _excluded_row(rec: dict[str, Any], source: str) -> dict[str, Any]:
+    """One row for an ``infeasible`` or ``failed`` record: what it would have bought, where."""
+    config = flatten(rec.get("config") or {})
+    planned = rec.get("planned") if isinstance(rec.get("planned"), dict) else {}
+    prices = rec.get("prices") if isinstance(rec.get("prices"), dict) else {}
+    row = {k: rec.get(k) for k in REQUIRED_ALWAYS + ("error", "budget")}
+    row.update({
+        "weak_labeler": _labeler_name(rec.get("weak_labeler")),
+        "variant": base_variant(rec),
+        "identity": json.dumps(config_identity(rec["method"], config), sort_keys=True,
+                               default=str),
+        "planned.weak": planned.get("weak"), "planned.oracle": planned.get("oracle"),
+        "prices.oracle": prices.get("oracle"), "prices.weak": prices.get("weak"),
+        "oracle_fractions": rec.get("oracle_fractions"), "grid_points": rec.get("grid_points"),
+        "source": source})
+    return row
+
+
+def assign_variants(frames: list[pd.DataFrame]) -> list[str]:
+    """Give runs of one method variant that differ in a defining config value their own
+    variant names, in place; returns one line per split (also warned as
+    :class:`VariantSplitWarning`).
+
+    Runs are grouped by (model, weak labeller, variant) over all tasks. Within a task every
+    distinct identity gets its own name; across tasks, identities that differ in more than
+    task-specific keys (``task_options.*``, ``n_test``) do too, since tasks are averaged per
+    variant. The suffix names as few of the differing keys as achieve that (keys every run has
+    first, then alphabetically, task-specific keys last), so names agree across tasks:
+    ``seq_sft[trainable=lora]``. Records without an identity column are left as they are.
+    """
+    frames = [f for f in frames if len(f) and "identity" in f.columns]
+    if not frames:
+        return []
+    cols = ["task", "model", "weak_labeler", "variant", "identity"]
+    allrows = pd.concat([f[cols] for f in frames], ignore_index=True)
+    renames: dict[tuple, str] = {}
+    lines = []
+    for (model, labeler, variant), g in allrows.groupby(["model", "weak_labeler", "variant"],
+                                                        sort=True):
+        idents = {i: json.loads(i) for i in g["identity"].unique()}
+        if len(idents) < 2:
+            continue
+        # Sets of identities that must get distinct names: each task's own, and across tasks
+        # the identities without task-specific keys (tasks may differ in their options).
+        groups = [[idents[i] for i in t["identity"].unique()]
+                  for _, t in g.groupby("task", sort=True)]
+        groups.append([_without_task_keys(d) for d in idents.values()])
+        if all(_n_distinct(t, None) < 2 for t in groups):
+            continue  # differs only in task-specific keys between tasks: nothing merges
+        keys = sorted(set().union(*idents.values()))
+        differing = [k for k in keys
+                     if len({json.dumps(d.get(k, "unset"), default=str)
+                             for d in idents.values()}) > 1]
+        # task-specific keys count only where they differ within a task
+        task_keys = [k for k in differing if not _without_task_keys({k: 0})
+                     and any(_n_distinct(t, [k]) > 1 for t in groups[:-1])]
+        general = [k for k in differing if _without_task_keys({k: 0})]
+        rank = {k: i for i, k in enumerate(NAMING_PRIORITY)}
+        general.sort(key=lambda k: (not all(k in d for d in idents.values()),
+                                    rank.get(k, len(rank)), k))
+        differing = general + task_keys
+        order = differing
+        chosen: list[str] = []
+        for key in order:
+            if all(_n_distinct(t, chosen) == _n_distinct(t, None) for t in groups):
+                break
+            if sum(_n_distinct(t, chosen + [key]) for t in groups) > \
+                    sum(_n_distinct(t, chosen) for t in groups):
+                chosen.append(key)
+        names = {}
+        for ident, d in idents.items():
+            inner = ",".join(f"{k}={_fmt_value(d.get(k, 'unset'))}" for k in chosen)
+            names[ident] = f"{variant}[{inner}]"
+            renames[(model, labeler, variant, ident)] = names[ident]
+        line = (f"{len(g)} runs of {variant} ({model}, weak labeller {labeler}) differ in "
+                f"config {differing}; kept apart as {sorted(set(names.values()))}")
+        lines.append(line)
+        warnings.warn(line, VariantSplitWarning, stacklevel=3)
+    if renames:
+        for f in frames:
+            keys = zip(f["model"], f["weak_labeler"], f["variant"], f["identity"])
+            f["variant"] = [renames.get(k, k[2]) for k in keys]
+    return lines
+
+
+def _suffix_values(identity: dict[str, Any], keys: list[str] | None) -> str:
+    if keys is None:
+        return json.dumps(identity, sort_keys=True, default=str)
+    return json.dumps([identity.get(k, "unset") for k in keys], default=str)
+
+
+def _n_distinct(identities: list[dict[str, Any]], keys: list[str] | None) -> int:
+    """Distinct identities (``keys=None``) or distinct values of ``keys`` among them."""
+    return len({_suffix_values(d, keys) for d in identities})
+
+
+def _without_task_keys(identity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in identity.items() if not k.startswith(TASK_SPECIFIC_PREFIXES)
+            and k not in TASK_SPECIFIC_KEYS}
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "(" + " ".join(_fmt_value(v) for v in value) + ")"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def find_result_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -248,16 +483,19 @@ def _collect(items: Iterable[tuple[str, Any]]) -> Records:
         if rec["status"] == "ok":
             ok_rows.append(_to_row(rec, where))
         else:
-            bad_rows.append({k: rec.get(k) for k in REQUIRED_ALWAYS + ("error", "budget")}
-                            | {"source": where})
+            bad_rows.append(_excluded_row(rec, where))
     ok = pd.DataFrame(ok_rows)
     if len(ok):
         for col in ("n_weak", "n_oracle", "seed"):
             ok[col] = ok[col].astype(int)
         for col in ("task", "model", "method", "variant", "weak_labeler"):
             ok[col] = ok[col].astype(str)
-    excluded = pd.DataFrame(bad_rows, columns=list(REQUIRED_ALWAYS) + ["error", "budget", "source"])
-    return Records(ok=ok, excluded=excluded, skipped=skipped, n_duplicates=n_dup)
+    excluded = pd.DataFrame(bad_rows, columns=EXCLUDED_COLUMNS)
+    for col in ("task", "model", "variant", "weak_labeler"):
+        excluded[col] = excluded[col].astype(str)
+    splits = assign_variants([ok, excluded])
+    return Records(ok=ok, excluded=excluded, skipped=skipped, n_duplicates=n_dup,
+                   variant_splits=splits)
 
 
 def records_from_dicts(records: Iterable[dict[str, Any]], source: str = "<memory>") -> Records:

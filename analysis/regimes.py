@@ -1,10 +1,25 @@
 """Regimes of a budget (SPEC section 9) and the budget boundaries between them.
 
-At the sweep's own prices and budgets, the best run of a budget is quantity-dominant if it bought
-no oracle labels, quality-dominant if it bought no weak labels and mixed otherwise. The category is
-reported only when its best run beats the best run of the other categories in at least ``level``
-(default 90%) of bootstrap resamples over seeds; else ``undetermined``. Six interior fractions
-against two endpoints favour "mixed" by chance; the resampling is what guards against that.
+At the sweep's own prices and budgets, the best cell of a budget is quantity-dominant if it
+bought no oracle labels, quality-dominant if it bought no weak labels and mixed otherwise. That
+category ``C`` is named only when its lead survives the selection of the best of several
+configurations and the noise of seeds and of the finite test set; else ``undetermined``.
+
+The test (:func:`classify`). The lead is ``T = max_{k in C} A_k - max_{j not in C} A_j`` over
+the cells' mean accuracies. Its null distribution comes from the resamples of
+:mod:`analysis.resample` (seeds and test examples resampled jointly), centred
+(``D = boot - A``), under the least favourable way for ``C`` not to be best: every cell of ``C``
+that is within ``KAPPA`` standard errors of ``C``'s best tied with it (farther ones stay at their
+observed distance, as in Hansen's SPA test), and the best of the other categories tied too, so
+
+    p = max_{j not in C} P*( max_{k in C} (D_k + mu_k) - D_j >= T ),
+
+the max over ``j`` because which other cell is truly best is unknown. The maximum over ``C``'s
+cells is taken inside every resample, so picking the best of six interior fractions is paid for;
+tying the rest of the other categories in too (the "all equal" null) would let their maximum
+absorb noise and is not least favourable. ``confidence = 1 - p``; ``C`` is named when
+``confidence >= level``. Measured on null surfaces and known surfaces (``analysis/calibration.py``,
+``tests/test_analysis_calibration.py``).
 """
 from __future__ import annotations
 
@@ -21,6 +36,19 @@ from analysis.tables import ALL, methods_of
 QUANTITY, MIXED, QUALITY, UNDETERMINED = ("quantity-dominant", "mixed", "quality-dominant",
                                           "undetermined")
 REGIMES = (QUANTITY, MIXED, QUALITY)
+# Cells of the winning category more than KAPPA standard errors below its best are not tied
+# with it in the null (Hansen 2005's threshold sqrt(2 log log n) is about 2 for n ~ 1000).
+KAPPA = 2.0
+REGIME_COLUMNS = ["model", "weak_labeler", "tasks", "weak_price", "oracle_price", "method",
+                  "budget", "regime", "category", "confidence", "margin", "compared_categories",
+                  "infeasible_categories", "failed_categories", "best_variant", "best_n_weak",
+                  "best_n_oracle", "best_oracle_fraction", "accuracy", "fitted_best_fraction"]
+CONFIDENCE_MEANING = (
+    "A category is named at confidence c when, had it not been strictly the best (its best "
+    "configuration no better than the best of the others), a lead as large as the one "
+    "observed would have arisen by chance, from seed variation, the finite test set and picking "
+    "the best of several configurations, in at most a share 1 - c of repetitions: "
+    "\"confidence 0.9\" means at most 10%.")
 
 
 def category(n_weak: int, n_oracle: int) -> str | None:
@@ -36,7 +64,8 @@ def category(n_weak: int, n_oracle: int) -> str | None:
 
 @dataclasses.dataclass
 class Classification:
-    """Outcome of :func:`classify`: ``best`` indexes the point-estimate best cell."""
+    """Outcome of :func:`classify`: ``best`` indexes the point-estimate best cell;
+    ``confidence`` is ``1 - p`` (NaN when only one category was measured)."""
 
     regime: str
     category: str | None
@@ -45,14 +74,33 @@ class Classification:
     best: int
 
 
+def lead_p_value(acc, boot, mine, others, kappa: float = KAPPA) -> float:
+    """p-value of the lead of the cells ``mine`` over the cells ``others`` (boolean masks), from
+    centred resamples under the least favourable null (see the module docstring)."""
+    acc = np.asarray(acc, dtype=float)
+    boot = np.asarray(boot, dtype=float)
+    im, io = np.flatnonzero(mine), np.flatnonzero(others)
+    lead = acc[im].max() - acc[io].max()
+    centred = boot - acc[:, None]                           # [n, B]
+    top = im[np.argmax(acc[im])]
+    se = (boot[im] - boot[top]).std(axis=1)
+    gap = acc[top] - acc[im]
+    shift = np.where(gap > kappa * se + 1e-12, -gap, 0.0)   # far below C's best: stays below
+    best_mine = (centred[im] + shift[:, None]).max(axis=0)  # [B]
+    n_boot = boot.shape[1]
+    hits = ((best_mine[None, :] - centred[io]) >= lead - 1e-12).sum(axis=1)
+    return float((1 + hits.max()) / (1 + n_boot))
+
+
 def classify(acc, boot, categories, level: float = 0.9, min_margin: float = 0.0) -> Classification:
     """Regime of one budget from its cells.
 
     Args:
-      acc: [n] mean accuracy of each cell; boot: [n, n_boot] bootstrap means over seeds.
+      acc: [n] mean accuracy of each cell; boot: [n, n_boot] resampled means
+        (:mod:`analysis.resample`).
       categories: [n] category of each cell (see :func:`category`).
-      level: share of resamples in which the winning category must beat the others.
-      min_margin: the accuracy margin it must beat them by in a resample.
+      level: the confidence a category needs to be named (see :data:`CONFIDENCE_MEANING`).
+      min_margin: a lead it must also exceed in accuracy.
     """
     acc = np.asarray(acc, dtype=float)
     boot = np.asarray(boot, dtype=float)
@@ -68,10 +116,9 @@ def classify(acc, boot, categories, level: float = 0.9, min_margin: float = 0.0)
         # One category only (e.g. a sweep without endpoints): nothing to beat, nothing shown.
         return Classification(UNDETERMINED, winner, float("nan"), float("nan"), best)
     margin = float(acc[mine].max() - acc[others].max())
-    wins = boot[mine].max(axis=0) - boot[others].max(axis=0) > min_margin
-    confidence = float(wins.mean())
-    regime = winner if confidence >= level else UNDETERMINED
-    return Classification(regime, winner, confidence, margin, best)
+    confidence = 1.0 - lead_p_value(acc, boot, mine, others) if margin > 0 else 0.0
+    named = confidence >= level - 1e-12 and margin > min_margin
+    return Classification(winner if named else UNDETERMINED, winner, confidence, margin, best)
 
 
 def _cell_index(surface: Surface) -> dict[tuple, int]:
@@ -79,44 +126,72 @@ def _cell_index(surface: Surface) -> dict[tuple, int]:
     return {(v, int(w), int(o)): i for i, (v, w, o) in enumerate(keys)}
 
 
-def regime_table(surface: Surface, level: float = 0.9, min_margin: float = 0.0) -> pd.DataFrame:
+def _join(cats) -> str:
+    return ";".join(c for c in REGIMES if c in set(cats))
+
+
+def regime_table(surface: Surface, level: float = 0.9, min_margin: float = 0.0,
+                 fitted: bool = True) -> pd.DataFrame:
     """Regime of every budget of every sweep (at its own prices), per method and ``all``.
 
     Columns: model, weak_labeler, tasks, weak_price, oracle_price, method, budget, regime,
-    category (point-estimate winner), confidence, margin, best_variant, best_n_weak,
-    best_n_oracle, best_oracle_fraction (share of the spend on oracle labels, from the counts),
-    accuracy, fitted_best_fraction (argmax of the per-budget smooth fit; NaN without grid
-    fractions).
+    category (point-estimate winner), confidence (see :data:`CONFIDENCE_MEANING`), margin (its
+    lead in accuracy), compared_categories, infeasible_categories and failed_categories (those
+    the grid planned at this budget but no run could buy or finish; ``;``-separated, the regime
+    is then among the compared ones only), best_variant, best_n_weak, best_n_oracle,
+    best_oracle_fraction (share of the spend on oracle labels, from the counts), accuracy,
+    fitted_best_fraction (argmax of the per-budget smooth fit; NaN without grid fractions, or
+    with ``fitted=False``).
     """
     index = _cell_index(surface)
     members = surface.members.dropna(subset=["budget"])
+    unmeasured = surface.unmeasured
     model, labeler = surface.scope
+    keys = ["sweep_oracle_price", "sweep_weak_price", "budget"]
+    points = pd.concat([members[keys], unmeasured[keys]]).drop_duplicates()
     rows = []
-    for (po, pw, budget), mem in members.groupby(
-            ["sweep_oracle_price", "sweep_weak_price", "budget"], sort=True):
+    for po, pw, budget in sorted(map(tuple, points.to_numpy().tolist())):
+        at = (members["sweep_oracle_price"] == po) & (members["sweep_weak_price"] == pw) & \
+            (members["budget"] == budget)
+        mem = members[at]
+        um = unmeasured[(unmeasured["sweep_oracle_price"] == po)
+                        & (unmeasured["sweep_weak_price"] == pw) & (unmeasured["budget"] == budget)]
         for method in methods_of(surface):
             mm = mem if method == ALL else mem[mem["variant"] == method]
-            if mm.empty:
+            uu = um if method == ALL else um[um["variant"] == method]
+            if mm.empty and uu.empty:
                 continue
             idx = sorted({index[(v, int(w), int(o))] for v, w, o in
                           zip(mm["variant"], mm["n_weak"], mm["n_oracle"])})
             cells = surface.cells.iloc[idx]
             cats = [category(w, o) for w, o in zip(cells["n_weak"], cells["n_oracle"])]
+            missing = {status: _join({category(w, o) for w, o, s in
+                                      zip(uu["n_weak"], uu["n_oracle"], uu["status"])
+                                      if s == status} - set(cats) - {None})
+                       for status in ("infeasible", "failed")}
+            row = {"model": model, "weak_labeler": labeler, "tasks": surface.cells["tasks"].iloc[0],
+                   "weak_price": pw, "oracle_price": po, "method": method, "budget": budget,
+                   "compared_categories": _join(cats),
+                   "infeasible_categories": missing["infeasible"],
+                   "failed_categories": missing["failed"]}
             if all(c is None for c in cats):
+                if not (missing["infeasible"] or missing["failed"]):
+                    continue
+                rows.append(row | {"regime": UNDETERMINED, "category": None,
+                                   "confidence": float("nan"), "margin": float("nan")})
                 continue
             cl = classify(cells["accuracy"], surface.boot[idx], cats, level, min_margin)
             best = cells.iloc[cl.best]
-            rows.append({
-                "model": model, "weak_labeler": labeler, "tasks": best["tasks"],
-                "weak_price": pw, "oracle_price": po, "method": method, "budget": budget,
+            rows.append(row | {
                 "regime": cl.regime, "category": cl.category, "confidence": cl.confidence,
                 "margin": cl.margin, "best_variant": best["variant"],
                 "best_n_weak": int(best["n_weak"]), "best_n_oracle": int(best["n_oracle"]),
                 "best_oracle_fraction": pricing.oracle_spend_fraction(
                     best["n_weak"], best["n_oracle"], po, pw),
                 "accuracy": best["accuracy"],
-                "fitted_best_fraction": _fitted_best_fraction(surface, mm, index, method)})
-    return pd.DataFrame(rows)
+                "fitted_best_fraction": _fitted_best_fraction(surface, mm, index, method)
+                if fitted else float("nan")})
+    return pd.DataFrame(rows, columns=REGIME_COLUMNS)
 
 
 def _fitted_best_fraction(surface: Surface, members: pd.DataFrame, index, method) -> float:
@@ -137,8 +212,9 @@ def boundaries(regimes: pd.DataFrame) -> pd.DataFrame:
     """Budget boundaries between regimes: where consecutive determined budgets change regime.
 
     Columns: model, weak_labeler, weak_price, method, from_regime, to_regime, budget_below,
-    budget_above, boundary (geometric mean of the two budgets). Undetermined budgets are skipped,
-    so a boundary may span them.
+    budget_above, boundary (geometric mean of the two budgets). Undetermined budgets, and budgets
+    where a category could not be bought (infeasible or failed), are skipped, so a boundary may
+    span them.
     """
     rows = []
     if regimes.empty:
@@ -146,7 +222,9 @@ def boundaries(regimes: pd.DataFrame) -> pd.DataFrame:
                                      "to_regime", "budget_below", "budget_above", "boundary"])
     for (model, labeler, wp, method), t in regimes.groupby(
             ["model", "weak_labeler", "weak_price", "method"], sort=True):
-        det = t[t["regime"] != UNDETERMINED].sort_values("budget")
+        complete = (t.get("infeasible_categories", pd.Series("", index=t.index)).fillna("") == "") \
+            & (t.get("failed_categories", pd.Series("", index=t.index)).fillna("") == "")
+        det = t[(t["regime"] != UNDETERMINED) & complete].sort_values("budget")
         for a, b in zip(det.iloc[:-1].itertuples(), det.iloc[1:].itertuples()):
             if a.regime != b.regime:
                 rows.append({"model": model, "weak_labeler": labeler, "weak_price": wp,

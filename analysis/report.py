@@ -11,6 +11,7 @@ Corrupt records are skipped with a warning; the exit status is 0 when some ok re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ from analysis import figures, io, pricing
 from analysis.aggregate import Surface, build_surfaces
 from analysis.fits import frontier_fit
 from analysis.records import Records, load_records
-from analysis.regimes import QUALITY, QUANTITY, MIXED, UNDETERMINED, boundaries, regime_table
+from analysis.regimes import (CONFIDENCE_MEANING, MIXED, QUALITY, QUANTITY, REGIME_COLUMNS,
+                              UNDETERMINED, boundaries, regime_table)
 from analysis.tables import (ALL, best_within_budget, best_within_budget_markdown, frontier_table,
                              markdown_table, method_mask, priced)
 
@@ -59,42 +61,77 @@ def _fraction_fit_rows(surface: Surface, fits) -> list[pd.DataFrame]:
             for (po, pw, budget), cf in fits.items()]
 
 
+def _missing(row) -> list[str]:
+    """``"quantity-dominant (infeasible)"``-style notes for the categories a budget lacked."""
+    out = []
+    for col, why in (("infeasible_categories", "infeasible: the pool is too small"),
+                     ("failed_categories", "its runs failed")):
+        value = getattr(row, col, "")
+        if isinstance(value, str) and value:
+            out += [f"{c} ({why})" for c in value.split(";")]
+    return out
+
+
 def recommendation_paragraph(regimes: pd.DataFrame, bounds: pd.DataFrame,
-                             bwb: pd.DataFrame) -> str:
-    """One paragraph in words: the regimes by budget, where they change, and the best method."""
+                             bwb: pd.DataFrame, level: float = 0.9,
+                             single_seed: bool = False) -> str:
+    """One paragraph in words: the regimes by budget, where they change, and the best method.
+
+    A budget where a category could not be bought says so, and its regime is stated as a
+    comparison among the categories that were measured, never as a comparison with the one
+    that was not. ``single_seed``: some task had no configuration with two seeds (see
+    :mod:`analysis.resample`), which the paragraph then says.
+    """
     if regimes.empty:
         return ("No budget of a sweep could be classified (records carry no grid budget), so no "
                 "regime is stated; see the best-within-budget table.")
     sentences = []
     overall = regimes[regimes["method"] == ALL]
+    say = {QUANTITY: "buy only weak labels", QUALITY: "buy only oracle labels",
+           MIXED: "buy a mix (weak first, then oracle)"}
     for (model, labeler, pw, po), t in overall.groupby(
             ["model", "weak_labeler", "weak_price", "oracle_price"], sort=False):
         t = t.sort_values("budget")
-        say = {QUANTITY: "buy only weak labels", QUALITY: "buy only oracle labels",
-               MIXED: "buy a mix (weak first, then oracle)"}
-        parts = []
+        parts, caveats = [], []
+        for row in t.itertuples():
+            missing = _missing(row)
+            if missing:
+                compared = row.compared_categories or "nothing"
+                caveats.append(f"at budget {row.budget:g} the sweep could not buy "
+                               f"{' or '.join(missing)}, so "
+                               + (f"the call there is among {compared.replace(';', ', ')} only"
+                                  if ";" in compared else
+                                  f"only {compared} was measured and no regime is stated"))
+        complete = t[[not _missing(r) for r in t.itertuples()]]
         for regime in (QUANTITY, MIXED, QUALITY, UNDETERMINED):
             r = t[t["regime"] == regime]
             if r.empty:
                 continue
             budgets = ("budget " if len(r) == 1 else "budgets ") + ", ".join(
-                f"{b:g}" for b in r["budget"])
+                f"{b:g}" + ("*" if b not in set(complete["budget"]) else "") for b in r["budget"])
             if regime == MIXED:
                 share = ", ".join(f"{100 * f:.0f}%" for f in r["best_oracle_fraction"])
                 parts.append(f"at {budgets} {say[regime]}, spending {share} on oracle labels")
             elif regime == UNDETERMINED:
-                parts.append(f"at {budgets} the seeds do not separate the regimes at 90% "
-                             "(any of the close configurations is a reasonable buy)")
+                parts.append(f"at {budgets} the data do not separate the regimes at confidence "
+                             f"{level:g} (any of the close configurations is a reasonable buy)")
             else:
                 parts.append(f"at {budgets} {say[regime]}")
         sentences.append(f"For {model} with weak labeller {labeler} at the sweep's prices (oracle "
                          f"{po:g}, weak {pw:g}): " + "; ".join(parts) + ".")
+        if caveats:
+            sentences.append("* " + "; ".join(caveats) + ".")
         b = bounds[(bounds["weak_price"] == pw) & (bounds["method"] == ALL)
                    & (bounds["model"] == model) & (bounds["weak_labeler"] == labeler)]
         if len(b):
             sentences.append("The regime changes " + ", ".join(
                 f"from {r.from_regime} to {r.to_regime} between budgets {r.budget_below:g} and "
                 f"{r.budget_above:g}" for r in b.itertuples()) + ".")
+    sentences.append(CONFIDENCE_MEANING)
+    if single_seed:
+        sentences.append("With one seed per configuration, seed noise could only be estimated "
+                         "from the spread between configurations, so every call is "
+                         "conservative; more seeds (e.g. `--config.seeds=3`) sharpen them.")
     best = bwb[(bwb["method"] == ALL) & bwb["variant"].notna()]
     if len(best):
         wins = best["variant"].value_counts()
@@ -123,12 +160,20 @@ def _csv_table(frame: pd.DataFrame, cols, max_rows: int = 40) -> str:
     return markdown_table(list(cols), rows) + more
 
 
+@dataclasses.dataclass
+class Report:
+    """What :func:`write_report` wrote: ``files`` by name, and the recommendation paragraph."""
+
+    files: dict[str, Path]
+    recommendation: str
+
+
 def write_report(records: Records, out: Path, weak_prices=None, budgets=None, oracle_price="1",
                  n_boot: int = 200, fit_boot: int = 100, seed: int = 0,
-                 level: float = 0.9) -> dict[str, Path]:
+                 level: float = 0.9) -> Report:
     """Compute every table, fit and figure from ``records`` and write them under ``out``.
 
-    Returns the written paths by name. Raises ValueError when there are no ok records.
+    Raises ValueError when there are no ok records.
     """
     if records.ok.empty:
         c = records.counts
@@ -142,7 +187,7 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
     if budgets is None and "budget" in ok.columns:
         budgets = sorted(pd.to_numeric(ok["budget"], errors="coerce").dropna().unique())
     budgets = [pricing.to_fraction(b) for b in (budgets or [])]
-    surfaces = build_surfaces(ok, n_boot=n_boot, seed=seed)
+    surfaces = build_surfaces(ok, n_boot=n_boot, seed=seed, excluded=records.excluded)
     many = len(surfaces) > 1
     frontier, tolerance, regimes, bwb, fit_rows, frac_rows = [], [], [], [], [], []
     written: dict[str, Path] = {}
@@ -168,9 +213,8 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
             s, weak_prices, fr, out / f"frontier_by_method{sfx}")))
     frontier = pd.concat(frontier, ignore_index=True)
     tolerance = pd.concat(tolerance, ignore_index=True)
-    regimes = pd.concat(regimes, ignore_index=True) if any(len(r) for r in regimes) else \
-        pd.DataFrame(columns=["weak_price", "method", "budget", "regime", "best_oracle_fraction",
-                              "confidence"])
+    regimes = pd.concat([r for r in regimes if len(r)], ignore_index=True) \
+        if any(len(r) for r in regimes) else pd.DataFrame(columns=REGIME_COLUMNS)
     bounds = boundaries(regimes)
     bwb = pd.concat(bwb, ignore_index=True) if bwb else pd.DataFrame(
         columns=["weak_price", "budget", "method", "variant", "accuracy", "weak_fraction"])
@@ -186,57 +230,77 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
     for name, paths in figs:
         for p in paths:
             written[p.name] = p
-    md = _report_markdown(records, surfaces, weak_prices, tables, bwb_md, figs, level)
+    single_seed = any("scatter of the configurations" in n for s in surfaces for n in s.notes)
+    paragraph = recommendation_paragraph(regimes, bounds, bwb, level, single_seed)
+    md = _report_markdown(records, surfaces, weak_prices, tables, bwb_md, figs, level, paragraph)
     written["report.md"] = io.write_text(out / "report.md", md)
-    return written
+    return Report(written, paragraph)
 
 
-def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, figs, level) -> str:
+def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, figs, level,
+                     paragraph: str) -> str:
     c = records.counts
     regimes, bounds = tables["regimes"], tables["regime_boundaries"]
     lines = ["# Label quantity vs quality: analysis report", "",
              "## Recommendation", "",
-             recommendation_paragraph(regimes, bounds, tables["best_within_budget"]), "",
+             paragraph, "",
              "## Records", "",
              f"{c['ok']} ok runs analysed; {c['infeasible']} infeasible and {c['failed']} failed "
              f"runs excluded; {c['skipped']} unreadable file(s)/line(s) skipped; "
              f"{c['duplicates']} duplicate run id(s) ignored.", ""]
     if records.skipped:
         lines += ["Skipped:", ""] + [f"- `{w}`: {r}" for w, r in records.skipped[:20]] + [""]
+    if records.variant_splits:
+        lines += ["Runs of one method that differ in a config value that defines a run are kept "
+                  "apart as separate variants:", ""] + \
+            [f"- {line}" for line in records.variant_splits] + [""]
     for s in surfaces:
         model, labeler = s.scope
         lines.append(f"- {model}, weak labeller {labeler}: tasks {s.cells['tasks'].iloc[0]}, "
                      f"{len(s.cells)} cells, variants {', '.join(sorted(s.cells['variant'].unique()))}")
+    notes = list(dict.fromkeys(n for s in surfaces for n in s.notes))
     lines += ["", f"Costs re-priced exactly at weak prices "
-              f"{', '.join(f'{float(w):g}' for w in weak_prices)}. Bands are {100 * level:.0f}% "
-              "bootstrap intervals over seeds.", "",
+              f"{', '.join(f'{float(w):g}' for w in weak_prices)}. Every band, frontier frequency "
+              f"and confidence below comes from one resampling: seeds and test examples "
+              f"resampled jointly (the same test examples for every run of a task), "
+              f"{int(surfaces[0].boot.shape[1])} resamples; bands are central "
+              f"{100 * level:.0f}% intervals of the resampled mean accuracy. "
+              + " ".join(notes), "",
               "## Regimes (at each sweep's own prices)", "",
-              f"A budget's regime is named only when its category wins in at least {100 * level:.0f}% "
-              "of bootstrap resamples (`confidence`); `best_oracle_fraction` is the share of the "
-              "best run's spend on oracle labels. Full table: `regimes.csv`.", "",
+              "The best configuration of a budget is quantity-dominant if it bought no oracle "
+              "labels, quality-dominant if it bought no weak labels and mixed otherwise. Its "
+              f"category is named only at confidence >= {level:g}; else `undetermined`. "
+              + CONFIDENCE_MEANING + " `margin` is the lead in accuracy of the best category "
+              "over the best of the others; `infeasible_categories` lists categories the grid "
+              "planned but the pools could not supply at that budget (the call is then among "
+              "the compared ones only); `best_oracle_fraction` is the share of the best run's "
+              "spend on oracle labels. Full table: `regimes.csv`.", "",
               _csv_table(regimes[regimes["method"] == ALL] if len(regimes) else regimes,
-                         ["weak_price", "budget", "regime", "confidence", "margin", "best_variant",
-                          "best_n_weak", "best_n_oracle", "best_oracle_fraction", "accuracy"]),
+                         ["weak_price", "budget", "regime", "confidence", "margin",
+                          "infeasible_categories", "best_variant", "best_n_weak", "best_n_oracle",
+                          "best_oracle_fraction", "accuracy"]),
               "", "Boundaries (`regime_boundaries.csv`):", "",
               _csv_table(bounds, ["weak_price", "method", "from_regime", "to_regime",
                                   "budget_below", "budget_above"]),
               "", "## Best within budget", "", bwb_md,
               "## Frontier (all methods)", "",
               "Pareto frontier: points not beaten by any cheaper-or-equal point with higher "
-              "accuracy; `frontier_frequency` is how often a resample's re-selected frontier "
-              "keeps the point. Per-variant rows and the study's tolerance frontier are in "
-              "`frontier.csv` and `frontier_tolerance.csv`.", "",
+              "accuracy; `frontier_frequency` is the share of resamples whose re-selected "
+              "frontier keeps the point (a stability measure, not a test). Per-variant rows "
+              "and the study's tolerance frontier are in `frontier.csv` and "
+              "`frontier_tolerance.csv`.", "",
               _csv_table(tables["frontier"][tables["frontier"]["method"] == ALL],
                          ["weak_price", "variant", "n_weak", "n_oracle", "cost", "accuracy",
                           "accuracy_std", "weak_fraction", "frontier_frequency"]),
               "", "## Figures", ""]
     captions = {
         "accuracy_vs_oracle_fraction": "accuracy vs oracle spending fraction, one curve per "
-                                       "budget, weak-label accuracy dashed",
-        "oracle_fraction_fits": "per-budget smooth fits in the oracle fraction with 90% bootstrap bands",
+                                       "budget with 90% bands, weak-label accuracy dashed",
+        "oracle_fraction_fits": "per-budget smooth fits in the oracle fraction with 90% bands",
         "frontier_by_method": "Pareto frontier of each method variant vs cost",
         "frontier": "all configurations coloured by weak fraction, the overall frontier, the "
-                    "study's tolerance frontier and the monotone fit with its 90% band",
+                    "study's tolerance frontier and the monotone fit with its 90% band; bars on "
+                    "frontier points are their 90% bands",
     }
     for name, paths in figs:
         if not paths:
@@ -258,7 +322,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", nargs="+", default=None, type=str,
                     help="budgets for the best-within-budget table (default: the sweeps' own)")
     ap.add_argument("--oracle_price", default="1", type=str)
-    ap.add_argument("--n_boot", default=200, type=int, help="bootstrap resamples over seeds")
+    ap.add_argument("--n_boot", default=200, type=int,
+                    help="resamples (seeds and test examples resampled jointly)")
     ap.add_argument("--fit_boot", default=100, type=int, help="resamples used for curve-fit bands")
     ap.add_argument("--level", default=0.9, type=float, help="band and regime confidence level")
     ap.add_argument("--seed", default=0, type=int)
@@ -268,7 +333,8 @@ def main(argv=None) -> int:
     try:
         records = load_records(args.results)
         written = write_report(records, Path(args.out), args.weak_prices, args.budgets,
-                               args.oracle_price, args.n_boot, args.fit_boot, args.seed, args.level)
+                               args.oracle_price, args.n_boot, args.fit_boot, args.seed,
+                               args.level).files
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,17 @@ The surface (``true_accuracy``) has the study's three regimes at weak price 1/10
 quickly but saturate near 0.72, oracle labels help slowly up to 0.95, and weak pre-training costs a
 little once oracle labels are plentiful. Records follow SPEC section 11, with counts from the grid
 (SPEC section 2) and Gaussian noise per seed.
+
+With ``per_example=True`` every ok record also carries its per-example test scores (``scores``:
+id, label, score; written as ``scores.parquet`` by :func:`write_runs`), drawn so that runs of a
+task share one test set and agree on its easy and hard examples as real classifiers do: example
+``i`` has an easiness ``z_i ~ N(0, 1)``, a run with accuracy ``a`` gets it right when
+``z_i + tau * eps_ri > -Phi^-1(a) sqrt(1 + tau^2)`` (``eps`` fresh per run; ``tau = 0.5`` makes two
+runs of equal accuracy 0.75 disagree on about 16% of examples). Its recorded accuracy is then
+the share it got right, so the test set's sampling noise is in the records too.
+
+:func:`grid_records` builds records from any true-accuracy function of the counts, for the
+calibration surfaces of :mod:`analysis.calibration`.
 """
 from __future__ import annotations
 
@@ -15,9 +26,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.special import ndtri
 
 from analysis import pricing
-from analysis.io import write_text
+from analysis.io import write_atomic, write_text
 
 BUDGETS = (8, 16, 64, 256, 1024, 4096)
 FRACTIONS = (0, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 1)
@@ -46,6 +58,25 @@ def true_accuracy(n_weak, n_oracle, variant: str = "seq_sft"):
     return acc + offset
 
 
+class TestSet:
+    """One task's synthetic test set: ids, balanced labels and per-example easiness."""
+
+    def __init__(self, task: str, n_test: int, rng: np.random.Generator):
+        self.ids = np.asarray([f"{task}-{i}" for i in range(n_test)])
+        self.labels = rng.permutation(np.arange(n_test) % 2)
+        self.easiness = rng.normal(size=n_test)
+
+    def scores(self, accuracy: float, rng: np.random.Generator, tau: float = 0.5) -> dict:
+        """Per-example scores of a run whose expected accuracy is ``accuracy``."""
+        a = float(np.clip(accuracy, 1e-3, 1 - 1e-3))
+        noise = tau * rng.normal(size=len(self.ids))
+        margin = self.easiness + noise + ndtri(a) * np.sqrt(1 + tau ** 2)
+        correct = margin > 0
+        sign = np.where(self.labels == 1, 1.0, -1.0) * np.where(correct, 1.0, -1.0)
+        return {"id": self.ids, "label": self.labels,
+                "score": (sign * (np.abs(margin) + 1e-3)).astype(np.float32)}
+
+
 def _run_id(parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -53,14 +84,36 @@ def _run_id(parts) -> str:
 def make_records(budgets=BUDGETS, fractions=FRACTIONS, oracle_price=1, weak_price=0.1,
                  variants=tuple(VARIANTS), tasks=("synthetic",), noise: float = 0.005,
                  seed: int = 0, model: str = "toy-model", weak_labeler: str = "toy-weak",
-                 weak_pool: int = WEAK_POOL) -> list[dict]:
-    """Records for a grid sweep: one run per distinct (n_weak, n_oracle) of a budget, listing every
-    fraction it serves; 7 seeds where the smaller non-empty stage has <= 10 labels, else 3."""
+                 weak_pool: int = WEAK_POOL, n_test: int = 1000, per_example: bool = False,
+                 n_seeds=None, tau: float = 0.5, config: dict | None = None,
+                 binomial: bool = False) -> list[dict]:
+    """Records for a grid sweep of :func:`true_accuracy`: one run per distinct (n_weak, n_oracle)
+    of a budget, listing every fraction it serves; ``n_seeds`` seeds per point, or the study's
+    rule by default (7 where the smaller non-empty stage has <= 10 labels, else 3). Gaussian seed
+    noise of sd ``noise``; with ``per_example`` also per-example scores (module docstring); with
+    ``binomial`` (and no per-example scores) the recorded accuracy is the share right of
+    ``n_test`` independent examples, so it carries test-set noise without the scores."""
+    def truth(n_weak, n_oracle, variant):
+        return true_accuracy(n_weak, n_oracle, variant)
+    return grid_records(truth, budgets, fractions, oracle_price, weak_price, variants, tasks,
+                        noise, seed, model, weak_labeler, weak_pool, n_test, per_example,
+                        n_seeds, tau, config, binomial)
+
+
+def grid_records(truth, budgets=BUDGETS, fractions=FRACTIONS, oracle_price=1, weak_price=0.1,
+                 variants=("seq_sft",), tasks=("synthetic",), noise: float = 0.005,
+                 seed: int = 0, model: str = "toy-model", weak_labeler: str = "toy-weak",
+                 weak_pool: int = WEAK_POOL, n_test: int = 1000, per_example: bool = False,
+                 n_seeds=None, tau: float = 0.5, config: dict | None = None,
+                 binomial: bool = False) -> list[dict]:
+    """Records for a grid sweep whose noise-free accuracy is ``truth(n_weak, n_oracle,
+    variant)`` (see :func:`make_records`). ``config`` adds flattened config keys to every run."""
     rng = np.random.default_rng(seed)
     records = []
     for task in tasks:
+        test = TestSet(task, n_test, rng) if per_example else None
         for variant in variants:
-            method, options, _ = VARIANTS[variant]
+            method, options, _ = VARIANTS.get(variant, (variant, {}, 0.0))
             for budget in budgets:
                 points: dict[tuple[int, int], list[float]] = {}
                 for f in fractions:
@@ -68,18 +121,23 @@ def make_records(budgets=BUDGETS, fractions=FRACTIONS, oracle_price=1, weak_pric
                                       []).append(f)
                 for (n_weak, n_oracle), fracs in points.items():
                     stages = [n for n in (n_weak, n_oracle) if n > 0]
-                    n_seeds = 7 if min(stages) <= 10 else 3
-                    for s in range(n_seeds):
-                        config = {"task": task, "model": model, "method": method, **options,
-                                  "seed": s, "n_weak": n_weak, "n_oracle": n_oracle}
+                    if n_seeds is not None:
+                        seeds = int(n_seeds)
+                    else:
+                        seeds = 7 if stages and min(stages) <= 10 else 3
+                    for s in range(seeds):
+                        cfg = {"task": task, "model": model, "method": method, **options,
+                               **(config or {}), "seed": s, "n_weak": n_weak,
+                               "n_oracle": n_oracle, "n_test": n_test}
                         rec = {
-                            "run_id": _run_id([config, float(weak_price)]), "task": task,
+                            "run_id": _run_id([cfg, float(weak_price), variant]), "task": task,
                             "model": model, "method": method, "seed": s,
                             "weak_labeler": weak_labeler, "weak_label_accuracy": 0.72,
                             "prices": {"oracle": oracle_price, "weak": weak_price},
                             "budget": budget, "oracle_fractions": fracs,
+                            "grid_points": [[budget, f] for f in fracs],
                             "planned": {"weak": n_weak, "oracle": n_oracle},
-                            "n_shots": options.get("k", 0), "config": config,
+                            "n_shots": options.get("k", 0), "config": cfg,
                             "versions": {"analysis": "synthetic"}, "wall_s": 1.0,
                         }
                         if n_weak > weak_pool:
@@ -87,8 +145,14 @@ def make_records(budgets=BUDGETS, fractions=FRACTIONS, oracle_price=1, weak_pric
                                        error=f"needs {n_weak} weak labels, pool holds {weak_pool}")
                             records.append(rec)
                             continue
-                        acc = float(np.clip(true_accuracy(n_weak, n_oracle, variant)
+                        acc = float(np.clip(truth(n_weak, n_oracle, variant)
                                             + rng.normal(0, noise), 0, 1))
+                        if test is not None:
+                            rec["scores"] = test.scores(acc, rng, tau)
+                            acc = float(np.mean((rec["scores"]["score"] > 0)
+                                                == (rec["scores"]["label"] == 1)))
+                        elif binomial:
+                            acc = float(rng.binomial(n_test, acc) / n_test)
                         rec.update(
                             status="ok", n_weak=n_weak, n_oracle=n_oracle,
                             cost=pricing.cost(n_weak, n_oracle, oracle_price, weak_price),
@@ -97,16 +161,27 @@ def make_records(budgets=BUDGETS, fractions=FRACTIONS, oracle_price=1, weak_pric
                             metrics={"accuracy": acc, "auroc": min(1.0, acc + 0.05),
                                      "accuracy_ci": [acc - 0.03, acc + 0.03],
                                      "auroc_ci": [acc, acc + 0.1], "agreement_with_weak": 0.7},
-                            n_test=1000)
+                            n_test=n_test)
                         records.append(rec)
     return records
 
 
 def write_runs(records: list[dict], folder) -> Path:
-    """Write each record as ``folder/runs/RUN_ID/result.json`` (atomically)."""
+    """Write each record as ``folder/runs/RUN_ID/result.json`` and its per-example scores, if it
+    has them, as ``scores.parquet`` beside it (atomically)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     folder = Path(folder)
     for rec in records:
-        write_text(folder / "runs" / rec["run_id"] / "result.json", json.dumps(rec, indent=1))
+        rec = dict(rec)
+        scores = rec.pop("scores", None)
+        run = folder / "runs" / rec["run_id"]
+        if scores is not None:
+            table = pa.table({"id": np.asarray(scores["id"]).astype(str),
+                              "label": np.asarray(scores["label"]),
+                              "score": np.asarray(scores["score"], np.float32)})
+            write_atomic(run / "scores.parquet", lambda tmp, t=table: pq.write_table(t, tmp))
+        write_text(run / "result.json", json.dumps(rec, indent=1))
     return folder
 
 

@@ -49,8 +49,10 @@ def frontier_table(surface: Surface, weak_prices, oracle_price=1, kind: str = "p
 
     ``kind`` is ``pareto`` (SPEC definition) or ``tolerance`` (the study's variant). Columns:
     weak_price, oracle_price, method, variant, n_weak, n_oracle, cost, accuracy, accuracy_std,
-    accuracy_lo/hi (bootstrap band of the cell mean), n_seeds, weak_fraction, and for ``pareto``
-    ``frontier_frequency``: the share of bootstrap resamples whose re-selected frontier keeps it.
+    accuracy_lo/hi (central ``level`` band of the cell mean over the resamples of
+    :mod:`analysis.resample`: seeds and test examples), n_seeds, weak_fraction, and for
+    ``pareto`` ``frontier_frequency``: the share of those resamples whose re-selected frontier
+    keeps it.
     """
     if kind not in ("pareto", "tolerance"):
         raise ValueError(f"kind must be 'pareto' or 'tolerance', got {kind!r}")
@@ -96,7 +98,9 @@ def best_affordable(cells: pd.DataFrame, mask: np.ndarray) -> int | None:
 def best_within_budget(surface: Surface, weak_prices, budgets, oracle_price=1,
                        level: float = 0.9) -> pd.DataFrame:
     """For each weak price, budget and method (plus ``all``): the best configuration with
-    cost <= budget (compared exactly), its accuracy, band and weak fraction.
+    cost <= budget (compared exactly), its accuracy, band (the same resamples as every other
+    band) and weak fraction. The entry is the chosen configuration's observed mean; having been
+    picked as the best of several, it is optimistic by about the spread of the close ones.
 
     A budget that buys nothing measured gives a row with NaN accuracy.
     """
@@ -146,7 +150,10 @@ def best_within_budget_markdown(table: pd.DataFrame) -> str:
     """Best-within-budget as markdown: one table per (scope, weak price), methods x budgets,
     each entry ``accuracy (weak fraction)``."""
     parts = ["Best configuration with cost <= budget; each entry is mean accuracy over seeds "
-             "(weak fraction of the spend in brackets; `-`: nothing measured is affordable)."]
+             "(weak fraction of the spend in brackets; `-`: nothing measured is affordable). "
+             "Bands (`accuracy_lo`, `accuracy_hi` in `best_within_budget.csv`) come from the "
+             "same resamples as every other band; as the best of several configurations an "
+             "entry is slightly optimistic."]
     for (model, labeler, wp), t in table.groupby(["model", "weak_labeler", "weak_price"],
                                                  sort=False):
         budgets = sorted(t["budget"].unique())
