@@ -1,10 +1,12 @@
-r"""Main job: run a config's whole sweep in-process and draw the first frontier figure.
+r"""Main job: run a config's whole sweep in-process, then write the answer.
 
   python -m scalable_elicitation.main --config=configs/cost_sweep.py --workdir=workdir
   python -m scalable_elicitation.main --config=configs/cost_sweep.py:smoke --workdir=/tmp/w \
       --config.train.lr=1e-3
 
-Records go to WORKDIR/runs/RUN_ID/result.json; a killed sweep resumes where it stopped.
+Records go to WORKDIR/runs/RUN_ID/result.json; a killed sweep resumes where it stopped. At the
+end it draws WORKDIR/frontier.png, writes the analysis report to WORKDIR/report/ (report.md, the
+CSVs and figures) and prints the recommendation.
 """
 from __future__ import annotations
 
@@ -36,11 +38,12 @@ def sweep_points(config_path: str, config) -> list[dict]:
 
 
 def run_sweep(config, workdir, points, *, dry_run=False, out=print) -> list[dict]:
-    """Run (or list) every planned run; returns the records."""
+    """Run (or list) every planned run, then write the figure and report of WORKDIR and print
+    the recommendation with `out` (see `plots.finish_sweep`); returns this sweep's records."""
     from tqdm import tqdm
 
     from scalable_elicitation import runner as runner_lib
-    from scalable_elicitation.plots import frontier_figure
+    from scalable_elicitation.plots import finish_sweep
 
     sweep = runner_lib.Sweep(config, workdir)
     specs = sweep.plan(points)
@@ -62,7 +65,9 @@ def run_sweep(config, workdir, points, *, dry_run=False, out=print) -> list[dict
                   f"{rec['status']}" + (f" accuracy={acc:.3f}" if acc is not None else "")
                   + (f" ({rec.get('error')})" if rec["status"] != "ok" else ""),
                   file=sys.stderr)
-    frontier_figure(recs, pathlib.Path(workdir) / "frontier.png")
+    import jax
+    if jax.process_index() == 0:  # one report per sweep, from the records every process shares
+        finish_sweep(workdir, out)
     return recs
 
 

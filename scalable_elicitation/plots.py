@@ -1,76 +1,122 @@
-"""The main job's first figure: accuracy against cost, one line per oracle fraction, one panel
-per method variant."""
+"""What the main job leaves after a sweep: `WORKDIR/frontier.png` (accuracy against cost, one
+line per oracle fraction, one panel per method variant, 90% bands) and the full analysis report
+in `WORKDIR/report/`, with its recommendation printed.
+
+Everything is computed by `analysis` (no JAX there) from the records on disk, so the figure's
+bands, the report's and `python -m analysis.report`'s are one and the same resampling, and
+variant names come from one place (`analysis.records`).
+"""
 from __future__ import annotations
 
 import pathlib
+from typing import Callable
+
+REPORT_DIR = "report"
 
 
-def variant_name(record: dict) -> str:
-    """A short name for a record's method and options (matches analysis' variant names)."""
-    cfg = record.get("config") or {}
-    method = record.get("method", "?")
-    name = method
-    if method in ("kshot_sft", "icl"):
-        name += f"(k={cfg.get('k')}" + (f",{cfg.get('shot_source')})" if method == "kshot_sft"
-                                         else ")")
-    if cfg.get("loss") == "logconf":
-        name += "+logconf"
-    if cfg.get("oracle_selection") == "entropy":
-        name += "+entropy"
-    if cfg.get("schedule") == "api":
-        name += "+api"
-    return name
-
-
-def frontier_figure(records: list[dict], path: pathlib.Path) -> pathlib.Path | None:
-    """Accuracy vs cost (log axis), one line per oracle fraction, weak-label accuracy dashed,
-    one panel per method variant. Written atomically; None when no run succeeded."""
-    import io
-
+def frontier_figure(records, path: pathlib.Path, *, n_boot: int = 200,
+                    seed: int = 0) -> pathlib.Path | None:
+    """Accuracy vs cost (log axis) at the sweep's prices, one line per oracle fraction with 90%
+    bands (seeds and test examples resampled, `analysis.resample`), weak-label test accuracy
+    dashed, one panel per method variant and one row per (model, weak labeller). `records` is an
+    `analysis.records.Records` or a list of record dicts. Written atomically; None when no run
+    succeeded."""
     import matplotlib
     import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    from scalable_elicitation.records import atomic_write_bytes
+    from analysis import pricing
+    from analysis.aggregate import build_surfaces
+    from analysis.fits import percentile_band
+    from analysis.io import write_atomic
+    from analysis.records import Records, records_from_dicts
 
-    ok = [r for r in records if r.get("status") == "ok"]
-    if not ok:
+    if not isinstance(records, Records):
+        records = records_from_dicts(records)
+    ok = records.ok
+    if ok.empty:
         return None
-    variants = sorted({variant_name(r) for r in ok})
-    fig, axes = plt.subplots(1, len(variants), figsize=(5.0 * len(variants), 4.2),
+    surfaces = build_surfaces(ok, n_boot=n_boot, seed=seed, excluded=records.excluded)
+    n_cols = max(s.cells["variant"].nunique() for s in surfaces)
+    fig, axes = plt.subplots(len(surfaces), n_cols, figsize=(5.0 * n_cols, 4.2 * len(surfaces)),
                              sharey=True, squeeze=False)
-    fractions = sorted({f for r in ok for f in (r.get("oracle_fractions") or [0.0])})
     cmap = plt.get_cmap("viridis")
-    weak_acc = [r["weak_label_test_accuracy"] for r in ok if r.get("weak_label_test_accuracy")]
-    for ax, variant in zip(axes[0], variants):
-        mine = [r for r in ok if variant_name(r) == variant]
-        for i, f in enumerate(fractions):
-            pts: dict[float, list[float]] = {}
-            for r in mine:
-                if f in (r.get("oracle_fractions") or [0.0]):
-                    pts.setdefault(r["cost"], []).append(r["metrics"]["accuracy"])
-            if not pts:
-                continue
-            xs = sorted(pts)
-            ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], "o-", ms=4,
-                    color=cmap(i / max(1, len(fractions) - 1)), label=f"oracle fraction {f:g}")
-        if weak_acc:
-            ax.axhline(sum(weak_acc) / len(weak_acc), ls="--", color="grey",
-                       label="weak-label accuracy (test)")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("labelling cost (oracle-label units)")
-        ax.set_title(variant, fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (mean over seeds)")
-    axes[0][-1].legend(fontsize=7)
-    r0 = ok[0]
-    fig.suptitle(f"{r0['task']} / {r0['model']}, weak price {r0['prices']['weak']:g}",
-                 fontsize=10)
+    weak_acc = ok["weak_label_test_accuracy"].dropna() if "weak_label_test_accuracy" in ok \
+        else []
+    for row, surface in zip(axes, surfaces):
+        cell_of = {(v, int(w), int(o)): i for i, (v, w, o) in enumerate(zip(
+            surface.cells["variant"], surface.cells["n_weak"], surface.cells["n_oracle"]))}
+        members = surface.members.dropna(subset=["oracle_fraction"])
+        fractions = sorted(members["oracle_fraction"].unique())
+        lo, hi = percentile_band(surface.boot.T, 0.9)
+        for ax, variant in zip(row, sorted(surface.cells["variant"].unique())):
+            mine = members[members["variant"] == variant]
+            for j, f in enumerate(fractions):
+                pts = mine[mine["oracle_fraction"] == f]
+                if pts.empty:
+                    continue
+                idx = [cell_of[(v, int(w), int(o))] for v, w, o in
+                       zip(pts["variant"], pts["n_weak"], pts["n_oracle"])]
+                cost = [pricing.cost(w, o, po, pw) for w, o, po, pw in zip(
+                    pts["n_weak"], pts["n_oracle"], pts["sweep_oracle_price"],
+                    pts["sweep_weak_price"])]
+                order = np.argsort(cost, kind="stable")
+                x = np.asarray(cost)[order]
+                idx = np.asarray(idx)[order]
+                acc = surface.cells["accuracy"].to_numpy()[idx]
+                ax.errorbar(x, acc, yerr=[np.clip(acc - lo[idx], 0, None),
+                                          np.clip(hi[idx] - acc, 0, None)],
+                            fmt="o-", ms=4, capsize=2, lw=1.2,
+                            color=cmap(j / max(1, len(fractions) - 1)),
+                            label=f"oracle fraction {f:g}")
+            if len(weak_acc):
+                ax.axhline(float(np.mean(weak_acc)), ls="--", color="grey",
+                           label="weak-label accuracy (test)")
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel("labelling cost (oracle-label units)")
+            model, labeler = surface.scope
+            ax.set_title(f"{variant}\n{model}, weak labeller {labeler}", fontsize=8)
+            ax.grid(alpha=0.3)
+        for ax in row[surface.cells["variant"].nunique():]:
+            ax.set_visible(False)
+        row[0].set_ylabel("test accuracy (mean over seeds, 90% band)")
+    axes[0][0].legend(fontsize=7)
+    prices = sorted({float(p) for p in ok["prices.weak"]})
+    fig.suptitle(f"tasks {', '.join(sorted(ok['task'].unique()))}; weak price "
+                 f"{', '.join(f'{p:g}' for p in prices)}", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    path = pathlib.Path(path)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
-    atomic_write_bytes(pathlib.Path(path), buf.getvalue())
-    return pathlib.Path(path)
+    return path
+
+
+def finish_sweep(workdir, out: Callable[[str], None] = print, *, n_boot: int = 200) -> str | None:
+    """After a sweep: draw `WORKDIR/frontier.png`, write the report to `WORKDIR/report/`
+    (report.md, CSVs, figures) from every record under `WORKDIR/runs`, and print the
+    recommendation paragraph with `out`. Returns the paragraph (None when there is no report:
+    an object-store workdir, or no ok run)."""
+    from analysis.records import load_records
+    from analysis.report import write_report
+
+    if "://" in str(workdir):
+        out(f"no report for an object-store workdir; run `python -m analysis.report --results "
+            f"{workdir}/runs --out REPORT_DIR` on a mounted copy")
+        return None
+    workdir = pathlib.Path(workdir)
+    try:
+        records = load_records(workdir / "runs")
+    except (ValueError, FileNotFoundError) as err:
+        out(f"no report: {err}")
+        return None
+    frontier_figure(records, workdir / "frontier.png", n_boot=n_boot)
+    try:
+        report = write_report(records, workdir / REPORT_DIR, n_boot=n_boot)
+    except ValueError as err:  # no ok record (all infeasible or failed)
+        out(f"no report: {err}")
+        return None
+    out(f"\nRecommendation ({workdir / REPORT_DIR / 'report.md'}):\n{report.recommendation}")
+    return report.recommendation
