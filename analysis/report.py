@@ -130,8 +130,9 @@ def recommendation_paragraph(regimes: pd.DataFrame, bounds: pd.DataFrame,
     sentences.append(CONFIDENCE_MEANING)
     if single_seed:
         sentences.append("With one seed per configuration, seed noise could only be estimated "
-                         "from the spread between configurations, so every call is "
-                         "conservative; more seeds (e.g. `--config.seeds=3`) sharpen them.")
+                         "from the differences between neighbouring configurations, so every "
+                         "call is conservative; more seeds (e.g. `--config.seeds=3`) sharpen "
+                         "them.")
     best = bwb[(bwb["method"] == ALL) & bwb["variant"].notna()]
     if len(best):
         wins = best["variant"].value_counts()
@@ -230,7 +231,7 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
     for name, paths in figs:
         for p in paths:
             written[p.name] = p
-    single_seed = any("scatter of the configurations" in n for s in surfaces for n in s.notes)
+    single_seed = any("no configuration has two seeds" in n for s in surfaces for n in s.notes)
     paragraph = recommendation_paragraph(regimes, bounds, bwb, level, single_seed)
     md = _report_markdown(records, surfaces, weak_prices, tables, bwb_md, figs, level, paragraph)
     written["report.md"] = io.write_text(out / "report.md", md)

@@ -17,9 +17,12 @@ cell's seeds and
   plain resample of 3 seeds understates by a third). The pool is shared by the cells of one
   (task, variant, budget), or, when that has fewer than ``MIN_POOL_DF`` degrees of freedom, of
   one (task, budget), (task, variant) or task, so a cell with one seed borrows its seed noise.
-  Where no cell of a task has two seeds, seed noise cannot be told from real differences, and
-  the pool is the scatter of the configurations around their budget's mean: under "all
-  configurations equal" that is exactly the seed noise, otherwise it errs wide. Seed residuals
+  Where no cell of a task has two seeds, seed noise cannot be told from real differences; the
+  pool is then made of differences between neighbouring configurations of one variant and
+  budget (ordered by oracle labels), ``(A_next - A) / sqrt(2)`` with both signs, a
+  difference-based variance estimate (Rice 1984): under "all configurations equal" it is
+  exactly the seed noise, and a smooth trend over the fractions adds little, but any real jump
+  between neighbours counts as noise, so it errs wide. Seed residuals
   measured on one test set already hold the runs' own test noise, which ``e_test`` adds again;
   the pool is shrunk by ``sqrt(1 - v_test / v_pool)`` (``v_test`` from the same resamples) so
   that it is not counted twice, and widened by ``t_df(0.95) / z(0.95)`` for the pool's
@@ -138,12 +141,6 @@ def _levels(variant: str, budget) -> list[tuple]:
             ("task",)]
 
 
-def _centre_key(level: tuple, variant: str, budget) -> tuple:
-    """Configurations are centred on the mean of their budget (and variant, where the level
-    has one) when no replicate seeds exist."""
-    return (variant, budget) if level[0] in ("variant-budget", "variant") else (budget,)
-
-
 def _task_resamples(rows: pd.DataFrame, n_boot: int, rng: np.random.Generator,
                     counts: dict[str, int]) -> dict[tuple, np.ndarray]:
     """Resampled cell means of one task (see the module docstring)."""
@@ -164,6 +161,7 @@ def _task_resamples(rows: pd.DataFrame, n_boot: int, rng: np.random.Generator,
     budgets = [None if b is None or (isinstance(b, float) and math.isnan(b)) else float(b)
                for b in budgets]
     variants = cells["variant"].tolist()
+    n_weak, n_oracle = cells["n_weak"].to_numpy(), cells["n_oracle"].to_numpy()
     cell_keys = list(cells[keys].itertuples(index=False, name=None))
     levels = [_levels(v, b) for v, b in zip(variants, budgets)]
 
@@ -182,21 +180,20 @@ def _task_resamples(rows: pd.DataFrame, n_boot: int, rng: np.random.Generator,
         rows_in = np.isin(cell_of, members)
         return df, resid[rows_in], float(np.nanmean(v_test[members]))
 
-    def scatter_pool(level: tuple, members: np.ndarray):
-        centre = {}
+    def neighbour_pool(members: np.ndarray):
+        groups: dict[tuple, list[int]] = {}
         for k in members:
-            centre.setdefault(_centre_key(level, variants[k], budgets[k]), []).append(k)
-        res, vt, df = [], [], 0
-        for ks in centre.values():
-            if len(ks) < 2:
-                continue
-            ks = np.asarray(ks)
-            res.append((mean[ks] - mean[ks].mean()) * math.sqrt(len(ks) / (len(ks) - 1)))
-            vt.append(e_test[ks].var(axis=0, ddof=1).mean() * (len(ks) - 1))
-            df += len(ks) - 1
-        if df < 1:
+            groups.setdefault((variants[k], budgets[k]), []).append(k)
+        res, vt = [], []
+        for ks in groups.values():
+            ks = sorted(ks, key=lambda c: (n_oracle[c], -n_weak[c]))
+            for a, b in zip(ks[:-1], ks[1:]):
+                res.append((mean[b] - mean[a]) / math.sqrt(2))
+                vt.append(float(np.var(e_test[b] - e_test[a])) / 2)
+        if not res:
             return None
-        return df, np.concatenate(res), float(np.sum(vt) / df)
+        res = np.asarray(res)
+        return len(res), np.concatenate([res, -res]), float(np.mean(vt))
 
     any_replicated = bool(replicated.any())
     pools: dict[tuple, Any] = {}
@@ -209,7 +206,7 @@ def _task_resamples(rows: pd.DataFrame, n_boot: int, rng: np.random.Generator,
                 if any_replicated:
                     pools[level] = replicate_pool(members[replicated[members]])
                 else:
-                    pools[level] = scatter_pool(level, members)
+                    pools[level] = neighbour_pool(members)
             pool = pools[level]
             if pool is not None and (pool[0] >= MIN_POOL_DF or j == len(levels[k]) - 1):
                 chosen = pool
@@ -224,7 +221,7 @@ def _task_resamples(rows: pd.DataFrame, n_boot: int, rng: np.random.Generator,
             draws = res[rng.integers(0, len(res), (n_boot, int(size[k])))]
             e_seed = shrink * _small_sample_factor(df) * draws.mean(axis=1)
         if not any_replicated:
-            counts["scatter"] += 1
+            counts["unreplicated"] += 1
         out[cell_keys[k]] = mean[k] + e_test[k] + e_seed
     return out
 
@@ -235,7 +232,7 @@ def resample_cells(frame: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> Cel
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
-    counts = {"examples": 0, "binomial": 0, "none": 0, "scatter": 0, "no_seed_noise": 0}
+    counts = {"examples": 0, "binomial": 0, "none": 0, "unreplicated": 0, "no_seed_noise": 0}
     boot: dict[tuple, np.ndarray] = {}
     for _, rows in frame.groupby("task", sort=True):
         boot.update(_task_resamples(rows, n_boot, rng, counts))
@@ -245,10 +242,10 @@ def resample_cells(frame: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> Cel
                 if counts["binomial"] else "")
              + (f"; none for {counts['none']} (no scores and no n_test)" if counts["none"] else "")
              + "."]
-    if counts["scatter"]:
-        notes.append(f"{counts['scatter']} cell(s) belong to tasks where no configuration has "
-                     "two seeds: their seed noise is estimated from the scatter of the "
-                     "configurations at each budget, which makes every comparison there "
+    if counts["unreplicated"]:
+        notes.append(f"{counts['unreplicated']} cell(s) belong to tasks where no configuration has "
+                     "two seeds: their seed noise is estimated from the differences between "
+                     "neighbouring configurations, which makes every comparison there "
                      "conservative. Run more seeds to sharpen them.")
     if counts["no_seed_noise"]:
         notes.append(f"{counts['no_seed_noise']} cell(s) have no seed-noise estimate at all.")
