@@ -58,7 +58,6 @@ class CellResamples:
     notes: list[str]
 
 
-@functools.lru_cache(maxsize=4096)
 def _read_parquet(path: str) -> tuple[np.ndarray, np.ndarray] | None:
     import pyarrow.parquet as pq
     try:
@@ -93,22 +92,35 @@ def _test_deviations(rows: pd.DataFrame, n_boot: int, rng: np.random.Generator,
     acc = rows["metrics.accuracy"].to_numpy(dtype=float)
     refs = rows["example_scores"].tolist() if "example_scores" in rows.columns else \
         [None] * len(rows)
-    loaded = [correctness(r) for r in refs]
     d = np.zeros((len(rows), n_boot))
-    have = [i for i, x in enumerate(loaded) if x is not None and len(x[0])]
+    # Read run by run, keeping the ids only while they differ from the first run's (one test
+    # set per task is the rule), so a large sweep holds one bit-sized row per run.
+    have, correct, ids_of, ids0, same = [], [], [], None, True
+    for i, ref in enumerate(refs):
+        got = correctness(ref)
+        if got is None or not len(got[0]):
+            continue
+        ids, ok = got
+        if ids0 is None:
+            ids0 = ids
+        if same and not np.array_equal(ids, ids0):
+            same = False
+        have.append(i)
+        correct.append(ok)
+        ids_of.append(None if same else ids)
     if have:
-        ids0 = loaded[have[0]][0]
-        if all(np.array_equal(loaded[i][0], ids0) for i in have):
-            x = np.stack([loaded[i][1] for i in have]).astype(np.float32)       # [r, N]
-            w = _example_weights(len(ids0), n_boot, rng)                        # [N, B]
+        if same:
+            x = np.stack(correct).astype(np.float32)                          # [r, N]
+            w = _example_weights(len(ids0), n_boot, rng)                       # [N, B]
             d[have] = (x @ w) / len(ids0) - x.mean(1, keepdims=True)
         else:  # test sets differ (e.g. n_test): resample the union, each run on its own ids
-            union = np.unique(np.concatenate([loaded[i][0] for i in have]))
+            ids_of = [ids0 if i is None else i for i in ids_of]
+            union = np.unique(np.concatenate(ids_of))
             x = np.zeros((len(have), len(union)), np.float32)
             m = np.zeros_like(x)
-            for j, i in enumerate(have):
-                pos = np.searchsorted(union, loaded[i][0])
-                x[j, pos], m[j, pos] = loaded[i][1], 1.0
+            for j, (ids, ok) in enumerate(zip(ids_of, correct)):
+                pos = np.searchsorted(union, ids)
+                x[j, pos], m[j, pos] = ok, 1.0
             w = _example_weights(len(union), n_boot, rng)
             num, den = x @ w, m @ w
             full = x.sum(1) / m.sum(1)

@@ -35,7 +35,7 @@ def _rec(run_id, seed, acc, n_weak=10, n_oracle=2, status="ok", task="t", method
 
 
 def test_import_does_not_load_jax():
-    code = ("import analysis, analysis.report, analysis.recommend, sys; "
+    code = ("import analysis, analysis.report, analysis.recommend, analysis.calibration, sys; "
             "assert 'jax' not in sys.modules, 'jax imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

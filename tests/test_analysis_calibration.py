@@ -153,3 +153,15 @@ def test_a_run_counts_at_every_grid_point_it_serves():
     table = regime_table(surface).set_index(["method", "budget"])
     assert table.at[("all", 16.0), "best_n_oracle"] == 8
     assert table.at[("all", 16.0), "regime"] == "quality-dominant"
+
+
+def test_runs_scored_on_different_test_sets_resample_their_own_examples():
+    recs = synthetic.make_records(variants=("seq_sft",), budgets=(8,), n_seeds=2,
+                                  per_example=True, n_test=400, seed=5)
+    # one run scored on only the first half of the test set (e.g. a smaller n_test)
+    half = recs[0]["scores"]
+    recs[0] = dict(recs[0], scores={k: np.asarray(v)[:200] for k, v in half.items()})
+    recs[0]["metrics"] = dict(recs[0]["metrics"], accuracy=float(
+        np.mean((recs[0]["scores"]["score"] > 0) == (recs[0]["scores"]["label"] == 1))))
+    boot = resample_cells(records_from_dicts(recs).ok, n_boot=100, seed=0).boot
+    assert all(np.isfinite(b).all() and np.std(b) > 0 for b in boot.values())
