@@ -1,6 +1,6 @@
 """Synthetic results records from a known accuracy surface, for tests and demonstrations.
 
-    python -m analysis.synthetic OUT_DIR        # writes OUT_DIR/runs/*/result.json
+    python -m analysis.synthetic OUT_DIR   # writes OUT_DIR/runs/*/result.json and scores.parquet
 
 The surface (``true_accuracy``) has the study's three regimes at weak price 1/10: weak labels help
 quickly but saturate near 0.72, oracle labels help slowly up to 0.95, and weak pre-training costs a
@@ -196,5 +196,5 @@ def true_best(budget, oracle_price=1, weak_price=0.1, fractions=FRACTIONS,
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m analysis.synthetic OUT_DIR")
-    out = write_runs(make_records(), sys.argv[1])
+    out = write_runs(make_records(per_example=True), sys.argv[1])
     print(f"wrote synthetic records under {out / 'runs'}")
