@@ -17,6 +17,9 @@ cell's seeds and
   plain resample of 3 seeds understates by a third). The pool is shared by the cells of one
   (task, variant, budget), or, when that has fewer than ``MIN_POOL_DF`` degrees of freedom, of
   one (task, budget), (task, variant) or task, so a cell with one seed borrows its seed noise.
+  A cell with seeds of its own is scaled to its own spread shrunk towards the pool's (the pool
+  weighing ``PRIOR_DF`` degrees of freedom): seed noise differs between fractions (weak-only
+  runs on a few labels scatter more), and a plain pool would understate it where it is large.
   Where no cell of a task has two seeds, seed noise cannot be told from real differences; the
   pool is then made of differences between neighbouring configurations of one variant and
   budget (ordered by oracle labels), ``(A_next - A) / sqrt(2)`` with both signs, a
@@ -25,8 +28,8 @@ cell's seeds and
   between neighbours counts as noise, so it errs wide. Seed residuals
   measured on one test set already hold the runs' own test noise, which ``e_test`` adds again;
   the pool is shrunk by ``sqrt(1 - v_test / v_pool)`` (``v_test`` from the same resamples) so
-  that it is not counted twice, and widened by ``t_df(0.95) / z(0.95)`` for the pool's
-  degrees of freedom ``df``, since a spread estimated from a few seeds is itself uncertain.
+  that it is not counted twice, and widened by ``t_df(0.95) / z(0.95)`` for the degrees of
+  freedom ``df`` behind it, since a spread estimated from a few seeds is itself uncertain.
 
 Nothing here imports JAX.
 """
@@ -43,6 +46,7 @@ import pandas as pd
 from analysis.records import CELL_KEYS
 
 MIN_POOL_DF = 4  # seed-residual degrees of freedom a pool needs before it is used
+PRIOR_DF = 4  # weight of the pool, in degrees of freedom, against a cell's own seed spread
 
 
 @dataclasses.dataclass
@@ -181,8 +185,10 @@ def _task_resamples(rows: pd.DataFrame, n_boot: int, rng: np.random.Generator,
     scale = np.sqrt(size / np.maximum(size - 1, 1))
     resid = (acc - mean[cell_of]) * scale[cell_of]
     v_test = np.full(n_cells, np.nan)
+    own_var = np.full(n_cells, np.nan)
     for k in np.flatnonzero(size >= 2):
         v_test[k] = d[cell_of == k].var(axis=0, ddof=1).mean()
+        own_var[k] = acc[cell_of == k].var(ddof=1)
     replicated = size >= 2
 
     def replicate_pool(members: np.ndarray):
@@ -229,9 +235,14 @@ def _task_resamples(rows: pd.DataFrame, n_boot: int, rng: np.random.Generator,
         else:
             df, res, vt = chosen
             v_pool = float(np.mean(res ** 2))
-            shrink = math.sqrt(max(0.0, 1.0 - vt / v_pool)) if v_pool > 0 else 0.0
+            v_cell, df_cell = v_pool, df
+            if size[k] >= 2:  # its own spread, shrunk towards the pool's
+                own = int(size[k]) - 1
+                v_cell = (own * own_var[k] + PRIOR_DF * v_pool) / (own + PRIOR_DF)
+                df_cell = min(df, own + PRIOR_DF)
+            scale = math.sqrt(max(0.0, v_cell - vt) / v_pool) if v_pool > 0 else 0.0
             draws = res[rng.integers(0, len(res), (n_boot, int(size[k])))]
-            e_seed = shrink * _small_sample_factor(df) * draws.mean(axis=1)
+            e_seed = scale * _small_sample_factor(df_cell) * draws.mean(axis=1)
         if not any_replicated:
             counts["unreplicated"] += 1
         out[cell_keys[k]] = mean[k] + e_test[k] + e_seed
