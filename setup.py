@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="Balancing label quantity and quality for scalable elicitation, in JAX/Flax.",
     python_requires=">=3.11",
-    packages=find_packages(include=["scalable_elicitation*", "analysis*", "launch*"]),
+    packages=find_packages(include=["scalable_elicitation*", "analysis*", "launch*", "configs*"]),
     install_requires=[
         "jax>=0.6.0",
         "flax>=0.11.0",

@@ -22,7 +22,7 @@ from common import print_table  # noqa: E402
 from scalable_elicitation.data import load_task  # noqa: E402
 from scalable_elicitation.learner import Learner, LearnerConfig  # noqa: E402
 from scalable_elicitation.prompts import PromptBuilder, label_token_ids, make_shots  # noqa: E402
-from scalable_elicitation.stage import Encoded, to_global  # noqa: E402
+from scalable_elicitation.batching import Encoded, to_global  # noqa: E402
 
 
 def main():

@@ -21,12 +21,11 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "configs"))
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the repo's packages
 
 
 def smoke_config(checkpoint: bool, seeds: int):
-    import cost_sweep
+    from configs import cost_sweep
     c = cost_sweep.get_config("smoke")
     c.seeds = seeds
     if "checkpoint" in c:

@@ -21,7 +21,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import chip_peak, forward_flops, print_table  # noqa: E402
 
 from scalable_elicitation.models import load_pretrained  # noqa: E402
-from scalable_elicitation.stage import make_batch, to_global  # noqa: E402
+from scalable_elicitation.batching import make_batch, to_global  # noqa: E402
 from scalable_elicitation.train import Steps  # noqa: E402
 
 

@@ -17,29 +17,16 @@ Every other knob is an override: --config.train.lr=1e-3 --config.prices.weak=0.0
 """
 import ml_collections
 
+from configs.common import parse_arg
 from scalable_elicitation import budget as budget_lib
 
 MODELS = {"smollm2": "smollm2", "minilm": "minilm", "tiny": "tiny:llama"}
-PRESET_FLAGS = ("smoke", "lora", "study")
+PRESETS = {"model": "", "task": "", "smoke": False, "lora": False, "study": False}
 STUDY_LORA_LR = 5e-4  # the study's LoRA rate for ~0.5B models (Qwen1.5-0.5B); 8e-5 for 8B
 
 
-def parse_arg(arg):
-    """'a=1,b,c=x' -> {'a': '1', 'b': True, 'c': 'x'}; unknown keys fail loudly."""
-    out = {}
-    for part in filter(None, (arg or "").split(",")):
-        key, eq, value = part.partition("=")
-        out[key.strip()] = value.strip() if eq else True
-    allowed = {"model", "task"} | set(PRESET_FLAGS)
-    unknown = sorted(set(out) - allowed)
-    if unknown:
-        raise ValueError(f"configs/cost_sweep.py: unknown preset {unknown}; allowed: "
-                         f"{sorted(allowed)}")
-    return out
-
-
 def get_config(arg=None):
-    opts = parse_arg(arg)
+    opts = parse_arg(arg, **PRESETS)
     c = ml_collections.ConfigDict()
     c.task = "tweet_sentiment"
     # None: the task's own default (tweet_sentiment keeps crowd confidence >= 0.9); options a
@@ -107,16 +94,16 @@ def get_config(arg=None):
     c.seed_offset = 0
     c.seed_rule = "fixed"  # fixed: `seeds` per point; study: 3, or 7 for tiny stages
 
-    if "model" in opts:
-        c.model = MODELS.get(opts["model"], opts["model"])
-    if "task" in opts:
-        c.task = opts["task"]
-    if opts.get("lora"):  # LoRA finetuning at the study's rate for ~0.5B models
+    if opts.model:
+        c.model = MODELS.get(opts.model, opts.model)
+    if opts.task:
+        c.task = opts.task
+    if opts.lora:  # LoRA finetuning at the study's rate for ~0.5B models
         c.trainable = "lora"
         c.pooling = ""
         c.train.lr = STUDY_LORA_LR
         c.train.max_visits = 1024
-    if opts.get("study"):  # the study's protocol (SPEC sections 2, 4-6); pinned by a test
+    if opts.study:  # the study's protocol (SPEC sections 2, 4-6); pinned by a test
         c.budgets = (8, 16, 64, 256, 512, 1024, 4096, 8192)
         c.fractions = ("0", "0.05", "0.2", "0.4", "0.6", "0.8", "0.95", "1")
         c.seed_rule = "study"
@@ -137,7 +124,7 @@ def get_config(arg=None):
         c.labeler.lr = STUDY_LORA_LR
         c.labeler.epochs = 3.0
         c.labeler.batch_size = 32
-    if opts.get("smoke"):
+    if opts.smoke:
         c.model = "tiny:llama"
         c.trainable = "lora"
         c.pooling = ""

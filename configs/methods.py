@@ -7,11 +7,8 @@ r"""Elicitation methods on the cost grid (SPEC section 7): seq_sft and its +log-
 The default crosses seq_sft, kshot_sft (k=2, weak shots) and icl (k=2) on the embedded offline
 task over three budgets; `variants=all` adds logconf, entropy selection and mixture SFT.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cost_sweep  # noqa: E402
+from configs import cost_sweep
+from configs.common import parse_arg
 
 VARIANTS = {
     "seq_sft": {"method": "seq_sft"},
@@ -24,15 +21,11 @@ VARIANTS = {
 
 
 def get_config(arg=None):
-    opts = dict(p.partition("=")[::2] for p in filter(None, (arg or "").split(",")))
-    unknown = set(opts) - {"smoke", "variants"}
-    if unknown:
-        raise ValueError(f"configs/methods.py: unknown preset {sorted(unknown)}; allowed: "
-                         "smoke, variants=all|NAME+NAME")
-    c = cost_sweep.get_config("smoke" if "smoke" in opts else None)
+    opts = parse_arg(arg, smoke=False, variants="seq_sft+kshot_sft+icl")  # variants: all|A+B
+    c = cost_sweep.get_config("smoke" if opts.smoke else None)
     with c.unlocked():
-        c.variants = opts.get("variants") or "seq_sft+kshot_sft+icl"
-    if "smoke" not in opts:
+        c.variants = opts.variants
+    if not opts.smoke:
         c.budgets = (8, 64, 512)
         c.fractions = ("0", "0.5", "1")
         c.seeds = 1

@@ -5,11 +5,8 @@ k-shot-prompted SFT. Budgets here are label counts of one source (prices 1 and 1
   python -m scalable_elicitation.main --config=configs/prompt_vs_sft.py:lora --workdir=w_pvs
   python -m scalable_elicitation.main --config=configs/prompt_vs_sft.py:smoke --workdir=/tmp/p
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cost_sweep  # noqa: E402
+from configs import cost_sweep
+from configs.common import parse_arg
 
 KS = (2, 8, 32)
 SHOT_TYPES = ("weak", "oracle")
@@ -18,13 +15,14 @@ SFT_TYPES = ("weak", "oracle")
 
 
 def get_config(arg=None):
+    smoke = parse_arg(arg, **cost_sweep.PRESETS).smoke  # the presets are cost_sweep's
     c = cost_sweep.get_config(arg)
     c.prices.oracle = "1"
     c.prices.weak = "1"
     c.length_buckets = tuple(sorted(set(c.length_buckets) | {512, 2048}))
     with c.unlocked():
-        c.sizes = (16, 64) if "smoke" in (arg or "") else SIZES
-        c.ks = (2,) if "smoke" in (arg or "") else KS
+        c.sizes = (16, 64) if smoke else SIZES
+        c.ks = (2,) if smoke else KS
     return c
 
 

@@ -36,11 +36,11 @@ from absl import app, flags, logging
 
 from launch import lock as lock_lib
 from launch import multihost
-from scalable_elicitation import paths
+from scalable_elicitation import experiment, paths
 
 # The main job's module defines --config (config_flags, lock_config=True), --workdir and
 # --dry_run at import; defining them again would be a DuplicateFlagError, so this worker shares
-# them (and `sweep_points`) and adds its own flags below. Importing it does not import JAX.
+# them and adds its own flags below. Importing it does not import JAX.
 from scalable_elicitation import main as main_lib  # noqa: E402  (defines the shared flags)
 
 FLAGS = flags.FLAGS
@@ -94,29 +94,6 @@ def parse_shard(text: str | None, env=os.environ) -> Shard:
     return Shard(0, 1)
 
 
-def feasibility(sweep, spec) -> str | None:
-    """Why a run cannot be bought from its seed's pools (None when it can)."""
-    pools = sweep.pools(spec.seed)
-    for source, n in (("weak", spec.n_weak), ("oracle", spec.n_oracle)):
-        size = pools.size(source)
-        if n > size:
-            return f"needs {n} {source} labels; the {source} pool of seed {spec.seed} has {size}"
-    return None
-
-
-def dry_run_lines(sweep, specs) -> list[str]:
-    """One line per run: id, method, counts, cost, and todo/done/infeasible/failed."""
-    lines = []
-    for s in specs:
-        status = sweep.status(s)
-        if status == "todo" and feasibility(sweep, s) is not None:
-            status = "infeasible"
-        cost = float(sweep.prices.cost(s.n_oracle, s.n_weak))
-        lines.append(f"{sweep.run_dir(s).name} {sweep.config.method} n_weak={s.n_weak} "
-                     f"n_oracle={s.n_oracle} cost={cost:g} seed={s.seed} {status}")
-    return lines
-
-
 def storage_problem(workdir: str, lock_dir: str | None, *, dry_run: bool = False) -> str | None:
     """Why this worker cannot use its storage (None when it can), checked before any run."""
     if paths.is_uri(workdir):
@@ -140,7 +117,8 @@ def _finished(sweep, spec) -> bool:
 
 
 class Worker:
-    """Runs the runs of one shard that are not done, each under its lock."""
+    """Runs the runs of one shard that are not done, each under its lock, through the one
+    experiment loop (`experiment.run_experiment`), with the tracker passed in."""
 
     def __init__(self, sweep, *, stale_after: float = 3600.0, tracker=None, out=None,
                  lock_root=None):
@@ -157,7 +135,7 @@ class Worker:
         run_dir = self.sweep.run_dir(spec)
         return run_dir if self.lock_root is None else self.lock_root / run_dir.name
 
-    def _claim(self, spec) -> tuple[lock_lib.RunLock | None, int]:
+    def _lock(self, spec) -> tuple[lock_lib.RunLock | None, int]:
         """On process 0: (the run's lock, CLAIMED) if the run is still to do and nobody else
         holds it, else (None, FINISHED or BUSY)."""
         if _finished(self.sweep, spec):
@@ -175,49 +153,27 @@ class Worker:
         lock.log_start()
         return lock, CLAIMED
 
-    def run_one(self, spec) -> str:
-        """`ran`, `skipped` (finished) or `busy` (another worker holds it), the same on every
-        process. A collective on multi-host: every process calls it for the same specs in the
-        same order, and each call makes exactly one broadcast, whatever the lock states."""
-        lock, outcome = self._claim(spec) if multihost.is_leader() else (None, FINISHED)
+    @contextlib.contextmanager
+    def claim(self, spec):
+        """Yields `run`, `skipped` (finished) or `busy` (another worker holds it), the same on
+        every process, holding the run's lock until the record is written. A collective on
+        multi-host: every process claims the same specs in the same order, and each claim makes
+        exactly one broadcast, whatever the lock states."""
+        lock, outcome = self._lock(spec) if multihost.is_leader() else (None, FINISHED)
         outcome = multihost.broadcast_int(outcome)  # process 0's decision, everywhere
-        if outcome == BUSY:
-            return "busy"
-        if outcome != CLAIMED:
-            return "skipped"
         try:
-            run_id = self.sweep.run_dir(spec).name
-            if self.tracker is not None:
-                with self.tracker.run(run_id) as log:
-                    rec = self.sweep.run(spec)
-                    log.summary(rec)
-            else:
-                rec = self.sweep.run(spec)
+            yield {CLAIMED: experiment.RUN, BUSY: experiment.BUSY}.get(outcome,
+                                                                      experiment.SKIPPED)
         finally:
             if lock is not None:
                 lock.release()  # after the record: Sweep.run has written it on process 0
-        self.records.append(rec)
-        acc = (rec.get("metrics") or {}).get("accuracy")
-        self.out(f"run {rec['run_id']} n_weak={spec.n_weak} n_oracle={spec.n_oracle} "
-                 f"seed={spec.seed}: {rec['status']}"
-                 + (f" accuracy={acc:.3f}" if acc is not None else "")
-                 + (f" ({rec.get('error')})" if rec["status"] != "ok" else ""))
-        return "ran"
 
-    def run_all(self, specs, progress=None) -> list[dict]:
-        """One pass over `specs`, then one more over those busy in the first (their holder
-        may have died meanwhile, leaving a stale lock to take over)."""
-        busy = []
-        for spec in specs:
-            if self.run_one(spec) == "busy":
-                busy.append(spec)
-            if progress is not None:
-                progress()
-        still = [s for s in busy if self.run_one(s) == "busy"] if busy else []
-        self.skipped_busy = [self.sweep.run_dir(s).name for s in still]
-        if self.skipped_busy:
-            self.out(f"{len(still)} run(s) held by live workers, left to them: "
-                     + " ".join(self.skipped_busy))
+    def run_all(self, specs, *, desc: str = "runs", show_progress: bool = False) -> list[dict]:
+        """One pass over `specs`, then one more over those busy in the first."""
+        done = experiment.run_experiment(
+            self.sweep, specs, claim=self.claim, tracker=self.tracker, out=self.out,
+            prepare=False, desc=desc, show_progress=show_progress)
+        self.records, self.skipped_busy = done.records, done.busy
         return self.records
 
 
@@ -243,7 +199,7 @@ def main(argv):
     from scalable_elicitation import runner as runner_lib
 
     config = FLAGS.config
-    points = main_lib.sweep_points(FLAGS["config"].config_filename, config)
+    points = experiment.sweep_points(FLAGS["config"].config_filename, config)
     if not points:
         raise app.UsageError("the config file defines no sweep(add, config)")
     real_stdout = sys.stdout
@@ -253,7 +209,7 @@ def main(argv):
         specs = shard.select(sweep.plan(points))
         logging.info("shard %d/%d: %d run(s)", shard.index, shard.count, len(specs))
         if FLAGS.dry_run:
-            lines = dry_run_lines(sweep, specs)
+            lines = experiment.dry_run_lines(sweep, specs)
             if multihost.is_leader():
                 real_stdout.write("".join(line + "\n" for line in lines))
                 real_stdout.flush()
@@ -267,16 +223,11 @@ def main(argv):
         if _TENSORBOARD.value or _WANDB.value:
             from scalable_elicitation.tracking import Tracker
             tracker = Tracker(FLAGS.workdir, wandb=_WANDB.value)
-        from tqdm import tqdm
-        bar = tqdm(total=len(specs), desc=f"runs {shard.index}/{shard.count}", unit="run",
-                   file=sys.stderr, disable=not multihost.is_leader())
-        sweep.progress = lambda msg: bar.set_postfix_str(msg, refresh=False)
         worker = Worker(sweep, stale_after=_STALE_AFTER.value, tracker=tracker,
-                        out=lambda msg: bar.write(msg, file=sys.stderr),
                         lock_root=_LOCK_DIR.value)
         t0 = time.time()
-        recs = worker.run_all(specs, progress=bar.update)
-        bar.close()
+        recs = worker.run_all(specs, desc=f"runs {shard.index}/{shard.count}",
+                              show_progress=multihost.is_leader())
         failed = [r for r in recs if r["status"] == "failed"]
         logging.info("ran %d run(s) in %.1f s; %d failed", len(recs), time.time() - t0,
                      len(failed))
@@ -288,6 +239,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from scalable_elicitation.main import parse_flags
     flags.mark_flag_as_required("config")
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=main_lib.parse_flags)

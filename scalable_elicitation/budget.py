@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from fractions import Fraction
 
 
 def exact(x) -> Fraction:
     """A Fraction from an int, a Fraction, a decimal string or a float (read as its shortest
-    decimal repr, so 0.1 means 1/10)."""
+    decimal repr, so 0.1 means 1/10); NumPy scalars as their Python kind."""
     if isinstance(x, Fraction):
         return x
-    if isinstance(x, bool):
+    if isinstance(x, bool) or type(x).__name__ == "bool_":
         raise ValueError(f"price or budget {x!r} is not a number")
-    if isinstance(x, int):
-        return Fraction(x)
-    if isinstance(x, float):
+    if isinstance(x, numbers.Integral):
+        return Fraction(int(x))
+    if isinstance(x, numbers.Rational):
+        return Fraction(x.numerator, x.denominator)
+    if isinstance(x, numbers.Real):
+        x = float(x)
         if not math.isfinite(x):
             raise ValueError(f"price or budget {x!r} is not finite")
         return Fraction(repr(x))

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import pathlib
-import tempfile
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from scalable_elicitation import paths
+from scalable_elicitation.batching import (BatchSpec, Encoded, Features, FeatureStats,
+                                           batched_apply, bucket_for, encode)
 from scalable_elicitation.models import LoraConfig, load_pretrained
 from scalable_elicitation.models import layers as L
-from scalable_elicitation.models.sharding import data_parallel_size, make_mesh
-from scalable_elicitation.stage import (BatchSpec, Encoded, Features, FeatureStats, encode,
-                                        to_global)
+from scalable_elicitation.prompts import label_token_ids
+from scalable_elicitation.sharding import data_parallel_size, make_mesh
 from scalable_elicitation.train import Steps
 
 FEATURES_VERSION = 2  # bump when cached features change (v2: special tokens kept on truncation)
@@ -125,39 +128,30 @@ class Learner:
         return FeatureStats.of(self.data(ids, texts).features)
 
     def _compute(self, enc: Encoded) -> np.ndarray:
-        spec = self.spec
-        order = np.argsort(enc.lengths(), kind="stable")
-        out = np.zeros((len(enc), self.bundle.config.hidden_size), np.float32)
-        for start in range(0, len(order), spec.batch_size):
-            idx = order[start:start + spec.batch_size]
-            b = enc.batch(idx, np.zeros(len(idx)), np.ones(len(idx)), spec)
-            pool_mask = b["attention_mask"].copy()
+        def with_pool_mask(batch, idx):
+            pool_mask = batch["attention_mask"].copy()
             for row, start in enumerate(enc.starts[idx]):
                 pool_mask[row, :start] = 0
-            g = to_global({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
-                           "pool_mask": pool_mask}, self.steps.mesh)
-            f = self._features_fn(g["input_ids"], g["attention_mask"], g["pool_mask"])
-            out[idx] = np.asarray(jax.device_get(f), np.float32)[:len(idx)]
-        return out
+            return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                    "pool_mask": pool_mask}
+
+        return batched_apply(
+            lambda b: self._features_fn(b["input_ids"], b["attention_mask"], b["pool_mask"]),
+            enc, self.spec, self.steps.mesh, prepare=with_pool_mask,
+            tail=(self.bundle.config.hidden_size,))
 
     def _save_cache(self):
         if self._cache_path is None or jax.process_index() != 0:
             return
-        self._cache_path.parent.mkdir(parents=True, exist_ok=True)
-        ids = np.asarray(list(self._cache), dtype="<U18")
-        feats = np.stack(list(self._cache.values()))
-        fd, tmp = tempfile.mkstemp(dir=self._cache_path.parent, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, ids=ids, features=feats)
-        os.replace(tmp, self._cache_path)
+        buf = io.BytesIO()
+        np.savez(buf, ids=np.asarray(list(self._cache), dtype="<U18"),
+                 features=np.stack(list(self._cache.values())))
+        paths.atomic_write(self._cache_path, buf.getvalue())
 
     # -- in-context learning ----------------------------------------------------------------
     def icl_scores(self, builder, ids, texts) -> np.ndarray:
         """logit("1") - logit("0") at each input's last position after the shared k-shot
         prefix, which is encoded once; its KV cache serves every batch."""
-        from scalable_elicitation.prompts import label_token_ids
-        from scalable_elicitation.stage import bucket_for
-
         model = self.bundle.model
         if not hasattr(model, "encode_prefix"):
             raise ValueError(f"method icl needs a causal decoder; {self.cfg.source!r} is an "
@@ -179,25 +173,19 @@ class Learner:
         suffixes = [builder.suffix(t)[0] for t in texts]
         enc = Encoded([np.asarray(s, np.int32) for s in suffixes],
                       np.zeros(len(suffixes), bool))
-        order = np.argsort(enc.lengths(), kind="stable")
-        out = np.zeros(len(enc), np.float32)
-        bs = self.spec.batch_size
-        for start in range(0, len(order), bs):
-            idx = order[start:start + bs]
-            b = enc.batch(idx, np.zeros(len(idx)), np.ones(len(idx)), self.spec)
-            g = to_global({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]},
-                          self.steps.mesh)
-            logits = score_fn(g["input_ids"], g["attention_mask"], cached)
-            diff = np.asarray(jax.device_get(logits[:, id1] - logits[:, id0]), np.float32)
-            out[idx] = diff[:len(idx)]
-        return out
+
+        def label_logit_difference(batch):
+            logits = score_fn(batch["input_ids"], batch["attention_mask"], cached)
+            return logits[:, id1] - logits[:, id0]
+
+        return batched_apply(label_logit_difference, enc, self.spec, self.steps.mesh,
+                             prepare=lambda b, idx: {"input_ids": b["input_ids"],
+                                                     "attention_mask": b["attention_mask"]})
 
 
 def _replicated_jit(bundle, fn):
     """jit `fn(model, *args)` over the bundle's current weights with a replicated output, so
     every process (multi-host) can read the whole result."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
     graphdef, state = nnx.split(bundle.model)
     jitted = jax.jit(lambda st, *args: fn(nnx.merge(graphdef, st), *args),
                      out_shardings=NamedSharding(bundle.mesh, P()))

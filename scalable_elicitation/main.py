@@ -10,12 +10,12 @@ CSVs and figures) and prints the recommendation.
 """
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from scalable_elicitation import experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
                                           lock_config=True)
@@ -23,52 +23,25 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (records, caches,
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the planned runs and their status only.")
 
 
-def sweep_points(config_path: str, config) -> list[dict]:
-    """Grid points from the config file's `sweep(add, config)`, or one point if it has none."""
-    path = config_path.split(":", 1)[0]
-    if not pathlib.Path(path).is_file():
-        raise FileNotFoundError(f"config file {path!r} not found (e.g. configs/cost_sweep.py)")
-    spec = importlib.util.spec_from_file_location("_sweep_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    points: list[dict] = []
-    if hasattr(module, "sweep"):
-        module.sweep(lambda **kw: points.append(kw), config)
-    return points
-
-
 def run_sweep(config, workdir, points, *, dry_run=False, out=print) -> list[dict]:
-    """Run (or list) every planned run, then write the figure and report of WORKDIR and print
-    the recommendation with `out` (see `plots.finish_sweep`); returns this sweep's records."""
-    from tqdm import tqdm
+    """Run (or list) every planned run with `experiment.run_experiment`, then write the figure
+    and report of WORKDIR and print the recommendation with `out` (see `plots.finish_sweep`);
+    returns this sweep's records."""
+    import jax
 
-    from scalable_elicitation import runner as runner_lib
     from scalable_elicitation.plots import finish_sweep
+    from scalable_elicitation.runner import Sweep
 
-    sweep = runner_lib.Sweep(config, workdir)
+    sweep = Sweep(config, workdir)
     specs = sweep.plan(points)
     if dry_run:
-        for s in specs:
-            cost = float(sweep.prices.cost(s.n_oracle, s.n_weak))
-            out(f"{sweep.run_dir(s).name} {config.method} n_weak={s.n_weak} "
-                f"n_oracle={s.n_oracle} cost={cost:g} seed={s.seed} {sweep.status(s)}")
+        for line in experiment.dry_run_lines(sweep, specs):
+            out(line)
         return []
-    sweep.prepare(s.seed for s in specs)
-    bar = tqdm(specs, desc="runs", unit="run", file=sys.stderr)
-    sweep.progress = lambda msg: bar.set_postfix_str(msg, refresh=False)
-    recs = []
-    for s in bar:
-        rec = sweep.run(s)
-        recs.append(rec)
-        acc = (rec.get("metrics") or {}).get("accuracy")
-        bar.write(f"run {rec['run_id']} n_weak={s.n_weak} n_oracle={s.n_oracle} seed={s.seed}: "
-                  f"{rec['status']}" + (f" accuracy={acc:.3f}" if acc is not None else "")
-                  + (f" ({rec.get('error')})" if rec["status"] != "ok" else ""),
-                  file=sys.stderr)
-    import jax
+    done = experiment.run_experiment(sweep, specs)
     if jax.process_index() == 0:  # one report per sweep, from the records every process shares
         finish_sweep(workdir, out)
-    return recs
+    return done.records
 
 
 def main(argv):
@@ -79,7 +52,7 @@ def main(argv):
         raise app.UsageError("--workdir is required")
     config = _CONFIG.value
     try:
-        points = sweep_points(flags.FLAGS["config"].config_filename, config)
+        points = experiment.sweep_points(flags.FLAGS["config"].config_filename, config)
         if not points:
             raise ValueError("the config file's sweep(add, config) added no grid point")
         recs = run_sweep(config, _WORKDIR.value, points, dry_run=_DRY_RUN.value)

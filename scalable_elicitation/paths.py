@@ -5,6 +5,9 @@ behave as before) and makes a URI an `etils.epath.Path`, the path type Orbax alr
 `gs://bucket/x` is never read as a local folder named `gs:`. `pathlib.Path("gs://b/x")` is
 `gs:/b/x`, a relative local path: that mangled form is refused with a clear error instead.
 
+`atomic_write` is the package's one atomic write: every record, cache entry, score file, table
+and figure lands under its final name whole or not at all.
+
 Imports neither JAX nor `etils` until a URI is seen.
 """
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import tempfile
 from typing import Union
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
@@ -44,3 +48,28 @@ def local_path(path: str | os.PathLike, what: str = "this") -> pathlib.Path:
         raise ValueError(f"{what} needs a filesystem path, not the object-store URI "
                          f"{os.fspath(path)!r}")
     return as_path(path)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` (str as UTF-8) to `path` whole or not at all; returns the path. Locally: a
+    temporary file in the same folder, fsync, then rename over `path`, so a crash leaves the
+    previous file (or none), never a torn one. On an object store (`gs://`) one upload replaces
+    the object whole (a rename there would be a copy and a delete), so it is written directly."""
+    path = as_path(path)
+    data = data.encode() if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_uri(path):
+        path.write_bytes(data)
+        return path
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

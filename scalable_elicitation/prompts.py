@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from scalable_elicitation.stage import Encoded, special_tokens
+from scalable_elicitation.batching import Encoded, special_tokens
 
 _ORDER_SALT = 0x6F726472
 

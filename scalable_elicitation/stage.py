@@ -1,5 +1,5 @@
-"""One training stage (SPEC section 6): static-shape batches, validation carve-out, evaluation
-cadence, early stopping on AUROC, best-state restore, and an example-visit cap.
+"""One training stage (SPEC section 6): validation carve-out, evaluation cadence, early stopping
+on AUROC, best-state restore, and an example-visit cap; batches come from `batching`.
 
 The data order of a stage is a pure function of (stage key, step), so a resumed stage replays
 exactly the batches an uninterrupted one would have seen.
@@ -14,201 +14,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalable_elicitation import labels as labels_lib
-from scalable_elicitation.models.sharding import batch_sharding
+from scalable_elicitation.batching import BatchSpec, batched_apply, stack_batches, to_global
+from scalable_elicitation.metrics import auroc
 from scalable_elicitation.train import Steps, warmup_steps
 
 CHUNK_STEPS = 64  # train steps per on-device chunk (one compiled `lax.scan`); >= eval cadence 50
 
 
-# ---------------------------------------------------------------------------------------------
-# Tokens and batches
-@dataclasses.dataclass
-class Encoded:
-    """Token ids per example (already truncated), which examples were truncated, and where each
-    example's own tokens start (after a k-shot prompt's shots; 0 for plain inputs)."""
-
-    tokens: list[np.ndarray]
-    truncated: np.ndarray  # bool per example
-    starts: np.ndarray | None = None  # int per example; None: all 0
-
-    def __post_init__(self):
-        if self.starts is None:
-            self.starts = np.zeros(len(self.tokens), np.int64)
-        self.starts = np.asarray(self.starts, np.int64)
-
-    def take(self, idx) -> "Encoded":
-        idx = np.asarray(idx, dtype=np.int64)
-        return Encoded([self.tokens[i] for i in idx], self.truncated[idx], self.starts[idx])
-
-    def __len__(self):
-        return len(self.tokens)
-
-    def lengths(self) -> np.ndarray:
-        return np.asarray([len(t) for t in self.tokens])
-
-    def batch(self, idx, targets, weights, spec: "BatchSpec") -> dict[str, np.ndarray]:
-        return make_batch([self.tokens[i] for i in idx], targets, weights, spec.batch_size,
-                          spec.buckets, spec.pad_id)
-
-
-@dataclasses.dataclass
-class Features:
-    """Cached pooled features per example, for head-only (linear probe) training."""
-
-    features: np.ndarray  # [N, D]
-    truncated: np.ndarray
-
-    def take(self, idx) -> "Features":
-        idx = np.asarray(idx, dtype=np.int64)
-        return Features(self.features[idx], self.truncated[idx])
-
-    def __len__(self):
-        return len(self.features)
-
-    def lengths(self) -> np.ndarray:
-        return np.zeros(len(self.features), np.int64)
-
-    def batch(self, idx, targets, weights, spec: "BatchSpec") -> dict[str, np.ndarray]:
-        n, bs = len(idx), spec.batch_size
-        feats = np.zeros((bs, self.features.shape[1]), np.float32)
-        feats[:n] = self.features[np.asarray(idx, dtype=np.int64)]
-        target = np.zeros(bs, np.float32)
-        weight = np.zeros(bs, np.float32)
-        target[:n] = targets
-        weight[:n] = weights
-        return {"features": feats, "target": target, "weight": weight}
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureStats:
-    """Per-dimension mean and scale of pooled features over a task's unlabelled training texts
-    (SPEC section 5): the probe sees `(features - mean) / scale`. No labels are used."""
-
-    mean: np.ndarray  # [D]
-    scale: np.ndarray  # [D]
-
-    @classmethod
-    def of(cls, features: np.ndarray, eps: float = 1e-6) -> "FeatureStats":
-        features = np.asarray(features, np.float64)
-        if features.ndim != 2 or len(features) < 2:
-            raise ValueError(f"feature statistics need at least 2 examples of [N, D] features, "
-                             f"got shape {features.shape}")
-        return cls(features.mean(0).astype(np.float32),
-                   np.maximum(features.std(0), eps).astype(np.float32))
-
-    def apply(self, data: "Features") -> "Features":
-        """`data` standardised with these statistics."""
-        return Features(((data.features - self.mean) / self.scale).astype(np.float32),
-                        data.truncated)
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchSpec:
-    batch_size: int
-    buckets: tuple[int, ...]
-    pad_id: int
-
-
-def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
-    """The token ids the tokenizer adds before and after a text (BOS for the Llama family,
-    [CLS] and [SEP] for BERT; none for SmolLM2's GGUF tokenizer). Plain inputs and k-shot/ICL
-    prompts both get exactly these (SPEC section 6)."""
-    plain = list(tokenizer("a b", add_special_tokens=False)["input_ids"])
-    full = list(tokenizer("a b", add_special_tokens=True)["input_ids"])
-    for i in range(len(full) - len(plain) + 1):
-        if full[i:i + len(plain)] == plain:
-            return full[:i], full[i + len(plain):]
-    raise ValueError(f"cannot locate the text's tokens {plain} inside {full}: the tokenizer's "
-                     "special tokens are not a plain prefix/suffix")
-
-
-def encode(tokenizer, texts: Sequence[str], max_length: int) -> Encoded:
-    """Tokenise with the model's special tokens; a long text keeps its start (the special tokens
-    always survive, and `max_length` counts them)."""
-    before, after = special_tokens(tokenizer)
-    keep = max_length - len(before) - len(after)
-    if keep < 1:
-        raise ValueError(f"max_length={max_length} leaves no room for text beside the "
-                         f"{len(before) + len(after)} special tokens")
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    tokens, truncated = [], []
-    for t in ids:
-        truncated.append(len(t) > keep)
-        tokens.append(np.asarray(before + list(t[:keep]) + after, dtype=np.int32))
-    return Encoded(tokens, np.asarray(truncated, dtype=bool))
-
-
-def bucket_for(length: int, buckets: Sequence[int]) -> int:
-    for b in sorted(buckets):
-        if length <= b:
-            return b
-    raise ValueError(f"sequence of {length} tokens is longer than the largest length bucket "
-                     f"{max(buckets)}; raise config.max_length or add a bucket")
-
-
-def make_batch(tokens: Sequence[np.ndarray], targets, weights, batch_size: int,
-               buckets: Sequence[int], pad_id: int) -> dict[str, np.ndarray]:
-    """A fixed-size batch: rows beyond the real ones are padding with weight 0."""
-    n = len(tokens)
-    if n > batch_size:
-        raise ValueError(f"{n} examples for a batch of {batch_size}")
-    length = bucket_for(max([len(t) for t in tokens] + [1]), buckets)
-    ids = np.full((batch_size, length), pad_id, dtype=np.int32)
-    mask = np.zeros((batch_size, length), dtype=np.int32)
-    for i, t in enumerate(tokens):
-        ids[i, :len(t)] = t
-        mask[i, :len(t)] = 1
-    mask[n:, 0] = 1  # padding rows see one token, so no row is empty
-    target = np.zeros(batch_size, np.float32)
-    weight = np.zeros(batch_size, np.float32)
-    target[:n] = targets
-    weight[:n] = weights
-    return {"input_ids": ids, "attention_mask": mask, "target": target, "weight": weight}
-
-
-def to_global(batch: dict[str, np.ndarray], mesh, leading: int = 0) -> dict[str, jax.Array]:
-    """Host batch -> global arrays sharded over the data-parallel axes (after `leading`
-    unsharded axes, e.g. the steps of a chunk). Every process holds the same full host batch
-    (it is a pure function of the step) and contributes the rows its devices own, so single-
-    and multi-process runs see identical batches."""
-    return {k: jax.make_array_from_callback(
-                v.shape, batch_sharding(mesh, v.ndim - leading, leading=leading),
-                lambda idx, v=v: v[idx])
-            for k, v in batch.items()}
-
-
-def stack_batches(data, step_indices, targets, weights, spec: BatchSpec,
-                  chunk_steps: int) -> dict[str, np.ndarray]:
-    """The batches of consecutive steps stacked to [chunk_steps, B, ...] for one on-device
-    chunk. Token batches share the chunk's largest length bucket (padding is masked, so a
-    row's logits do not depend on it); slots past the real steps repeat the first batch with
-    weight 0 and are skipped by the step."""
-    if isinstance(data, Encoded):
-        longest = max((len(data.tokens[i]) for idx in step_indices for i in idx), default=1)
-        spec = dataclasses.replace(spec, buckets=(bucket_for(longest, spec.buckets),))
-    batches = [data.batch(idx, targets[idx], weights[idx], spec) for idx in step_indices]
-    filler = {k: v for k, v in batches[0].items()}
-    filler["weight"] = np.zeros_like(filler["weight"])
-    batches += [filler] * (chunk_steps - len(batches))
-    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-
-
 def predict(steps: Steps, params, data, spec: BatchSpec) -> np.ndarray:
     """Scores (logit differences) for every example, in order; batches sorted by length so
     short inputs use short buckets."""
-    order = np.argsort(data.lengths(), kind="stable")
-    out = np.zeros(len(data), np.float32)
-    for start in range(0, len(order), spec.batch_size):
-        idx = order[start:start + spec.batch_size]
-        batch = data.batch(idx, np.zeros(len(idx)), np.ones(len(idx)), spec)
-        scores = steps.scores(params, to_global(batch, steps.mesh))
-        out[idx] = np.asarray(jax.device_get(scores))[:len(idx)]
-    return out
+    return batched_apply(lambda batch: steps.scores(params, batch), data, spec, steps.mesh)
 
 
-# ---------------------------------------------------------------------------------------------
-# Stage
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
     lr: float
@@ -245,7 +63,7 @@ def val_metric(scores: np.ndarray, soft_labels: np.ndarray) -> float:
     hard = (np.asarray(soft_labels) > 0.5).astype(int)
     if hard.min() == hard.max():
         return float(np.mean((scores > 0).astype(int) == hard))
-    return labels_lib.auroc(scores, hard)
+    return auroc(scores, hard)
 
 
 def batch_indices(n_train: int, step: int, batch_size: int, key_seed: Sequence[int]):
@@ -307,6 +125,35 @@ class EarlyStopping:
         self.bad, self.params = best["bad"], best["params"]
 
 
+@dataclasses.dataclass(frozen=True)
+class StageSchedule:
+    """How long a stage trains and when it evaluates (SPEC section 6), shared by `run_stage`
+    and a group of stages (`groups.run_stages_grouped`)."""
+    has_val: bool
+    visits: int  # example visits the stage is configured for
+    total: int  # steps that make them
+    eval_every: int  # min(eval_every, steps_per_epoch)
+    hparams: dict  # per-run values the compiled step takes as arrays
+
+
+def stage_schedule(n_train: int, has_val: bool, cfg: StageConfig, batch_size: int
+                   ) -> StageSchedule:
+    """The schedule of a stage of `n_train` training labels: visits from the epochs (API-style,
+    labeller), the visit cap (with validation) or the small-stage count; steps that make them;
+    warmup max(2, min(40, steps_per_epoch)); evaluation every min(eval_every, steps_per_epoch)."""
+    per_epoch = math.ceil(n_train / batch_size)
+    if cfg.epochs is not None:
+        visits = int(math.ceil(cfg.epochs * n_train))
+    elif has_val:
+        visits = cfg.max_visits
+    else:
+        visits = cfg.small_stage_visits if n_train < cfg.min_labels_for_val else cfg.max_visits
+    total = steps_for_visits(n_train, visits, batch_size)
+    hparams = {"lr": cfg.lr, "warmup": float(warmup_steps(per_epoch)), "total": float(total),
+               "logconf_ramp": cfg.logconf_ramp, "logconf_coef": cfg.logconf_coef}
+    return StageSchedule(has_val, visits, total, min(cfg.eval_every, per_epoch), hparams)
+
+
 @dataclasses.dataclass
 class StageResult:
     params: object
@@ -321,26 +168,17 @@ def run_stage(steps: Steps, params, train, targets: np.ndarray,
     """Train one stage from `params` with a fresh optimizer and schedule; return the kept
     parameters (best evaluation, or final without validation) and the stage's record.
 
+    `progress(step, total, loss)`, if given, sees every step's loss (after its on-device chunk).
     `checkpoint`, if given, is a `checkpoint.StageCheckpointer`: state, best params and
     counters are saved at every evaluation and restored on entry.
     """
     n_train = len(train)
     weights = np.ones(n_train, np.float32) if weights is None else weights
     bs = spec.batch_size
-    per_epoch = math.ceil(n_train / bs)
     has_val = val is not None and len(val) > 0
-    if cfg.epochs is not None:
-        visits = int(math.ceil(cfg.epochs * n_train))
-    elif has_val:
-        visits = cfg.max_visits
-    else:
-        visits = cfg.small_stage_visits if n_train < cfg.min_labels_for_val else cfg.max_visits
-    total = steps_for_visits(n_train, visits, bs)
-    warm = warmup_steps(per_epoch)
-    hp = {"lr": jnp.float32(cfg.lr), "warmup": jnp.float32(warm), "total": jnp.float32(total),
-          "logconf_ramp": jnp.float32(cfg.logconf_ramp),
-          "logconf_coef": jnp.float32(cfg.logconf_coef)}
-    eval_every = min(cfg.eval_every, per_epoch)
+    plan = stage_schedule(n_train, has_val, cfg, bs)
+    visits, total, eval_every = plan.visits, plan.total, plan.eval_every
+    hp = {k: jnp.float32(v) for k, v in plan.hparams.items()}
     state = steps.init_state(params, key)
     best = EarlyStopping(cfg.min_delta, cfg.patience)
     start = 0
@@ -369,10 +207,11 @@ def run_stage(steps: Steps, params, train, targets: np.ndarray,
                 raise FloatingPointError(
                     f"non-finite loss {losses[bad[0]]} at step {step + bad[0] + 1} of the "
                     f"{source} stage; lower the learning rate or check the labels")
+            if progress is not None:  # every step's loss, once its chunk has run
+                for t, value in enumerate(losses):
+                    progress(step + t + 1, total, float(value))
             step += n
             loss = float(losses[-1])
-            if progress is not None:
-                progress(step, total, loss)
         if has_val:  # step is a multiple of eval_every, or the last step
             scores = predict(steps, state.params, val, spec)
             done_early = best.update(val_metric(scores, val_labels), step, state.params)

@@ -7,6 +7,7 @@ a fixed batch size and a few length buckets, so a sweep compiles once per bucket
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -16,7 +17,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from scalable_elicitation.models import ModelBundle
-from scalable_elicitation.models.sharding import batch_sharding, state_shardings
+from scalable_elicitation.sharding import batch_sharding, state_shardings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +192,8 @@ class Steps:
         return self._init_params(key)
 
     # -- forward ----------------------------------------------------------------------------
-    def _logits(self, params, frozen, batch, dropout_key=None):
+    def logits(self, params, frozen, batch, dropout_key=None):
+        """Class logits [B, 2] of a batch (traceable; not jitted by itself)."""
         return self._logits_fn(params, frozen, batch, dropout_key)
 
     def _train_step(self, loss_kind, state: TrainState, frozen, batch, hp):
@@ -199,7 +201,7 @@ class Steps:
         key = jax.random.fold_in(state.key, state.step)
 
         def loss_fn(params):
-            logits = self._logits(params, frozen, batch, dropout_key=key)
+            logits = self.logits(params, frozen, batch, dropout_key=key)
             y, w = batch["target"], batch["weight"]
             if loss_kind == "logconf":
                 targets = logconf_targets(logits, y, w, state.step.astype(jnp.float32),
@@ -215,9 +217,13 @@ class Steps:
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new, {"loss": loss, "lr": lr, "grad_norm": optax.global_norm(grads)}
 
+    def step_fn(self, loss_kind: str = "xent"):
+        """The pure one-run train step `(state, frozen, batch, hp) -> (state, metrics)`, for
+        callers that compose it (a group of runs under `jax.vmap`, `groups.py`)."""
+        return functools.partial(self._train_step, loss_kind)
+
     def train_step(self, state, batch, hp, loss_kind="xent"):
         if loss_kind not in self._train:
-            import functools
             batch_sh = {k: batch_sharding(self.mesh, v.ndim) for k, v in batch.items()}
             self._train[loss_kind] = jax.jit(
                 functools.partial(self._train_step, loss_kind),
@@ -249,7 +255,6 @@ class Steps:
         """Run the active steps of a stacked chunk of batches; returns (state, losses [T])."""
         key = ("chunk", loss_kind)
         if key not in self._train:
-            import functools
             batch_sh = {k: batch_sharding(self.mesh, v.ndim - 1, leading=1)
                         for k, v in batches.items()}
             self._train[key] = jax.jit(
@@ -261,7 +266,7 @@ class Steps:
 
     def _eval_step(self, params, frozen, batch):
         self.compiles["eval"] += 1
-        logits = self._logits(params, frozen, batch)
+        logits = self.logits(params, frozen, batch)
         return logits[:, 1] - logits[:, 0]  # score: logit difference
 
     def scores(self, params, batch):

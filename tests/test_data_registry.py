@@ -79,7 +79,7 @@ def test_inspection_command_offline(tmp_path):
     assert "train n=" in out and "test  n=  1000" in out and "label=1 share 0.500" in out
     assert "words p5/p50/p95/p99/max" in out and "--- example 1" in out
     assert "weak labels: none cached" in out
-    from scalable_elicitation.labels import NoiseLabeler, cached_weak_labels
+    from scalable_elicitation.labelers import NoiseLabeler, cached_weak_labels
     task = load_task("tweet_sentiment", cache_dir=tmp_path)
     cached_weak_labels(NoiseLabeler(0.2), task, 0, tmp_path)
     out = subprocess.run(

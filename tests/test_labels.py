@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from scalable_elicitation import labels as L
+from scalable_elicitation import labelers as L
+from scalable_elicitation.metrics import auroc
 from scalable_elicitation.data import Split, Task, make_pools
 
 
@@ -87,7 +88,7 @@ def test_auroc_matches_pair_counting():
     scores, labels = rng.integers(0, 5, 50) / 4, rng.integers(0, 2, 50)
     pos, neg = scores[labels == 1], scores[labels == 0]
     pairs = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
-    assert L.auroc(scores, labels) == pytest.approx(pairs)
+    assert auroc(scores, labels) == pytest.approx(pairs)
 
 
 def test_cache_records_accuracy_and_is_reused(tmp_path):

@@ -229,8 +229,16 @@ def test_two_workers_finish_every_run_exactly_once(tmp_path):
         starts = lock_lib.starts(d)
         assert len(starts) == 1, (d.name, starts)
         pids.add(int(starts[0].split()[1]))
-        assert json.loads((d / "result.json").read_text())["status"] == "ok"
+        rec = json.loads((d / "result.json").read_text())
+        assert rec["status"] == "ok"
         assert not (d / "lock").exists()
+        # every training step's loss reached the run's TensorBoard log
+        (events,) = (tmp_path / "tb" / d.name).glob("events.out.tfevents.*")
+        scalars = read_scalars(events)
+        for stage in rec["stages"]:
+            logged = scalars[f"{stage['source']}/loss"]
+            assert [step for step, _ in logged] == list(range(1, stage["steps"] + 1))
+            assert logged[-1][1] == pytest.approx(stage["final_loss"], rel=1e-6)
     assert pids <= {w.pid for w in workers}
 
 

@@ -82,12 +82,12 @@ def test_paths_keep_uris_and_refuse_the_pathlib_mangled_form():
 
 
 def test_records_and_scores_on_gs(gcs, tmp_path):
-    from scalable_elicitation.runner import _write_scores
+    from scalable_elicitation.records import write_scores
     run = "gs://bucket/sweep/runs/abc"
     records.atomic_write_json(f"{run}/result.json", {"status": "ok", "n": np.int64(3)})
     assert records.read_record(f"{run}/result.json") == {"status": "ok", "n": 3}
     assert records.read_record(f"{run}/missing.json") is None
-    _write_scores(paths.as_path(run) / "scores.parquet", ["a", "b"], [0, 1], [0.5, -0.5])
+    write_scores(paths.as_path(run) / "scores.parquet", ["a", "b"], [0, 1], [0.5, -0.5])
     import pyarrow.parquet as pq
     local = tmp_path / "bucket-root" / "bucket" / "sweep" / "runs" / "abc"
     assert json.loads((local / "result.json").read_text())["status"] == "ok"
@@ -187,7 +187,7 @@ def test_worker_keeps_locks_in_lock_dir(tmp_path):
 
     worker = sweep_lib.Worker(FakeSweep(tmp_path / "work"), lock_root=tmp_path / "locks",
                               out=lambda msg: None)
-    assert worker.run_one(types.SimpleNamespace(name="run1", n_weak=1, n_oracle=0,
-                                                seed=0)) == "ran"
+    spec = types.SimpleNamespace(name="run1", n_weak=1, n_oracle=0, seed=0)
+    assert [r["run_id"] for r in worker.run_all([spec])] == ["run1"]
     assert len(lock_lib.starts(tmp_path / "locks" / "run1")) == 1
     assert not (tmp_path / "work").exists()  # the fake sweep itself wrote nothing

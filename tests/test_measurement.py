@@ -3,29 +3,28 @@ one-class pool prefixes, a collapsing probe, a one-sided labeller, short stages,
 with > and the wrong restore, a LoRA preset at the probe's rate, prompts without special tokens
 (and k-shot probe features pooled over the shots), and decayed biases."""
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import cost_sweep
 from scalable_elicitation.data import Split, make_pools
-from scalable_elicitation.labels import auroc
+from scalable_elicitation.batching import (BatchSpec, Features, FeatureStats, encode,
+                                           special_tokens)
 from scalable_elicitation.learner import Learner, LearnerConfig
-from scalable_elicitation.models.sharding import make_mesh
+from scalable_elicitation.metrics import auroc
 from scalable_elicitation.prompts import PromptBuilder, make_shots
-from scalable_elicitation.stage import (BatchSpec, EarlyStopping, Features, FeatureStats,
-                                        StageConfig, encode, predict, run_stage,
-                                        special_tokens, steps_for_visits, visits_through)
+from scalable_elicitation.sharding import make_mesh
+from scalable_elicitation.stage import (EarlyStopping, StageConfig, predict, run_stage,
+                                        steps_for_visits, visits_through)
 from scalable_elicitation.train import Steps, decay_mask
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def cost_sweep_config(arg=None):
-    sys.path.insert(0, str(ROOT / "configs"))
-    import cost_sweep
     return cost_sweep.get_config(arg)
 
 

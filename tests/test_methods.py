@@ -1,32 +1,31 @@
 """Elicitation methods (SPEC section 7): shots, ICL prefix cache, entropy selection, mixture."""
 import json
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scalable_elicitation import runner as R
+from configs import methods as methods_config
+from scalable_elicitation import methods, runner as R, selection
+from scalable_elicitation.batching import make_batch, to_global
+from scalable_elicitation.experiment import sweep_points
 from scalable_elicitation.learner import Learner, LearnerConfig
-from scalable_elicitation.main import run_sweep, sweep_points
+from scalable_elicitation.main import run_sweep
 from scalable_elicitation.prompts import PromptBuilder, label_token_ids, make_shots
-from scalable_elicitation.stage import make_batch, to_global
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "configs"))
-import methods as methods_config  # noqa: E402
 
 
 def test_entropy_selection_picks_most_uncertain():
     scores = np.array([5.0, 0.1, -3.0, -0.05, 2.0, 0.0])
-    got = R.entropy_select(scores, 3, 0.0, np.random.default_rng(0))
+    got = selection.entropy_select(scores, 3, 0.0, np.random.default_rng(0))
     assert sorted(got.tolist()) == [1, 3, 5]  # |score| smallest = entropy largest
     # sampling: never repeats, and prefers uncertain examples over many draws
     counts = np.zeros(len(scores))
     for s in range(300):
-        pick = R.entropy_select(scores, 2, 1.0, np.random.default_rng(s))
+        pick = selection.entropy_select(scores, 2, 1.0, np.random.default_rng(s))
         assert len(set(pick.tolist())) == 2
         counts[pick] += 1
     assert counts[5] > counts[0] and counts[3] > counts[2]
@@ -97,10 +96,11 @@ def test_weak_shots_show_weak_labels_never_ground_truth(tmp_path):
     sweep = R.Sweep(config, tmp_path)
     weak = sweep.weak_labels(0)
     pools = sweep.pools(0)
-    shots, *_ = sweep._draw_shots(config, weak, pools.take("weak", 10),
-                                  pools.take("oracle", 2))
+    bought = methods.Bought(pools.take("weak", 10), pools.take("oracle", 2))
+    after = methods.get("kshot_sft").take_shots(config, weak, bought)
+    shots = make_shots(after.shots.split["id"], after.shots.split["text"], after.shots.shown)
     truth = dict(zip(pools.take("weak", 10)["id"], pools.take("weak", 10)["label"]))
-    assert len(shots) == 4
+    assert len(shots) == 4 and len(after.weak) == 6 and len(after.oracle) == 2
     assert all(s.label != truth[s.id] for s in shots)
 
 
@@ -117,7 +117,7 @@ def test_mixture_weights_change_the_loss():
         lambda path, x: x * 3000 if "head" in jax.tree_util.keystr(path) else x,
         steps.fresh_params(jax.random.key(0)))
     batch0 = to_global(make_batch(toks, y, np.ones(4), 4, (16,), 256), steps.mesh)
-    logits = np.asarray(steps._logits(params, steps.frozen, batch0), np.float64)
+    logits = np.asarray(steps.logits(params, steps.frozen, batch0), np.float64)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     per_example = -((1 - y) * logp[:, 0] + y * logp[:, 1])
 
@@ -170,3 +170,29 @@ def test_methods_config_validates_variants():
         c.variants = "seq_sft+bogus"
     with pytest.raises(ValueError, match="bogus"):
         methods_config.sweep(lambda **kw: None, c)
+
+
+class OracleOnly(methods.Method):
+    """A toy method, as a new method would be written: trains on the bought oracle labels only
+    (the weak ones it bought stay unused, so the ledger does not count them)."""
+    name = "oracle_only"
+    keys = ("k",)  # identifies its runs by k, to show a method's own keys reach the run id
+
+    def stages(self, config, weak, bought, seed):
+        return [methods.oracle_stage(bought.oracle)] if len(bought.oracle) else []
+
+
+def test_a_new_method_is_one_module_and_one_registry_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(methods.REGISTRY, OracleOnly.name, OracleOnly())  # the registry line
+    config = smoke(method="oracle_only", k=3)
+    sweep = R.Sweep(config, tmp_path)
+    (spec,) = sweep.plan([{"budget": 8, "fraction": "0.5", "seed": 0}])
+    assert sweep.effective(spec)["method"] == "oracle_only" and sweep.effective(spec)["k"] == 3
+    rec = sweep.run(spec)
+    assert rec["status"] == "ok", rec.get("error")
+    assert [s["source"] for s in rec["stages"]] == ["oracle"]
+    assert (rec["n_weak"], rec["n_oracle"], rec["cost"]) == (0, 4, 4.0)
+    assert 0.0 <= rec["metrics"]["accuracy"] <= 1.0
+    assert methods.get("oracle_only").variant_name({}) == "oracle_only"
+    with pytest.raises(ValueError, match="config.method: 'nope'; allowed: .*oracle_only"):
+        R.Sweep(smoke(method="nope"), tmp_path)

@@ -12,7 +12,7 @@ from scalable_elicitation import assets
 from scalable_elicitation.models import (TINY_CONFIGS, LoraConfig, WeightImportError,
                                          load_pretrained, trainable_filter)
 from scalable_elicitation.models import weights as W
-from scalable_elicitation.models.sharding import make_mesh
+from scalable_elicitation.sharding import make_mesh
 
 
 def _batch(tok, texts, side="right"):

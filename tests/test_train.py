@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import cost_sweep
 from scalable_elicitation import runner as R
-from scalable_elicitation.main import run_sweep, sweep_points
+from scalable_elicitation.experiment import sweep_points
+from scalable_elicitation.main import run_sweep
 from scalable_elicitation.train import learning_rate, logconf_targets, soft_cross_entropy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -18,8 +20,6 @@ CONFIG = str(ROOT / "configs" / "cost_sweep.py")
 
 
 def smoke_config(**overrides):
-    sys.path.insert(0, str(ROOT / "configs"))
-    import cost_sweep
     c = cost_sweep.get_config("smoke")
     for k, v in overrides.items():
         node = c
@@ -128,6 +128,20 @@ def test_budget_larger_than_pool_is_infeasible(tmp_path):
                     out=lambda *_: None)[0]
     assert rec["status"] == "infeasible"
     assert "weak" in rec["error"] and rec["n_weak"] == 0 and rec["cost"] == 0.0
+
+
+def test_sweep_points_may_override_learner_keys_but_not_shared_ones(tmp_path):
+    sweep = R.Sweep(smoke_config(), tmp_path)
+    point = {"budget": 8, "fraction": "1", "seed": 0}
+    base, short = sweep.plan([point, dict(point, max_length=16)])
+    assert sweep.run_id(base) != sweep.run_id(short)
+    rec = sweep.run(short)
+    assert rec["status"] == "ok", rec.get("error")
+    assert rec["config"]["max_length"] == 16
+    used = sweep.learner_for(sweep.run_config(short.overrides))
+    assert used.cfg.max_length == 16 and sweep.learner.cfg.max_length == 32  # honoured
+    with pytest.raises(ValueError, match=r"sweep points override \['labeler.rate', 'n_test'\]"):
+        sweep.plan([point, dict(point, n_test=8), dict(point, **{"labeler.rate": 0.1})])
 
 
 def test_bad_config_values_fail_before_loading(tmp_path):

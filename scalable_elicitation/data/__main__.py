@@ -58,7 +58,7 @@ def describe(task, length_fn, unit: str, cache_dir=None) -> str:
         lines.append(f"--- example {k} (label {task.train['label'][k]}, id {task.train['id'][k]})")
         lines.append(task.train["text"][k])
     if cache_dir is not None:
-        from scalable_elicitation.labels import cached_metadata
+        from scalable_elicitation.labelers import cached_metadata
         entries = cached_metadata(cache_dir, task)
         if not entries:
             lines.append(f"weak labels: none cached for this task under {cache_dir}")

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import pathlib
 import re
-import shutil
-import tempfile
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from scalable_elicitation import paths
 from scalable_elicitation.data import files, hub, tfds_tasks, tweets
 from scalable_elicitation.data.split import Split
 
@@ -154,17 +154,15 @@ def read_cached_task(folder: pathlib.Path) -> tuple[Split, Split, dict] | None:
 
 
 def write_cached_task(folder: pathlib.Path, train: Split, test: Split, info: dict) -> None:
-    """Writes a cache folder atomically: a temporary folder renamed into place."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
-    try:
-        pq.write_table(train.to_arrow(), tmp / "train.parquet")
-        pq.write_table(test.to_arrow(), tmp / "test.parquet")
-        (tmp / "info.json").write_text(json.dumps(info, indent=1, sort_keys=True, default=str))
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / "info.json").exists():  # not a concurrent writer's finished copy
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Writes a cache folder: each file atomically, `info.json` last (its presence marks a
+    complete entry, see `read_cached_task`; concurrent writers write the same bytes)."""
+    paths.atomic_write(folder / "train.parquet", _parquet_bytes(train))
+    paths.atomic_write(folder / "test.parquet", _parquet_bytes(test))
+    paths.atomic_write(folder / "info.json",
+                       json.dumps(info, indent=1, sort_keys=True, default=str))
+
+
+def _parquet_bytes(split: Split) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(split.to_arrow(), buf)
+    return buf.getvalue()

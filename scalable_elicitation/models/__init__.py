@@ -27,8 +27,7 @@ from scalable_elicitation.models.bert import BertModel
 from scalable_elicitation.models.config import (TRAINABLE_SCOPES, ArchConfig, LoraConfig,
                                                 from_hf_config)
 from scalable_elicitation.models.llama import LlamaModel
-from scalable_elicitation.models.sharding import (DEFAULT_RULES, freeze_rules, make_mesh,
-                                                  state_shardings)
+from scalable_elicitation.sharding import DEFAULT_RULES, freeze_rules, make_mesh, state_shardings
 
 __all__ = ["ArchConfig", "LoraConfig", "ModelBundle", "load_pretrained", "build_model",
            "trainable_filter", "WeightImportError", "TINY_CONFIGS", "from_hf_config"]

@@ -19,7 +19,7 @@ NEG_INF = -1e30  # finite, so a fully masked row (a left-pad query) gives no NaN
 
 
 def param(value, axes) -> nnx.Param:
-    """An NNX Param tagged with logical axis names (read only by sharding.py)."""
+    """An NNX Param tagged with logical axis names (read only by scalable_elicitation.sharding)."""
     if len(axes) != np.ndim(value):
         raise ValueError(f"axes {axes} do not match shape {np.shape(value)}")
     return nnx.Param(value, axes=tuple(axes))

@@ -1,0 +1,131 @@
+"""The one experiment loop: a config file's grid points, the dry-run listing, and running every
+planned run with one summary line each. `main.py` calls it in-process; `launch/sweep.py` calls
+the same loop and only adds what a cluster worker needs, passed in explicitly: a shard of the
+plan, a `claim` (run locks, decided on process 0), and a `tracker` (TensorBoard, W&B) that
+receives every training step's loss and each run's summary.
+
+    sweep = runner.Sweep(config, workdir)
+    specs = sweep.plan(sweep_points(config_path, config))
+    done = run_experiment(sweep, specs)          # done.records, done.busy
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import pathlib
+import sys
+from typing import Callable, ContextManager
+
+RUN, SKIPPED, BUSY = "run", "skipped", "busy"  # what a claim decides about a run
+
+
+def sweep_points(config_path: str, config) -> list[dict]:
+    """Grid points from the config file's `sweep(add, config)` (none if it has no `sweep`)."""
+    path = config_path.split(":", 1)[0]
+    if not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"config file {path!r} not found (e.g. configs/cost_sweep.py)")
+    spec = importlib.util.spec_from_file_location("_sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    points: list[dict] = []
+    if hasattr(module, "sweep"):
+        module.sweep(lambda **kw: points.append(kw), config)
+    return points
+
+
+def feasibility(sweep, spec) -> str | None:
+    """Why a run cannot be bought from its seed's pools (None when it can)."""
+    pools = sweep.pools(spec.seed)
+    for source, n in (("weak", spec.n_weak), ("oracle", spec.n_oracle)):
+        size = pools.size(source)
+        if n > size:
+            return f"needs {n} {source} labels; the {source} pool of seed {spec.seed} has {size}"
+    return None
+
+
+def dry_run_lines(sweep, specs) -> list[str]:
+    """One line per run: `RUN_ID METHOD n_weak=N n_oracle=N cost=C seed=S STATUS`, STATUS one
+    of todo, done, infeasible (also before it ran: more labels than the pool holds), failed."""
+    lines = []
+    for s in specs:
+        status = sweep.status(s)
+        if status == "todo" and feasibility(sweep, s) is not None:
+            status = "infeasible"
+        cost = float(sweep.prices.cost(s.n_oracle, s.n_weak))
+        method = sweep.run_config(s.overrides).method
+        lines.append(f"{sweep.run_id(s)} {method} n_weak={s.n_weak} n_oracle={s.n_oracle} "
+                     f"cost={cost:g} seed={s.seed} {status}")
+    return lines
+
+
+def summary_line(spec, rec: dict) -> str:
+    """The line a finished run prints: its id, counts, status, accuracy or error."""
+    acc = (rec.get("metrics") or {}).get("accuracy")
+    return (f"run {rec['run_id']} n_weak={spec.n_weak} n_oracle={spec.n_oracle} "
+            f"seed={spec.seed}: {rec['status']}"
+            + (f" accuracy={acc:.3f}" if acc is not None else "")
+            + (f" ({rec.get('error')})" if rec["status"] != "ok" else ""))
+
+
+@dataclasses.dataclass
+class Done:
+    """What one pass of the loop did: the records of the runs it ran (or found finished, without
+    a claim), and the ids of runs left busy (held by live workers)."""
+    records: list[dict]
+    busy: list[str]
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.records if r["status"] == "failed"]
+
+
+def run_one(sweep, spec, *, claim: Callable[..., ContextManager[str]] | None = None,
+            tracker=None, out: Callable[[str], None] = print) -> tuple[str, dict | None]:
+    """Run one planned run under `claim(spec)` (a context that yields RUN, SKIPPED or BUSY and
+    holds whatever it took until the record is written); with a tracker, the run's per-step
+    losses and summary go to its log. Returns (decision, record or None)."""
+    with (claim(spec) if claim is not None else contextlib.nullcontext(RUN)) as decision:
+        if decision != RUN:
+            return decision, None
+        if tracker is not None:
+            with tracker.run(sweep.run_dir(spec).name) as log:
+                rec = sweep.run(spec, log=log)
+                log.summary(rec)
+        else:
+            rec = sweep.run(spec)
+    out(summary_line(spec, rec))
+    return RUN, rec
+
+
+def run_experiment(sweep, specs, *, claim=None, tracker=None, out=None, prepare: bool = True,
+                   desc: str = "runs", show_progress: bool = True) -> Done:
+    """Every run of `specs` that is not done, then once more those a live worker held (it may
+    have died meanwhile, leaving a stale lock). Each seed's task and weak labels load first, so
+    bad data fails once, before any run (`prepare`). Summary lines go to `out` (default: above
+    a progress bar on stderr)."""
+    if prepare:
+        sweep.prepare(s.seed for s in specs)
+    from tqdm import tqdm
+    bar = tqdm(total=len(specs), desc=desc, unit="run", file=sys.stderr,
+               disable=not show_progress)
+    out = out or (lambda msg: bar.write(msg, file=sys.stderr))
+    sweep.progress = lambda msg: bar.set_postfix_str(msg, refresh=False)
+    records, busy = [], []
+    try:
+        for spec in specs:
+            decision, rec = run_one(sweep, spec, claim=claim, tracker=tracker, out=out)
+            busy += [spec] if decision == BUSY else []
+            records += [rec] if rec is not None else []
+            bar.update()
+        still = []
+        for spec in busy:
+            decision, rec = run_one(sweep, spec, claim=claim, tracker=tracker, out=out)
+            still += [spec] if decision == BUSY else []
+            records += [rec] if rec is not None else []
+    finally:
+        bar.close()
+    done = Done(records, [sweep.run_dir(s).name for s in still])
+    if done.busy:
+        out(f"{len(done.busy)} run(s) held by live workers, left to them: " + " ".join(done.busy))
+    return done

@@ -1,0 +1,27 @@
+"""Weak labellers (SPEC section 4): the interface, the labellers, the cache, and the one place a
+config's `labeler` block becomes a labeller."""
+from scalable_elicitation.labelers.cache import cached_metadata, cached_weak_labels
+from scalable_elicitation.labelers.interface import (Labeler, WeakLabels, labeler_train_split,
+                                                     labelled_pool, make_weak_labels)
+from scalable_elicitation.labelers.model import ModelLabeler
+from scalable_elicitation.labelers.simple import FileLabeler, NoiseLabeler
+
+KINDS = ("model", "noise", "file")
+
+__all__ = ["KINDS", "FileLabeler", "Labeler", "ModelLabeler", "NoiseLabeler", "WeakLabels",
+           "cached_metadata", "cached_weak_labels", "labeler_train_split", "labelled_pool",
+           "make_labeler", "make_weak_labels"]
+
+
+def make_labeler(cfg, cache_dir) -> Labeler:
+    """The labeller a config's `labeler` block describes (`kind`: model, noise or file)."""
+    if cfg.kind == "model":
+        return ModelLabeler(
+            source=cfg.source, n_train=cfg.n_train, trainable=cfg.trainable, lr=cfg.lr,
+            epochs=cfg.epochs, batch_size=cfg.batch_size, max_length=cfg.max_length,
+            cache_dir=None if cache_dir is None else str(cache_dir))
+    if cfg.kind == "noise":
+        return NoiseLabeler(rate=cfg.rate, soft=cfg.get("soft", False))
+    if cfg.kind == "file":
+        return FileLabeler()
+    raise ValueError(f"config.labeler.kind: {cfg.kind!r}; allowed: {', '.join(KINDS)}")
