@@ -28,12 +28,10 @@ import numpy as np
 import pandas as pd
 
 from analysis import pricing
+from scalable_elicitation import methods
+from scalable_elicitation.records import (REQUIRED_ALWAYS, REQUIRED_OK, STATUSES, flatten,
+                                          variant_name)
 
-STATUSES = ("ok", "infeasible", "failed")
-# Needed to place a run in any table at all.
-REQUIRED_ALWAYS = ("run_id", "status", "task", "model", "method", "seed")
-# Needed for an ``ok`` run to be priced and scored.
-REQUIRED_OK = ("n_weak", "n_oracle", "prices.oracle", "prices.weak", "metrics.accuracy")
 # Method-variant options (SPEC section 7), read from the flattened config by their last key part.
 OPTION_KEYS = {
     "loss": ("loss",),
@@ -42,13 +40,8 @@ OPTION_KEYS = {
     "k": ("k", "k_shots", "kshot", "num_shots"),
     "shot_source": ("shot_source",),
 }
-# Option values that mean "the plain method" and so add nothing to the variant name.
-DEFAULT_OPTION_VALUES = {
-    "loss": {"xent", "ce", "cross_entropy", "default", "none", "soft_ce", "soft_xent"},
-    "oracle_selection": {"random", "first", "prefix", "default", "none", "sequential"},
-    "schedule": {"default", "none", "sequential", "cosine"},
-}
-SHOT_METHODS = ("kshot_sft", "icl")
+# Methods whose runs show k shots: those identified by a shot source (methods.REGISTRY).
+SHOT_METHODS = tuple(name for name, m in methods.REGISTRY.items() if "shot_source" in m.keys)
 # The cell of an aggregate: everything but the seed (SPEC section 9). ``variant`` carries every
 # other config value that defines a run (see :func:`config_identity` and :func:`assign_variants`).
 CELL_KEYS = ("task", "model", "variant", "weak_labeler", "n_weak", "n_oracle")
@@ -118,18 +111,6 @@ class Records:
         return out
 
 
-def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts into ``a.b.c`` keys; lists and scalars are kept as values."""
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def _find_option(config: dict[str, Any], names: tuple[str, ...]) -> Any:
     """The value of a method option in a flattened config, preferring the shortest key."""
     hits = [(key.count("."), key) for key in config
@@ -147,20 +128,6 @@ def method_options(method: str, config: dict[str, Any]) -> dict[str, Any]:
     elif opts["shot_source"] is None and opts["k"] is not None:
         opts["shot_source"] = "weak"  # SPEC section 7: weak shots by default
     return opts
-
-
-def variant_name(method: str, options: dict[str, Any]) -> str:
-    """Name of a method variant: ``seq_sft``, ``seq_sft+logconf``, ``kshot_sft(k=2,weak)``."""
-    name = str(method)
-    if method in SHOT_METHODS and options.get("k") is not None:
-        k = options["k"]
-        k = int(k) if isinstance(k, float) and k.is_integer() else k
-        name += f"(k={k},{options.get('shot_source') or 'weak'})"
-    for opt in ("loss", "oracle_selection", "schedule"):
-        value = options.get(opt)
-        if value is not None and str(value).lower() not in DEFAULT_OPTION_VALUES[opt]:
-            name += f"+{value}"
-    return name
 
 
 def _check_record(rec: Any) -> str | None:

@@ -29,7 +29,8 @@ import numpy as np
 from scipy.special import ndtri
 
 from analysis import pricing
-from analysis.io import write_atomic, write_text
+from analysis.io import write_text
+from scalable_elicitation.records import write_scores
 
 BUDGETS = (8, 16, 64, 256, 1024, 4096)
 FRACTIONS = (0, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 1)
@@ -169,18 +170,13 @@ def grid_records(truth, budgets=BUDGETS, fractions=FRACTIONS, oracle_price=1, we
 def write_runs(records: list[dict], folder) -> Path:
     """Write each record as ``folder/runs/RUN_ID/result.json`` and its per-example scores, if it
     has them, as ``scores.parquet`` beside it (atomically)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     folder = Path(folder)
     for rec in records:
         rec = dict(rec)
         scores = rec.pop("scores", None)
         run = folder / "runs" / rec["run_id"]
         if scores is not None:
-            table = pa.table({"id": np.asarray(scores["id"]).astype(str),
-                              "label": np.asarray(scores["label"]),
-                              "score": np.asarray(scores["score"], np.float32)})
-            write_atomic(run / "scores.parquet", lambda tmp, t=table: pq.write_table(t, tmp))
+            write_scores(run / "scores.parquet", scores["id"], scores["label"], scores["score"])
         write_text(run / "result.json", json.dumps(rec, indent=1))
     return folder
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import pathlib
 from typing import Callable
 
+from scalable_elicitation.paths import atomic_write
+
 REPORT_DIR = "report"
 
 
@@ -30,7 +32,7 @@ def frontier_figure(records, path: pathlib.Path, *, n_boot: int = 200,
     from analysis import pricing
     from analysis.aggregate import build_surfaces
     from analysis.fits import percentile_band
-    from analysis.io import write_atomic
+    from analysis.io import figure_bytes
     from analysis.records import Records, records_from_dicts
 
     if not isinstance(records, Records):
@@ -89,7 +91,7 @@ def frontier_figure(records, path: pathlib.Path, *, n_boot: int = 200,
                  f"{', '.join(f'{p:g}' for p in prices)}", fontsize=10)
     fig.tight_layout()
     path = pathlib.Path(path)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write(path, figure_bytes(fig, "png", dpi=110))
     plt.close(fig)
     return path
 

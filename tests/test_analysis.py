@@ -54,7 +54,7 @@ def test_reprice_is_exact():
     assert pricing.cost(7, 1, 1, 0.1) == 1.7                  # float sum gives 1.7000000000000002
     assert pricing.affordable([3, 4], [0, 0], 1, 0.1, 0.3).tolist() == [True, False]
     assert pricing.cost(100, 3, 1, 1 / 3) == pytest.approx(100 / 3 + 3)
-    with pytest.raises(ValueError, match="oracle_fraction"):
+    with pytest.raises(ValueError, match="oracle fraction"):
         pricing.grid_counts(8, 1.5, 1, 0.1)
     with pytest.raises(ValueError):
         pricing.to_fraction(float("nan"))
