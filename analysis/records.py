@@ -53,8 +53,9 @@ NON_DEFINING_KEYS = frozenset({
     "grid_points", "n_weak", "n_oracle", "checkpoint", "checkpoint_interval_s", "remat",
     "length_buckets", "variants", "progress", "task", "model", "method", "weak_labeler"})
 NON_DEFINING_PREFIXES = ("mesh.", "prices.", "tracking.", "wandb.", "tensorboard.")
-# Options that only apply to some methods or settings (mirrors the runner's effective config).
-SHOT_ONLY_KEYS = ("shot_max_length",)
+# Config keys that only some methods use: each method names its own (``Method.keys``, the keys
+# that identify its runs); for every other method they do not define a run.
+METHOD_KEYS = frozenset(k for m in methods.REGISTRY.values() for k in m.keys)
 # Differing keys named first in a split variant's suffix (the rest alphabetically).
 NAMING_PRIORITY = ("trainable", "pooling", "dtype", "max_length", "train.lr", "n_test")
 # Keys that may differ between tasks without making the runs different methods.
@@ -187,10 +188,10 @@ def config_identity(method: str, config: dict[str, Any]) -> dict[str, Any]:
     labeller, counts and seed: a flat ``{dotted key: value}``.
 
     Dropped: :data:`NON_DEFINING_KEYS` and prefixes (seeds, grid, prices, mesh, checkpointing,
-    ...), the method options already in the variant name, and options that do not apply: shot
-    settings for methods without shots, ``selection_temperature`` without entropy selection,
-    ``mixture.*`` outside ``mixture_sft``, ``lora.*`` unless ``trainable`` is ``lora``, and
-    labeller keys its kind does not use.
+    ...), the method options already in the variant name, and options that do not apply: other
+    methods' own keys (shot settings for methods without shots, ``mixture.*`` outside
+    ``mixture_sft``: ``Method.keys``), ``selection_temperature`` without entropy selection,
+    ``lora.*`` unless ``trainable`` is ``lora``, and labeller keys its kind does not use.
     """
     option_names = {n for names in OPTION_KEYS.values() for n in names}
     trainable = config.get("trainable")
@@ -203,11 +204,11 @@ def config_identity(method: str, config: dict[str, Any]) -> dict[str, Any]:
             continue
         if "." not in key and last in option_names:
             continue  # in the variant name (or irrelevant to this method)
-        if key in SHOT_ONLY_KEYS and method not in SHOT_METHODS:
+        top = key.split(".", 1)[0]
+        known = methods.REGISTRY.get(method)
+        if top in METHOD_KEYS and top not in (known.keys if known is not None else ()):
             continue
         if key == "selection_temperature" and selection not in (None, "entropy"):
-            continue
-        if key.startswith("mixture.") and method != "mixture_sft":
             continue
         if key.startswith("lora.") and trainable not in (None, "lora"):
             continue
