@@ -19,8 +19,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from configs import cost_sweep  # noqa: E402
 from scalable_elicitation import runner as R  # noqa: E402
-from scalable_elicitation.labels import auroc  # noqa: E402
+from scalable_elicitation.metrics import auroc  # noqa: E402
 from scalable_elicitation.stage import StageConfig, predict, run_stage, split_validation  # noqa: E402
 
 N_VALIDATION = 400
@@ -33,8 +34,6 @@ def main(argv=None):
     parser.add_argument("--ns", default="32,256")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "configs"))
-    import cost_sweep
     config = cost_sweep.get_config()
     sweep = R.Sweep(config, args.workdir)
     learner = sweep.learner
