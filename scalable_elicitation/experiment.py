@@ -75,10 +75,6 @@ class Done:
     records: list[dict]
     busy: list[str]
 
-    @property
-    def failed(self) -> list[dict]:
-        return [r for r in self.records if r["status"] == "failed"]
-
 
 def run_one(sweep, spec, *, claim: Callable[..., ContextManager[str]] | None = None,
             tracker=None, out: Callable[[str], None] = print) -> tuple[str, dict | None]:

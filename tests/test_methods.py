@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from configs import methods as methods_config
-from scalable_elicitation import methods, runner as R, selection
+from scalable_elicitation import experiment, methods, runner as R, selection
 from scalable_elicitation.batching import make_batch, to_global
-from scalable_elicitation.experiment import sweep_points
 from scalable_elicitation.learner import Learner, LearnerConfig
 from scalable_elicitation.main import run_sweep
 from scalable_elicitation.prompts import PromptBuilder, label_token_ids, make_shots
@@ -136,8 +135,8 @@ def test_mixture_weights_change_the_loss():
 def methods_sweep(tmp_path_factory):
     config = smoke()
     workdir = tmp_path_factory.mktemp("methods")
-    recs = run_sweep(config, workdir, sweep_points(str(ROOT / "configs" / "methods.py"), config),
-                     out=lambda *_: None)
+    points = experiment.sweep_points(str(ROOT / "configs" / "methods.py"), config)
+    recs = run_sweep(config, workdir, points, out=lambda *_: None)
     return workdir, recs
 
 
@@ -162,6 +161,19 @@ def test_methods_sweep_counts_shots_in_ledger_and_cost(methods_sweep):
         if r["method"] == "icl":
             assert r["stages"] == [] and r["n_shots"] == r["n_weak"] + r["n_oracle"] >= 1
     assert (workdir / "frontier.png").exists()
+
+
+def test_dry_run_names_each_runs_own_method(methods_sweep):
+    workdir, recs = methods_sweep
+    config = smoke()
+    sweep = R.Sweep(config, workdir)
+    specs = sweep.plan(experiment.sweep_points(str(ROOT / "configs" / "methods.py"), config))
+    lines = experiment.dry_run_lines(sweep, specs)
+    status = {r["run_id"]: {"ok": "done"}.get(r["status"], r["status"]) for r in recs}
+    assert [line.split()[:2] for line in lines] == [
+        [sweep.run_id(s), sweep.run_config(s.overrides).method] for s in specs]
+    assert {line.split()[1] for line in lines} == {"seq_sft", "kshot_sft", "icl"}
+    assert all(line.split()[-1] == status[line.split()[0]] for line in lines)
 
 
 def test_methods_config_validates_variants():

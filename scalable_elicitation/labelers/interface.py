@@ -51,10 +51,6 @@ class WeakLabels:
             out[k] = self.soft[self._index[i]]
         return out
 
-    def attach(self, split: Split) -> Split:
-        """`split` with its `weak_label` column set from these labels."""
-        return split.with_column("weak_label", self.lookup(split["id"]))
-
 
 @runtime_checkable
 class Labeler(Protocol):
