@@ -99,13 +99,13 @@ def test_heartbeat_refreshes_the_lock(tmp_path):
     lock.release()
 
 
-def _race(run_dir, stale_after, queue):
+def _race(run_dir, stale_after, queue, tried):
     lock = lock_lib.RunLock(run_dir, stale_after=stale_after)
     won = lock.acquire()
     if won:
         lock.log_start()
     queue.put(won)
-    time.sleep(0.5)  # hold while the others try
+    tried.wait(timeout=60)  # hold until every racer has tried (a slow fork must not come late)
     lock.release()
 
 
@@ -116,7 +116,8 @@ def test_racing_processes_one_winner(tmp_path, stale_first):
             {"host": lock_lib.hostname(), "pid": _dead_pid(), "time": 0}))
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(tmp_path, 3600, queue)) for _ in range(8)]
+    tried = ctx.Barrier(8)
+    procs = [ctx.Process(target=_race, args=(tmp_path, 3600, queue, tried)) for _ in range(8)]
     for p in procs:
         p.start()
     wins = [queue.get(timeout=30) for _ in procs]
