@@ -31,7 +31,7 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "hypothesis>=6.100", "chex>=0.1.89"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100", "chex>=0.1.89"],
         "parity": ["torch>=2.4", "accelerate>=1.0"],  # transformers needs accelerate for GGUF
         "analysis": ["pandas>=2.1", "scipy>=1.11", "statsmodels>=0.14", "scikit-learn>=1.4"],
         "tfds": ["tensorflow-datasets>=4.9"],

@@ -7,7 +7,9 @@ bash scripts/bootstrap.sh
 VENV="${SE_VENV:-.venv}"
 export JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 set +e
-"$VENV/bin/python" -m pytest -q "$@"
+# Two workers (the machine has 2 cores; many tests are compile- or Python-bound), one test
+# file per worker so module-scoped fixtures are built once.
+"$VENV/bin/python" -m pytest -q -n 2 --dist loadfile "$@"
 rc=$?
 set -e
 # pytest exits 5 when it collected no test: that is a failure of the suite, not a pass.

@@ -1,8 +1,8 @@
 """The embedded default's own path on real weights: the SmolLM2 probe on mean-pooled features,
-weak labels from the MiniLM labeller, the tweets. Shrunk (400 training tweets, 200 test) so it
-runs in about a minute; what it checks needs the real models: the labeller's soft labels are
-balanced and calibrated, and no run shows the collapse signature (accuracy near 0.5 with a high
-AUROC)."""
+weak labels from the MiniLM labeller, the tweets. Shrunk (300 training tweets, 150 test) so it
+runs in about a minute; what it checks needs the real models: the
+labeller's soft labels are balanced and calibrated, and no run shows the collapse signature
+(accuracy near 0.5 with a high AUROC)."""
 import numpy as np
 import pytest
 
@@ -12,8 +12,8 @@ from scalable_elicitation import runner as R
 
 def default_config(**overrides):
     c = cost_sweep.get_config()
-    c.task_options.max_train = 400
-    c.n_test = 200
+    c.task_options.max_train = 300
+    c.n_test = 150
     for key, value in overrides.items():
         node = c
         *parents, leaf = key.split(".")
@@ -35,19 +35,23 @@ def default_records(tmp_path_factory):
               {"budget": 8, "fraction": "1", "seed": 0}]
     specs = sweep.plan(points)
     sweep.prepare(s.seed for s in specs)
-    return [sweep.run(s) for s in specs]
+    return sweep, [sweep.run(s) for s in specs]
 
 
 def test_default_records_carry_weak_label_quality(default_records):
-    assert [r["status"] for r in default_records] == ["ok"] * 3
-    for rec in default_records:
+    sweep, records = default_records
+    assert [r["status"] for r in records] == ["ok"] * 3
+    for rec in records:
         assert 0.4 <= rec["weak_label_positive_rate"] <= 0.6  # balanced pool, balanced calls
-        assert 0.0 <= rec["weak_label_ece"] <= 0.15  # soft labels, not saturated 0/1
+        assert 0.0 <= rec["weak_label_ece"] <= 0.2  # lr 0.1 gave 0.23-0.24, saturated
         assert 0.6 <= rec["weak_label_accuracy"] <= 0.85  # a weak, not a useless, labeller
+    soft = sweep.weak_labels(0).soft
+    # soft labels, not 0/1: the old labeller's median was 0.001 and its q10/q90 were 0 and 1
+    assert np.mean((soft > 0.05) & (soft < 0.95)) >= 0.5
 
 
 def test_default_runs_do_not_collapse(default_records):
-    for rec in default_records:
+    for rec in default_records[1]:
         m = rec["metrics"]
         collapsed = abs(m["accuracy"] - 0.5) <= 0.02 and m["auroc"] >= 0.7
         assert not collapsed, (rec["planned"], m)
@@ -55,10 +59,11 @@ def test_default_runs_do_not_collapse(default_records):
 
 
 def test_default_stages_make_their_visits(default_records):
-    for rec in default_records:
+    records = default_records[1]
+    for rec in records:
         for stage in rec["stages"]:
             if stage["n_val"] == 0:  # no early stopping: every planned visit is made
                 assert stage["visits"] >= stage["planned_visits"]
         assert rec["n_weak"] + rec["n_oracle"] == sum(
             s["n_train"] + s["n_val"] for s in rec["stages"]) + rec["n_shots"]
-    assert np.isfinite([r["cost"] for r in default_records]).all()
+    assert np.isfinite([r["cost"] for r in records]).all()

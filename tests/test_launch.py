@@ -243,6 +243,7 @@ def test_two_workers_finish_every_run_exactly_once(tmp_path):
     assert pids <= {w.pid for w in workers}
 
 
+@pytest.mark.slow  # 35 s of subprocess sweeps; the default run keeps the two-worker test
 def test_killed_worker_restarts_without_loss_or_duplicates(tmp_path):
     grid = ("--config.budgets=(8,)", "--config.seeds=1")  # three runs
     first = start_worker(tmp_path, *grid, log=subprocess.DEVNULL)
