@@ -367,9 +367,15 @@ def test_tpu_install_gets_python311_tpu_extra_and_assets_then_runs_detached(tmp_
     # the run: started detached on the worker, logging there, with a command to follow it
     started = tmp_path / "log" / "sweep.started"
     deadline = time.time() + 60
-    while not started.exists() and time.time() < deadline:
+
+    def record():  # the detached stub may still be writing it: wait for every line
+        text = started.read_text() if started.exists() else ""
+        rec = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        return rec if {"SE_MULTIHOST", "ARGV", "PWD"} <= set(rec) else None
+
+    while record() is None and time.time() < deadline:
         time.sleep(0.1)
-    rec = dict(line.split("=", 1) for line in started.read_text().splitlines())
+    rec = record() or {}
     assert rec["SE_MULTIHOST"] == "1" and rec["ARGV"].endswith(" ".join(ARGS))
     assert rec["PWD"] == str(tmp_path / "worker" / "scalable_elicitation")
     logs = tmp_path / "worker" / "scalable_elicitation" / "logs"
