@@ -10,16 +10,10 @@ from configs import cost_sweep
 from scalable_elicitation import runner as R
 
 
-def default_config(**overrides):
+def default_config():
     c = cost_sweep.get_config()
     c.task_options.max_train = 300
     c.n_test = 150
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
     return c
 
 
