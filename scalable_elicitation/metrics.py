@@ -42,14 +42,10 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     n_pos, n_neg = int(np.sum(labels == 1)), int(np.sum(labels == 0))
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # average ranks over ties
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
+    # average rank of each score over ties: (#below + #up-to-and-including + 1) / 2
+    ordered = np.sort(scores)
+    ranks = (np.searchsorted(ordered, scores, side="left")
+             + np.searchsorted(ordered, scores, side="right") + 1) / 2.0
     return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
