@@ -62,14 +62,25 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 def bootstrap_auroc(scores, labels, n_boot=200, seed=0) -> tuple[float, float]:
     """95% percentile interval of AUROC over `n_boot` resamples of the examples (resamples
-    holding one class are skipped); NaNs when every resample did."""
-    rng = np.random.default_rng(seed)
-    vals = []
+    holding one class are skipped); NaNs when every resample did. All resamples at once: a
+    resample is a count per example, and its AUROC the count-weighted Mann-Whitney sum over the
+    sorted distinct scores (the same value `auroc` gives on the resampled arrays)."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
     n = len(labels)
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        if labels[idx].min() != labels[idx].max():
-            vals.append(auroc(scores[idx], labels[idx]))
-    if not vals:
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    distinct, where = np.unique(scores, return_inverse=True)
+    k = len(distinct)
+    cells = (where[idx] + k * np.arange(n_boot)[:, None]).ravel()
+
+    def counts(mask):  # [n_boot, k]: resampled examples of a class at each distinct score
+        return np.bincount(cells, weights=mask[idx].ravel().astype(np.float64),
+                           minlength=n_boot * k).reshape(n_boot, k)
+
+    pos, neg = counts(labels == 1), counts(labels == 0)
+    below = np.cumsum(neg, axis=1) - neg
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    ok = (n_pos > 0) & (n_neg > 0)
+    vals = (pos * (below + 0.5 * neg)).sum(1)[ok] / (n_pos * n_neg)[ok]
+    if not len(vals):
         return (float("nan"), float("nan"))
     return (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5)))
