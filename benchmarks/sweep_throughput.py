@@ -1,91 +1,152 @@
-r"""Wall time of a 20-run sweep on the smoke config, with and without compile reuse.
+r"""Runs of a sweep one at a time against together (SPEC section 13), side by side.
 
-  python benchmarks/sweep_throughput.py [--runs=20] [--modes=reuse,clear_caches,fresh_sweep]
+  python benchmarks/sweep_throughput.py [--setups=probe,tiny_lora,smollm2_lora]
+      [--cache_from=WORKDIR] [--parallel=1,0]
 
-Modes:
-  reuse         one `Sweep` for every run: the jitted steps take per-run hyperparameters as
-                arrays, so runs share one compiled train step and one eval step per shape
-  clear_caches  one `Sweep`, but `jax.clear_caches()` before each run: every run recompiles
-  fresh_sweep   a new `Sweep` per run (task, weak labels, model and steps rebuilt): what a
-                one-job-per-run scheduler pays, minus the Python and JAX start-up
+For each setup, the same planned runs are swept once per `parallel_runs` value (1: one at a
+time, `stage.run_stage`; 0: the default group size, `groups.run_stages_grouped`), each in a
+fresh runs folder with the setup's caches (task, weak labels, features) built beforehand and
+not timed. Setups:
 
-Prints a table (mode, runs, wall s, s/run, compiles). Each mode writes to its own temporary
-sweep folder; checkpointing is off (it is I/O, not compilation) unless --checkpoint.
+  probe         the embedded default's grid (SmolLM2 probe on cached features, 75 runs);
+                --cache_from=WORKDIR reuses the feature cache of a main job run there
+                (else the features are computed first, ~10 minutes on 2 CPU cores)
+  tiny_lora     LoRA on tiny:llama (random weights), the smoke task, 3 seeds
+  smollm2_lora  LoRA on SmolLM2-135M, a 4-run grid with 64-visit stages (slow on CPU)
+
+Prints one row per (setup, parallel_runs): runs, wall seconds, runs/s, the speed-up over one
+at a time, training example visits/s, training tokens/s (visits x the examples' mean tokens,
+token setups only), MFU where the chip's peak is known (LoRA: 2x forward FLOPs), and compiles
+of the train step (a group's loop counts once per compiled shape). Runs unchanged on CPU, GPU
+and TPU.
 """
 from __future__ import annotations
 
 import argparse
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the repo's packages
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def smoke_config(checkpoint: bool, seeds: int):
+def setup_config(name: str):
     from configs import cost_sweep
+    if name == "probe":
+        return cost_sweep.get_config()
     c = cost_sweep.get_config("smoke")
-    c.seeds = seeds
-    if "checkpoint" in c:
-        c.checkpoint = checkpoint
-    return c
+    c.mesh.data = 1
+    if name == "tiny_lora":
+        c.seeds = 3
+        c.budgets = (2, 8, 16)
+        c.train.max_visits = 256
+        return c
+    if name == "smollm2_lora":
+        c.model = "smollm2"
+        c.task_options.max_train = 200
+        c.n_test = 64
+        c.max_length = 48
+        c.length_buckets = (48,)
+        c.train.lr = 5e-4
+        c.train.max_visits = 64
+        c.train.small_stage_visits = 16
+        c.train.eval_every = 50
+        c.budgets = (8,)
+        c.fractions = ("0.5", "1")
+        c.seeds = 2
+        return c
+    raise ValueError(f"unknown setup {name!r}; allowed: probe, tiny_lora, smollm2_lora")
 
 
-def plan(config, n_runs):
-    from scalable_elicitation import runner as runner_lib
-    from scalable_elicitation.main import sweep_points
-    with tempfile.TemporaryDirectory() as tmp:
-        specs = runner_lib.Sweep(config, tmp).plan(
-            sweep_points(str(ROOT / "configs" / "cost_sweep.py"), config))
-    if len(specs) < n_runs:
-        raise ValueError(f"the grid has {len(specs)} runs, fewer than --runs={n_runs}")
-    return specs[:n_runs]
+def warm(sweep, specs) -> None:
+    """Build everything the runs share and a sweep caches (task, weak labels, probe features
+    of the training and test texts), so only the runs are timed."""
+    sweep.prepare(s.seed for s in specs)
+    learner = sweep.learner
+    for seed in sorted({s.seed for s in specs}):
+        stats = sweep.feature_stats(seed, learner)
+        if learner.probe:
+            sweep._test_inputs(seed, learner, stats)
 
 
-def run_mode(mode, config, specs, workdir):
+def mean_tokens(sweep, specs) -> float | None:
+    if sweep.learner.probe:
+        return None
+    from scalable_elicitation.batching import encode
+    train = sweep.task(specs[0].seed).train
+    enc = encode(sweep.learner.tokenizer, list(train["text"][:256]), sweep.config.max_length)
+    return float(enc.lengths().mean())
+
+
+def run(name: str, parallel: int, cache_from: str | None, workroot: pathlib.Path) -> dict:
     import jax
+    from common import chip_peak, forward_flops
+    from scalable_elicitation import experiment, runner
 
-    from scalable_elicitation import runner as runner_lib
-    compiles = 0
+    config = setup_config(name)
+    config.parallel_runs = parallel
+    workdir = workroot / name
+    if cache_from and name == "probe" and not (workdir / "cache").exists():
+        shutil.copytree(pathlib.Path(cache_from) / "cache", workdir / "cache")
+    sweep = runner.Sweep(config, workdir)
+    specs = sweep.plan(experiment.sweep_points(str(ROOT / "configs" / "cost_sweep.py"), config))
+    warm(sweep, specs)
+    shutil.rmtree(workdir / "runs", ignore_errors=True)  # fresh runs, shared caches
+    steps = sweep.learner.steps
+    before = steps.compiles["train"]
     t0 = time.perf_counter()
-    sweep = runner_lib.Sweep(config, workdir) if mode != "fresh_sweep" else None
-    for spec in specs:
-        if mode == "fresh_sweep":
-            if sweep is not None:
-                compiles += sum(sweep.learner.steps.compiles.values())
-            jax.clear_caches()
-            sweep = runner_lib.Sweep(config, workdir)
-        elif mode == "clear_caches":
-            jax.clear_caches()
-        rec = sweep.run(spec)
-        if rec["status"] != "ok":
-            raise RuntimeError(f"run {rec['run_id']} {rec['status']}: {rec.get('error')}")
-    compiles += sum(sweep.learner.steps.compiles.values())
-    return time.perf_counter() - t0, compiles
+    done = experiment.run_experiment(sweep, specs, prepare=False, out=lambda m: None,
+                                     show_progress=False)
+    wall = time.perf_counter() - t0
+    failed = [r for r in done.records if r["status"] == "failed"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} {name} run(s) failed: {failed[0].get('error')}")
+    visits = sum(st["visits"] for r in done.records for st in r.get("stages") or [])
+    tokens = mean_tokens(sweep, specs)
+    kind, peak = chip_peak()
+    mfu = "n/a"
+    if tokens is not None and peak:
+        cfg = sweep.learner.bundle.config
+        params = sum(x.size for x in jax.tree.leaves(sweep.learner.steps.frozen))
+        flops = 2 * forward_flops(cfg, params - cfg.vocab_size * cfg.hidden_size,
+                                  int(visits * tokens), config.max_length)
+        mfu = f"{flops / wall / peak:.1%}"
+    return {"device": kind, "setup": name,
+            "parallel_runs": f"{parallel} ({sweep.group_size(specs)})" if parallel == 0
+            else str(parallel),
+            "runs": len(done.records), "wall s": f"{wall:.1f}",
+            "runs/s": f"{len(done.records) / wall:.2f}", "_wall": wall,
+            "visits/s": f"{visits / wall:,.0f}",
+            "train tok/s": f"{visits * tokens / wall:,.0f}" if tokens else "n/a (features)",
+            "MFU": mfu, "compiles": steps.compiles["train"] - before}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--modes", default="reuse,clear_caches,fresh_sweep")
-    parser.add_argument("--checkpoint", action="store_true")
-    args = parser.parse_args()
-    config = smoke_config(args.checkpoint, seeds=-(-args.runs // 6))  # 6 runs per seed
-    specs = plan(config, args.runs)
+    parser.add_argument("--setups", default="probe,tiny_lora")
+    parser.add_argument("--parallel", default="1,0")
+    parser.add_argument("--cache_from", default=None,
+                        help="a workdir whose cache/ (features) the probe setup reuses")
+    parser.add_argument("--workdir", default=None, help="where to keep caches between calls")
+    args = parser.parse_args(argv)
+    from common import print_table
     rows = []
-    for mode in args.modes.split(","):
-        with tempfile.TemporaryDirectory() as workdir:
-            wall, compiles = run_mode(mode, config, specs, workdir)
-        rows.append((mode, len(specs), wall, wall / len(specs), compiles))
-        print(f"{mode}: {wall:.1f} s", file=sys.stderr, flush=True)
-    import jax
-    print(f"smoke config, {jax.device_count()} {jax.devices()[0].platform} device(s), "
-          f"checkpoint={'on' if args.checkpoint else 'off'}")
-    print(f"{'mode':<14}{'runs':>6}{'wall s':>10}{'s/run':>9}{'compiles':>10}")
-    for mode, n, wall, per, compiles in rows:
-        print(f"{mode:<14}{n:>6}{wall:>10.1f}{per:>9.2f}{compiles:>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(args.workdir or tmp)
+        for name in args.setups.split(","):
+            base = None
+            for p in (int(x) for x in args.parallel.split(",")):
+                row = run(name, p, args.cache_from, root)
+                base = base or row["_wall"]
+                row["speed-up"] = f"{base / row.pop('_wall'):.1f}x"
+                rows.append(row)
+                print(f"{name} parallel_runs={p}: {row['wall s']} s", file=sys.stderr,
+                      flush=True)
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ def get_config(arg=None):
     c.oracle_share = 0.25
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.checkpoint = True  # Orbax checkpoints at evaluations, so a killed run resumes exactly
+    # runs trained together (SPEC section 13): 0 = as many as fit the device, 1 = one at a time
+    c.parallel_runs = 0
     c.checkpoint_interval_s = 60.0  # at most one mid-stage save per interval (0: every eval)
 
     c.train = ml_collections.ConfigDict()

@@ -41,10 +41,22 @@ class StageCheckpointer:
         self.directory = as_path(directory)
         self.min_interval_s = min_interval_s
         self._last = -np.inf
-        self._manager = ocp.CheckpointManager(
-            self.directory if is_uri(self.directory) else self.directory.absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                                 enable_async_checkpointing=False))
+        self._opened = None
+
+    @property
+    def _manager(self):
+        """The Orbax manager, made on first use (making one costs tens of milliseconds, and
+        most stages of a fast sweep never save)."""
+        if self._opened is None:
+            self._opened = ocp.CheckpointManager(
+                self.directory if is_uri(self.directory) else self.directory.absolute(),
+                options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                     enable_async_checkpointing=False))
+        return self._opened
+
+    def _empty(self) -> bool:
+        """Nothing saved yet (no folder): restores need no manager."""
+        return self._opened is None and not self.directory.exists()
 
     # -- mid-stage ---------------------------------------------------------------------------
     def save(self, step: int, state, best: dict, *, force: bool = False) -> None:
@@ -64,6 +76,8 @@ class StageCheckpointer:
 
     def restore(self, template_state):
         """(state, best, step) from the latest mid-stage checkpoint, or None."""
+        if self._empty():
+            return None
         step = self._manager.latest_step()
         if step is None or step == DONE_STEP:
             return None
@@ -91,6 +105,8 @@ class StageCheckpointer:
 
     def restore_done(self, template_params):
         """(kept params, stage record) if the stage finished, else None."""
+        if self._empty():
+            return None
         if DONE_STEP not in self._manager.all_steps():
             return None
         got = self._manager.restore(DONE_STEP, args=ocp.args.Composite(
@@ -99,7 +115,8 @@ class StageCheckpointer:
         return got["state"]["params"], got["meta"]["record"]
 
     def close(self):
-        self._manager.close()
+        if self._opened is not None:
+            self._opened.close()
 
 
 def remove_run_checkpoints(run_dir: str | os.PathLike) -> None:

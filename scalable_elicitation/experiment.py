@@ -7,6 +7,9 @@ receives every training step's loss and each run's summary.
     sweep = runner.Sweep(config, workdir)
     specs = sweep.plan(sweep_points(config_path, config))
     done = run_experiment(sweep, specs)          # done.records, done.busy
+
+Runs train in groups of `config.parallel_runs` (0: as many as fit the device, 1: one at a
+time); a run's record does not depend on its group.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import sys
 from typing import Callable, ContextManager
 
 RUN, SKIPPED, BUSY = "run", "skipped", "busy"  # what a claim decides about a run
+RUNS_PER_GROUP_CLAIMED = 4  # a worker claims (and drives) this many groups' runs at once
 
 
 def sweep_points(config_path: str, config) -> list[dict]:
@@ -76,30 +80,45 @@ class Done:
     busy: list[str]
 
 
-def run_one(sweep, spec, *, claim: Callable[..., ContextManager[str]] | None = None,
-            tracker=None, out: Callable[[str], None] = print) -> tuple[str, dict | None]:
-    """Run one planned run under `claim(spec)` (a context that yields RUN, SKIPPED or BUSY and
-    holds whatever it took until the record is written); with a tracker, the run's per-step
-    losses and summary go to its log. Returns (decision, record or None)."""
-    with (claim(spec) if claim is not None else contextlib.nullcontext(RUN)) as decision:
-        if decision != RUN:
-            return decision, None
-        if tracker is not None:
-            with tracker.run(sweep.run_dir(spec).name) as log:
-                rec = sweep.run(spec, log=log)
+def run_group(sweep, specs, *, claim: Callable[..., ContextManager[str]] | None = None,
+              tracker=None, out: Callable[[str], None] = print, together: bool = True,
+              shapes=None) -> list[tuple[str, dict | None]]:
+    """Run planned runs together (`Sweep.run_group`; one at a time when not `together`),
+    each under `claim(spec)` (a context that yields RUN, SKIPPED or BUSY and holds whatever it
+    took until the group's records are written); with a tracker, each run's per-step losses
+    and summary go to its own log. Returns (decision, record or None) per spec."""
+    with contextlib.ExitStack() as stack:
+        decisions = [stack.enter_context(claim(s)) if claim is not None else RUN for s in specs]
+        todo = [s for s, d in zip(specs, decisions) if d == RUN]
+        logs = [stack.enter_context(tracker.open(sweep.run_dir(s).name))
+                if tracker is not None else None for s in todo]
+        recs = (sweep.run_group(todo, logs, together=together,
+                                **({"shapes": shapes} if shapes is not None else {}))
+                if todo else [])
+        for log, rec in zip(logs, recs):
+            if log is not None:
                 log.summary(rec)
-        else:
-            rec = sweep.run(spec)
-    out(summary_line(spec, rec))
-    return RUN, rec
+    for spec, rec in zip(todo, recs):
+        out(summary_line(spec, rec))
+    it = iter(recs)
+    return [(d, next(it) if d == RUN else None) for d in decisions]
+
+
+@dataclasses.dataclass
+class Done:
+    """What one pass of the loop did: the records of the runs it ran (or found finished, without
+    a claim), and the ids of runs left busy (held by live workers)."""
+    records: list[dict]
+    busy: list[str]
 
 
 def run_experiment(sweep, specs, *, claim=None, tracker=None, out=None, prepare: bool = True,
                    desc: str = "runs", show_progress: bool = True) -> Done:
-    """Every run of `specs` that is not done, then once more those a live worker held (it may
-    have died meanwhile, leaving a stale lock). Each seed's task and weak labels load first, so
-    bad data fails once, before any run (`prepare`). Summary lines go to `out` (default: above
-    a progress bar on stderr)."""
+    """Every run of `specs` that is not done, in groups of `sweep.group_size(specs)` trained
+    together (SPEC section 13), then once more those a live worker held (it may have died
+    meanwhile, leaving a stale lock). Each seed's task and weak labels load first, so bad data
+    fails once, before any run (`prepare`). Summary lines go to `out` (default: above a
+    progress bar on stderr)."""
     if prepare:
         sweep.prepare(s.seed for s in specs)
     from tqdm import tqdm
@@ -107,18 +126,28 @@ def run_experiment(sweep, specs, *, claim=None, tracker=None, out=None, prepare:
                disable=not show_progress)
     out = out or (lambda msg: bar.write(msg, file=sys.stderr))
     sweep.progress = lambda msg: bar.set_postfix_str(msg, refresh=False)
+    size = sweep.group_size(specs)
+    shapes = sweep.group_shapes(specs) if size > 1 else None
+    # runs claimed and driven together: several groups' worth, so each stage group can be
+    # formed from stages of similar length (runs of one budget and fraction differ by seed)
+    chunk_size = size * RUNS_PER_GROUP_CLAIMED if size > 1 else 1
     records, busy = [], []
+
+    def one_pass(todo, first: bool):
+        left = []
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start:start + chunk_size]
+            got = run_group(sweep, chunk, claim=claim, tracker=tracker, out=out,
+                            together=size > 1, shapes=shapes)
+            for spec, (decision, rec) in zip(chunk, got):
+                left += [spec] if decision == BUSY else []
+                records.extend([rec] if rec is not None else [])
+            bar.update(len(chunk) if first else 0)
+        return left
+
     try:
-        for spec in specs:
-            decision, rec = run_one(sweep, spec, claim=claim, tracker=tracker, out=out)
-            busy += [spec] if decision == BUSY else []
-            records += [rec] if rec is not None else []
-            bar.update()
-        still = []
-        for spec in busy:
-            decision, rec = run_one(sweep, spec, claim=claim, tracker=tracker, out=out)
-            still += [spec] if decision == BUSY else []
-            records += [rec] if rec is not None else []
+        busy = one_pass(list(specs), True)
+        still = one_pass(busy, False)
     finally:
         bar.close()
     done = Done(records, [sweep.run_dir(s).name for s in still])

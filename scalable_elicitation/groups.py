@@ -1,35 +1,53 @@
-"""Many stages at once (SPEC section 13): one compiled step trains a group of runs together.
+"""Many stages at once (SPEC section 13): one compiled loop trains a group of runs' stages.
 
-Each member of a group is one run's stage (its trainable parameters, labels, schedule and
-early-stopping state). Their train states are stacked on a leading run axis and one jitted
-chunk, `jax.vmap` over runs inside `lax.scan` over steps, advances every member; the frozen
-base is shared (closed over, read once per step for all runs). Per-run schedule lengths,
-evaluation cadences and data orders stay per run: a chunk runs until the next evaluation of
-any member, a member that has finished or stopped early is masked out (its state does not
-change) until the group ends. Each member's result equals `stage.run_stage` on it alone (the
-same batches, schedule, evaluations and kept state), so a record does not depend on its group.
+Each member of a group is one run's stage: its trainable parameters, labels, schedule and
+early-stopping state. Their train states are stacked on a leading run axis, and one jitted
+`lax.while_loop` advances every member a step at a time on the device: the batch of each member
+is gathered on the device from its own examples (the host computes each member's
+`stage.batch_order`, as `stage.run_stage` does), one
+`jax.vmap`-ed train step updates all members with the frozen base shared (read once per step for
+all runs), and a member whose evaluation falls due is scored on its validation examples on the
+device (AUROC by ranks, or accuracy with one class) and its early-stopping state updated. A
+member that has finished (its steps done, or stopped early) is masked out until the group ends.
+The host sees the group only every `iters_per_call` steps: for non-finite losses, progress and
+checkpoints. Per-run learning-rate schedules, stage lengths, evaluation cadences, patience and
+thresholds are arrays, so a group of any mix of stages compiles once per padded shape.
 
-Not yet wired into the sweep runner (`config.parallel_runs`): see the issue notes.
+Each member's result equals `stage.run_stage` on it alone (same batches, schedule, evaluations,
+kept state; metrics within float tolerance), so a record does not depend on its group
+(`tests/test_groups.py`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+import math
+import time
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from scalable_elicitation.batching import BatchSpec, stack_batches, to_global
-from scalable_elicitation.stage import (EarlyStopping, StageConfig, StageResult, batch_indices,
-                                        predict, stage_schedule, val_metric, visits_through)
+from scalable_elicitation.batching import BatchSpec, Encoded, Features, bucket_for
+from scalable_elicitation.sharding import batch_sharding
+from scalable_elicitation.stage import (StageConfig, StageResult, batch_order, stage_schedule,
+                                        visits_through)
 from scalable_elicitation.train import Steps
+
+ITERS_PER_CALL = 512  # loop steps per device call between host checks
+# float32 metrics: an improvement is `metric >= best + min_delta - TIE_TOL`. Distinct AUROCs
+# differ by at least 1 / (n_pos * n_neg) (> 1e-6 for validation sets up to ~2,000 labels),
+# so the tolerance only absorbs float32 rounding, as 1e-12 does for `EarlyStopping` in float64.
+TIE_TOL = 5e-7
 
 
 @dataclasses.dataclass
 class Member:
-    """One run's stage in a group: what `stage.run_stage` takes for it."""
+    """One run's stage in a group: what `stage.run_stage` takes for it, plus its checkpointer
+    (`checkpoint.StageCheckpointer`, restored on entry and saved as the group's clock allows)
+    and `progress(step, total, loss)`, which sees every step's loss."""
     params: object
     train: object  # Features or Encoded
     targets: np.ndarray
@@ -40,116 +58,376 @@ class Member:
     key: jax.Array
     source: str = "oracle"
     weights: np.ndarray | None = None
+    checkpoint: object = None
+    progress: Callable | None = None
+
+    @property
+    def has_val(self) -> bool:
+        return self.val is not None and len(self.val) > 0
 
 
-def _stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+def compatibility(member: Member, spec: BatchSpec) -> tuple:
+    """Members with equal keys can share a group: loss kind, batch size and kind of inputs."""
+    kind = ("features", member.train.features.shape[1]) if isinstance(member.train, Features) \
+        else ("tokens",)
+    return (member.cfg.loss, spec.batch_size, *kind)
 
 
-def _member(tree, g: int):
-    return jax.tree.map(lambda x: x[g], tree)
+def _bucket(n: int, lo: int) -> int:
+    """The power of two >= max(n, lo): a few padded shapes serve every group."""
+    return 1 << max(0, (max(n, lo) - 1).bit_length())
+
+
+def _padded_order(n_train: int, total: int, batch_size: int, key_seed: Sequence[int],
+                  width: int) -> tuple[np.ndarray, np.ndarray]:
+    """`stage.batch_order` padded to `width` steps (steps past `total` have no real rows)."""
+    idx, real = batch_order(n_train, total, batch_size, key_seed)
+    out_idx = np.zeros((width, batch_size), np.int32)
+    out_real = np.zeros((width, batch_size), bool)
+    out_idx[:total], out_real[:total] = idx, real
+    return out_idx, out_real
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """Least padded sizes of a group: training rows, validation rows, steps and members. A
+    sweep passes the sizes of its largest stage, so every group of the sweep has one shape and
+    the loop compiles once (XLA compiles per shape; on 2 CPU cores about a second each)."""
+    rows: int = 0
+    val_rows: int = 0
+    steps: int = 0
+    members: int = 0
+
+
+def _inputs(data, rows: int, length: int | None) -> dict[str, np.ndarray]:
+    """A member's examples as padded arrays: features [rows, D], or token ids and attention
+    mask [rows, length] (padding rows see one token, so none is empty)."""
+    if isinstance(data, Features):
+        out = np.zeros((rows, data.features.shape[1]), np.float32)
+        out[:len(data)] = data.features
+        return {"features": out}
+    ids = np.zeros((rows, length), np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    mask[:, 0] = 1
+    for i, t in enumerate(data.tokens):
+        ids[i, :len(t)] = t
+        mask[i, :len(t)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def device_val_metric(scores, labels, on):
+    """`stage.val_metric` on the device: AUROC (Mann-Whitney, ties one half) of the real rows
+    (`on`) against labels hardened at 0.5, or accuracy of `scores > 0` with one class."""
+    hard = labels > 0.5
+    pos, neg = hard & on, ~hard & on
+    n_pos, n_neg = pos.sum(), neg.sum()
+    neg_sorted = jnp.sort(jnp.where(neg, scores, jnp.inf))
+    below = jnp.searchsorted(neg_sorted, scores, side="left")
+    upto = jnp.searchsorted(neg_sorted, scores, side="right")
+    wins = jnp.where(pos, below + 0.5 * (upto - below), 0.0).sum()
+    auc = wins / jnp.maximum(n_pos * n_neg, 1).astype(jnp.float32)
+    acc = jnp.where(on, (scores > 0) == hard, False).sum() / jnp.maximum(on.sum(), 1)
+    return jnp.where((n_pos > 0) & (n_neg > 0), auc, acc.astype(jnp.float32))
+
+
+def _select(on, new, old):
+    """`new` where the member is on, else `old` (leaves have a leading run axis)."""
+    return jax.tree.map(
+        lambda a, b: jnp.where(on.reshape(on.shape + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
 @functools.lru_cache(maxsize=None)
-def _group_chunk(steps: Steps, loss_kind: str):
-    """jit(states[G], batches[T, G, ...], active[T, G], hp[G]) -> (states, losses[T, G]).
-    A slot where no member is active is skipped (`lax.cond`), so a chunk padded to a power of
-    two costs only its real steps; an inactive member's state is kept with `where`."""
+def _group_loop(steps: Steps, loss_kind: str, eval_rows: int):
+    """jit(carry, frozen, consts, limit) -> carry: loop steps of every unfinished member until
+    all are done or `carry['it']` reaches `limit`. `eval_rows` is how many validation rows one
+    forward pass scores (all of them for a probe; the batch size for a transformer)."""
     step = steps.step_fn(loss_kind)
 
-    def one(state, batch, hp, on):
-        new, metrics = step(state, steps.frozen, batch, hp)
-        keep = jax.tree.map(lambda a, b: jnp.where(on, a, b), new, state)
-        return keep, jnp.where(on, metrics["loss"], jnp.nan)
+    def member_batch(data, target, weight, idx, real):
+        batch = {k: v[idx] for k, v in data.items()}
+        batch["target"] = target[idx]
+        batch["weight"] = jnp.where(real, weight[idx], 0.0)
+        return batch
 
-    def chunk(states, batches, active, hp):
-        def body(states, xs):
-            batch, on = xs
-            return jax.lax.cond(
-                on.any(), lambda s: jax.vmap(one)(s, batch, hp, on),
-                lambda s: (s, jnp.full(on.shape, jnp.nan, jnp.float32)), states)
+    def member_scores(params, frozen, val):
+        rows = next(iter(val.values())).shape[0]
+        chunks = jax.tree.map(lambda v: v.reshape(rows // eval_rows, eval_rows, *v.shape[1:]),
+                              val)
 
-        return jax.lax.scan(body, states, (batches, active))
+        def one(batch):
+            logits = steps.logits(params, frozen, batch)
+            return logits[:, 1] - logits[:, 0]
 
-    return jax.jit(chunk, donate_argnums=(0,))
+        return jax.lax.map(one, chunks).reshape(rows)
+
+    def body(c, frozen, k):
+        st, on = c["state"], ~c["done"]
+        width = k["order"].shape[1]
+        s = jnp.minimum(st.step, width - 1)
+        idx = jnp.take_along_axis(k["order"], s[:, None, None], axis=1)[:, 0]
+        real = jnp.take_along_axis(k["real"], s[:, None, None], axis=1)[:, 0]
+        batch = jax.vmap(member_batch)(k["train"], k["target"], k["weight"], idx, real)
+        # rows of every member's batch over the data-parallel devices, as a lone step's are
+        batch = {name: jax.lax.with_sharding_constraint(
+            v, batch_sharding(steps.mesh, v.ndim - 1, leading=1)) for name, v in batch.items()}
+        new, metrics = jax.vmap(step, in_axes=(0, None, 0, 0))(st, frozen, batch, k["hp"])
+        st = st.replace(step=jnp.where(on, new.step, st.step),
+                        params=_select(on, new.params, st.params),
+                        opt_state=_select(on, new.opt_state, st.opt_state))
+        row = c["it"] % c["losses"].shape[0]  # this call's log: one row per loop step
+        losses = jax.lax.dynamic_update_index_in_dim(
+            c["losses"], jnp.where(on, metrics["loss"], jnp.nan), row, 0)
+        s1 = st.step
+        due = on & k["has_val"] & ((s1 % k["eval_every"] == 0) | (s1 >= k["total"]))
+
+        def evaluate(params):
+            scores = jax.vmap(member_scores, in_axes=(0, None, 0))(params, frozen, k["val"])
+            return jax.vmap(device_val_metric)(scores, k["val_y"], k["val_on"])
+
+        metric = jax.lax.cond(due.any(), evaluate,
+                              lambda p: jnp.zeros(on.shape, jnp.float32), st.params)
+        first = ~c["has_best"]
+        improved = first | (metric >= c["metric"] + k["min_delta"] - TIE_TOL)
+        better = due & (first | (metric > c["metric"]))
+        bad = jnp.where(due, jnp.where(improved, 0, c["bad"] + 1), c["bad"])
+        finished = (s1 >= k["total"]) | (due & (bad >= k["patience"]))
+        return {"state": st, "best": _select(better, st.params, c["best"]),
+                "metric": jnp.where(better, metric, c["metric"]),
+                "best_step": jnp.where(better, s1, c["best_step"]),
+                "has_best": c["has_best"] | due, "bad": bad,
+                "done": c["done"] | (on & finished), "losses": losses, "it": c["it"] + 1}
+
+    def loop(carry, frozen, consts, limit):
+        return jax.lax.while_loop(lambda c: (~c["done"].all()) & (c["it"] < limit),
+                                  lambda c: body(c, frozen, consts), carry)
+
+    return jax.jit(loop, donate_argnums=(0,))
 
 
-def _chunk_length(n: int, cap: int) -> int:
-    """The power of two >= n (at most `cap`): a few compiled chunk lengths serve every stage."""
-    return min(cap, 1 << max(0, (n - 1).bit_length()))
+@jax.jit
+def _stack_jit(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _stack(trees):
+    """Trees stacked on a new leading axis, in one compiled call (eager stacking dispatches
+    one operation per leaf)."""
+    return _stack_jit(list(trees))
+
+
+@jax.jit
+def _member(tree, g):
+    """Member g's slice of a stacked tree (g traced: one compile for every member)."""
+    return jax.tree.map(lambda x: x[g], tree)
 
 
 def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSpec,
-                       chunk_steps: int = 64) -> list[StageResult]:
+                       iters_per_call: int = ITERS_PER_CALL, checkpoint_interval_s: float = 60.0,
+                       return_errors: bool = False, shapes: Shapes = Shapes()) -> list:
     """Train every member's stage together; returns one `StageResult` per member, in order.
-    All members share the loss kind (a group forms from runs with compatible shapes)."""
+    All members must share `compatibility(member, spec)`. A member whose loss turns non-finite
+    gets a `FloatingPointError` (raised, or returned in its place with `return_errors`).
+
+    Checkpoints (members with a `checkpoint`): each is restored on entry, so a member resumes
+    at its saved step; every member's state is saved when `checkpoint_interval_s` has passed
+    since the group started or last saved (a group shorter than that saves nothing, as the
+    record follows at once; the data order is a pure function of the step, so resuming from
+    any save reproduces an uninterrupted run)."""
     if not members:
         return []
-    loss_kinds = {m.cfg.loss for m in members}
-    if len(loss_kinds) != 1:
-        raise ValueError(f"a group trains one loss kind; got {sorted(loss_kinds)}")
+    keys = {compatibility(m, spec) for m in members}
+    if len(keys) != 1:
+        raise ValueError(f"a group needs members of one loss kind, batch size and input kind; "
+                         f"got {sorted(keys)}")
     G, bs = len(members), spec.batch_size
-    plans = [stage_schedule(len(m.train), m.val is not None and len(m.val) > 0, m.cfg, bs)
-             for m in members]
-    hp = {k: jnp.asarray([p.hparams[k] for p in plans], jnp.float32) for k in plans[0].hparams}
-    states = _stack([steps.init_state(m.params, m.key) for m in members])
-    weights = [np.ones(len(m.train), np.float32) if m.weights is None else m.weights
-               for m in members]
-    best = [EarlyStopping(m.cfg.min_delta, m.cfg.patience) for m in members]
-    step = np.zeros(G, np.int64)
-    done = np.zeros(G, bool)
-    last_loss = np.full(G, np.nan)
-    chunk = _group_chunk(steps, loss_kinds.pop())
-    while not done.all():
-        # every active member runs the same number of steps: up to the nearest evaluation
-        stops = [min(p.total, (s // p.eval_every + 1) * p.eval_every if p.has_val
-                     else s + chunk_steps) for p, s in zip(plans, step)]
-        n = int(min(stop - s for stop, s, d in zip(stops, step, done) if not d))
-        n = min(n, chunk_steps)
-        length = _chunk_length(n, chunk_steps)
-        per_member = []
+    Gp = _bucket(max(G, shapes.members), 1)
+    plans = [stage_schedule(len(m.train), m.has_val, m.cfg, bs) for m in members]
+    tokens = isinstance(members[0].train, Encoded)
+    length = None
+    if tokens:
+        longest = max(max([len(t) for t in m.train.tokens] +
+                          ([len(t) for t in m.val.tokens] if m.has_val else []) + [1])
+                      for m in members)
+        length = bucket_for(longest, spec.buckets)
+    N = _bucket(max([len(m.train) for m in members] + [shapes.rows]), bs)
+    M = _bucket(max([len(m.val) if m.has_val else 1 for m in members] + [shapes.val_rows]), bs)
+    M = -(-M // bs) * bs
+    T = _bucket(max([p.total for p in plans] + [shapes.steps]), 64)
+
+    # -- states: fresh, or restored from each member's checkpoint
+    states, best, meta = [], [], []
+    for m in members:
+        state = steps.init_state(m.params, m.key)
+        saved = m.checkpoint.restore(state) if m.checkpoint is not None else None
+        if saved is None:
+            states.append(state)
+            best.append(state.params)
+            meta.append((-np.inf, 0, 0, False))
+        else:
+            state, b, _ = saved
+            states.append(state)
+            has = b["params"] is not None
+            best.append(b["params"] if has else state.params)
+            meta.append((b["metric"], b["step"], b["bad"], has))
+    pad = Gp - G
+    has = np.asarray([x[3] for x in meta] + [False] * pad)
+    replicated = NamedSharding(steps.mesh, P())
+    carry = {  # placed like the loop's outputs, so every call of the loop has one signature
+        "state": jax.device_put(_stack(states + [states[0]] * pad), replicated),
+        "best": jax.device_put(_stack(best + [best[0]] * pad), replicated),
+        **jax.device_put({
+            "metric": np.where(has, [x[0] for x in meta] + [0.0] * pad, -np.inf
+                               ).astype(np.float32),
+            "best_step": np.asarray([x[1] for x in meta] + [0] * pad, np.int32),
+            "bad": np.asarray([x[2] for x in meta] + [0] * pad, np.int32), "has_best": has,
+            "done": np.asarray([False] * G + [True] * pad),
+            "losses": np.full((iters_per_call, Gp), np.nan, np.float32),
+            "it": np.zeros((), np.int32)},
+            replicated)}
+
+    # -- what each member trains and is evaluated on, padded to the group's shapes
+    def stack_rows(fn, fill):
+        rows = [fn(m, p, g) for g, (m, p) in enumerate(zip(members, plans))]
+        rows += [fill(rows[0])] * pad
+        return jax.tree.map(lambda *xs: np.stack(xs), *rows)
+
+    def orders(m, p, g):
+        return _padded_order(len(m.train), p.total, bs, m.seed_path, T)
+
+    def padded(values, rows, fill=0.0):
+        out = np.full(rows, fill, np.float32)
+        out[:len(values)] = values
+        return out
+
+    order, real = stack_rows(orders, lambda r: r)
+    consts = {
+        "train": stack_rows(lambda m, p, g: _inputs(m.train, N, length), lambda r: r),
+        "target": stack_rows(lambda m, p, g: padded(m.targets, N), lambda r: r),
+        "weight": stack_rows(lambda m, p, g: padded(
+            np.ones(len(m.train)) if m.weights is None else m.weights, N), lambda r: r),
+        "order": order, "real": real,
+        "val": stack_rows(lambda m, p, g: _inputs(m.val if m.has_val else m.train.take([0]),
+                                                  M, length), lambda r: r),
+        "val_y": stack_rows(lambda m, p, g: padded(m.val_labels if m.has_val else [], M),
+                            lambda r: r),
+        "val_on": stack_rows(lambda m, p, g: np.arange(M) < (len(m.val) if m.has_val else 0),
+                             lambda r: r),
+        "total": np.asarray([p.total for p in plans] + [1] * pad, np.int32),
+        "eval_every": np.asarray([p.eval_every for p in plans] + [1] * pad, np.int32),
+        "has_val": np.asarray([p.has_val for p in plans] + [False] * pad),
+        "patience": np.asarray([m.cfg.patience for m in members] + [1] * pad, np.int32),
+        "min_delta": np.asarray([m.cfg.min_delta for m in members] + [0.0] * pad, np.float32),
+        "hp": {k: np.asarray([p.hparams[k] for p in plans] + [plans[0].hparams[k]] * pad,
+                             np.float32) for k in plans[0].hparams},
+    }
+    consts = jax.device_put(consts, replicated)
+    loop = _group_loop(steps, members[0].cfg.loss, M if not tokens else bs)
+
+    errors: dict[int, Exception] = {}
+    reported = np.asarray(jax.device_get(carry["state"].step))[:G].astype(np.int64)
+    losses = [[] for _ in members]  # every step's loss, per member
+    last_save = time.monotonic()
+    while True:
+        before = int(carry["it"])
+        carry = loop(carry, steps.frozen, consts, carry["it"] + iters_per_call)
+        done, step, log, it = jax.device_get((carry["done"], carry["state"].step,
+                                              carry["losses"], carry["it"]))
+        ran = log[:int(it) - before, :G]  # [loop steps of this call, member]
+        newly_bad = False
         for g, m in enumerate(members):
-            if done[g]:
-                idx = [batch_indices(len(m.train), 0, bs, m.seed_path)]
-            else:
-                idx = [batch_indices(len(m.train), int(step[g]) + t, bs, m.seed_path)
-                       for t in range(n)]
-            per_member.append(stack_batches(m.train, idx, m.targets, weights[g], spec, length))
-        batches = {k: np.stack([b[k] for b in per_member], axis=1) for k in per_member[0]}
-        active = (np.arange(length)[:, None] < n) & ~done[None, :]
-        states, losses = chunk(states, to_global(batches, steps.mesh, leading=2),
-                               jnp.asarray(active), hp)
-        losses = np.asarray(jax.device_get(losses))[:n]
-        for g, m in enumerate(members):
-            if done[g]:
-                continue
-            bad = np.flatnonzero(~np.isfinite(losses[:, g]))
-            if bad.size:
-                raise FloatingPointError(f"non-finite loss at step {step[g] + bad[0] + 1} of "
-                                         f"group member {g} ({m.source} stage)")
-            step[g] += n
-            last_loss[g] = losses[-1, g]
-            p = plans[g]
-            if p.has_val and (step[g] % p.eval_every == 0 or step[g] == p.total):
-                params = _member(states.params, g)
-                scores = predict(steps, params, m.val, spec)
-                if best[g].update(val_metric(scores, m.val_labels), int(step[g]), params):
-                    done[g] = True
-            if step[g] >= p.total:
-                done[g] = True
-    results = []
+            seen = ran[:int(step[g] - reported[g]), g]  # a member steps while unfinished
+            losses[g].extend(seen.tolist())
+            bad_at = np.flatnonzero(~np.isfinite(seen))
+            if bad_at.size and g not in errors:
+                errors[g] = FloatingPointError(
+                    f"non-finite loss {seen[bad_at[0]]} at step {reported[g] + bad_at[0] + 1} "
+                    f"of the {m.source} stage; lower the learning rate or check the labels")
+                newly_bad = True
+            if m.progress is not None and g not in errors:
+                for t, value in enumerate(seen):
+                    m.progress(int(reported[g]) + t + 1, plans[g].total, float(value))
+            reported[g] = step[g]
+        if newly_bad:  # a failed member stops here; the others go on
+            carry["done"] = jax.device_put(
+                np.asarray(done) | np.isin(np.arange(Gp), list(errors)), replicated)
+            done = np.asarray(jax.device_get(carry["done"]))
+        if done.all():
+            break
+        if time.monotonic() - last_save >= checkpoint_interval_s:
+            _save_all(members, carry, errors)
+            last_save = time.monotonic()
+
+    results: list = []
+    fetched = jax.device_get({k: carry[k] for k in ("metric", "best_step", "has_best")})
     for g, (m, p) in enumerate(zip(members, plans)):
-        kept = best[g].params if p.has_val else _member(states.params, g)
-        n_train = len(m.train)
+        if g in errors:
+            if not return_errors:
+                raise errors[g]
+            results.append(errors[g])
+            continue
+        n_train, taken = len(m.train), int(step[g])
+        params = _member(carry["best"] if p.has_val else carry["state"].params, g)
         truncated = int(m.train.truncated.sum()) + (int(m.val.truncated.sum()) if p.has_val
                                                       else 0)
-        results.append(StageResult(kept, {
+        results.append(StageResult(params, {
             "source": m.source, "n_train": n_train, "n_val": len(m.val) if p.has_val else 0,
-            "visits": visits_through(n_train, int(step[g]), bs), "planned_visits": p.visits,
-            "steps": int(step[g]), "best_step": best[g].step if p.has_val else int(step[g]),
-            "val_metric": float(best[g].metric) if p.has_val else None,
-            "truncated": truncated, "final_loss": float(last_loss[g])}))
+            "visits": visits_through(n_train, taken, bs), "planned_visits": p.visits,
+            "steps": taken, "best_step": int(fetched["best_step"][g]) if p.has_val else taken,
+            "val_metric": float(fetched["metric"][g]) if p.has_val else None,
+            "truncated": truncated,
+            "final_loss": float(losses[g][-1]) if losses[g] else float("nan")}))
     return results
+
+
+def _save_all(members, carry, errors) -> None:
+    """Every unfinished member's state, best params and stopping counters to its checkpoint."""
+    fetched = jax.device_get({k: carry[k] for k in ("metric", "best_step", "bad", "has_best",
+                                                      "done")})
+    for g, m in enumerate(members):
+        if m.checkpoint is None or g in errors or fetched["done"][g]:
+            continue
+        state = _member(carry["state"], g)
+        has = bool(fetched["has_best"][g])
+        best = {"metric": float(fetched["metric"][g]) if has else -np.inf,
+                "step": int(fetched["best_step"][g]), "bad": int(fetched["bad"][g]),
+                "params": _member(carry["best"], g) if has else None}
+        m.checkpoint.save(int(state.step), state, best, force=True)
+
+
+# Largest automatic group. On CPU a member's step costs the same inside a group as alone (the
+# vmapped small matmuls and optimizer updates do not amortise), so a group only saves host and
+# per-call work, and long groups idle their finished members: 4-8 measured best on 2 cores
+# (benchmarks/RESULTS.md). An accelerator reads the shared frozen base once for all members.
+MAX_AUTO_GROUP = {"cpu": 8}
+MAX_AUTO_GROUP_ACCELERATOR = 64
+
+
+def auto_group_size(learner, largest_stage: int, n_runs: int, *, memory_share: float = 0.5,
+                    cap: int | None = None) -> int:
+    """A group size whose stacked states, data and activations take at most `memory_share` of
+    the free memory of one device (on CPU: a quarter of the host's RAM): per run, the trainable
+    parameters five times (params, two Adam moments, best params, gradients), the largest
+    stage's inputs (train and validation) and one batch's activations through the model."""
+    cfg = learner.cfg
+    trainable = sum(int(np.prod(x.shape)) * 4 for x in jax.tree.leaves(
+        jax.eval_shape(learner.steps.fresh_params, jax.random.key(0))))
+    model = learner.bundle.config
+    if learner.probe:
+        data = 2 * largest_stage * model.hidden_size * 4
+        acts = cfg.batch_size * model.hidden_size * 16
+    else:
+        data = 2 * largest_stage * cfg.max_length * 8
+        acts = cfg.batch_size * cfg.max_length * model.hidden_size * model.num_layers * 40
+    per_run = 5 * trainable + data + acts
+    device = jax.local_devices()[0]
+    cap = cap or MAX_AUTO_GROUP.get(device.platform, MAX_AUTO_GROUP_ACCELERATOR)
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    else:
+        import os
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    return int(max(1, min(cap, n_runs, memory_share * free // per_run)))
 
 
 def make_groups(n_runs: int, parallel_runs: int) -> list[range]:
@@ -157,4 +435,3 @@ def make_groups(n_runs: int, parallel_runs: int) -> list[range]:
     if parallel_runs < 1:
         raise ValueError(f"parallel_runs must be >= 1, got {parallel_runs}")
     return [range(i, min(n_runs, i + parallel_runs)) for i in range(0, n_runs, parallel_runs)]
-

@@ -82,6 +82,7 @@ class Learner:
         else:
             self.steps = Steps.for_model(self.bundle)
         self._cache: dict[str, np.ndarray] = {}
+        self._truncated: dict[str, bool] = {}  # per example id, once it was tokenised
         self._cache_path = None
         if cache_dir is not None and self.probe:
             name = "".join(c if c.isalnum() else "_" for c in cfg.source)[-60:]
@@ -97,7 +98,14 @@ class Learner:
         return self.bundle.tokenizer
 
     def data(self, ids, texts):
-        """Inputs for these examples: token ids, or cached pooled features for a probe."""
+        """Inputs for these examples: token ids, or cached pooled features for a probe (texts
+        whose features and truncation flags are known are not tokenised again)."""
+        if self.probe and ids is not None:
+            keys = [str(i) for i in ids]
+            if all(k in self._cache and k in self._truncated for k in keys):
+                return Features(np.stack([self._cache[k] for k in keys]) if keys else
+                                np.zeros((0, self.bundle.config.hidden_size), np.float32),
+                                np.asarray([self._truncated[k] for k in keys], bool))
         return self.prepare(encode(self.tokenizer, texts, self.cfg.max_length), ids)
 
     def prepare(self, enc: Encoded, ids=None):
@@ -110,6 +118,7 @@ class Learner:
                                           digest_size=8).hexdigest()
                    for t, s in zip(enc.tokens, enc.starts)]
         ids = [str(i) for i in ids]
+        self._truncated.update(zip(ids, enc.truncated.tolist()))
         missing = [k for k, i in enumerate(ids) if i not in self._cache]
         if missing:
             feats = self._compute(enc.take(missing))

@@ -70,6 +70,9 @@ def validate(config) -> None:
         need(0 <= budget_lib.exact(f) <= 1, "fractions", f"fraction {f} must be in [0, 1]")
     budget_lib.Prices.of(config.prices.oracle, config.prices.weak)
     need(config.seeds >= 1, "seeds", f"{config.seeds} must be >= 1")
+    need(isinstance(config.get("parallel_runs", 0), int) and config.get("parallel_runs", 0) >= 0,
+         "parallel_runs", f"{config.get('parallel_runs')!r}; allowed: 0 (as many as fit the "
+         "device), 1 (one at a time) or more")
     need(config.n_test >= 2, "n_test", f"{config.n_test} must be >= 2")
     need(config.train.lr > 0, "train.lr", f"{config.train.lr} must be > 0")
     need(config.train.max_visits >= 1, "train.max_visits", "must be >= 1")

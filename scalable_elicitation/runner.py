@@ -11,6 +11,8 @@ retried.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import pathlib
 import platform
@@ -21,8 +23,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from scalable_elicitation import methods, records, schedules, selection
-from scalable_elicitation.batching import FeatureStats
+from scalable_elicitation import groups, methods, records, schedules, selection
+from scalable_elicitation.batching import BatchSpec, FeatureStats
 from scalable_elicitation.checkpoint import StageCheckpointer, remove_run_checkpoints
 from scalable_elicitation.data import PoolExhaustedError, load_task, make_pools
 from scalable_elicitation.labelers import cached_weak_labels
@@ -31,7 +33,9 @@ from scalable_elicitation.metrics import auroc, bootstrap_auroc, wilson
 from scalable_elicitation.methods import STREAMS, Bought, InfeasibleRun
 from scalable_elicitation.planning import Planner, RunSpec
 from scalable_elicitation.prompts import PromptBuilder, make_shots
-from scalable_elicitation.stage import predict, run_stage, split_validation
+from scalable_elicitation.stage import (StageResult, predict, run_stage, split_validation,
+                                        stage_schedule)
+from scalable_elicitation.train import Steps
 
 PROMPT_STATS_SIZE = 256  # unlabelled training texts whose prompted features standardise a probe
 
@@ -59,6 +63,7 @@ class Sweep(Planner):
         self._pools: dict[int, Any] = {}
         self._stats: dict[tuple, FeatureStats] = {}
         self._learners: dict[LearnerConfig, Learner] = {}
+        self._tests: dict[tuple, Any] = {}
 
     # -- shared, built lazily --------------------------------------------------------------
     def task(self, seed: int):
@@ -105,6 +110,30 @@ class Sweep(Planner):
             self._stats[key] = learner.feature_stats(train["id"], train["text"])
         return self._stats[key]
 
+    def group_size(self, specs) -> int:
+        """How many runs train together: `config.parallel_runs`, or with 0 as many as fit the
+        device's memory (`groups.auto_group_size`) for the sweep's largest stage."""
+        if self.config.get("parallel_runs", 0) >= 1:
+            return int(self.config.parallel_runs)
+        specs = list(specs)
+        if not specs:
+            return 1
+        largest = max(max(s.n_weak, s.n_oracle) for s in specs)
+        return groups.auto_group_size(self.learner, largest, len(specs))
+
+    def group_shapes(self, specs) -> groups.Shapes:
+        """The padded shapes of every group of these runs: their largest stage's training
+        and validation rows and steps, and the group size, so the loop compiles once."""
+        c, sizes = self.config, {n for s in specs for n in (s.n_weak, s.n_oracle) if n > 0}
+        rows = val = steps = 0
+        for n in sizes:
+            cfg = schedules.stage_config(c, "oracle", n)
+            tr, va = split_validation(n, cfg, np.random.default_rng(0))  # sizes only
+            rows, val = max(rows, len(tr)), max(val, len(va))
+            steps = max(steps, stage_schedule(len(tr), len(va) > 0, cfg,
+                                              c.train.batch_size).total)
+        return groups.Shapes(rows, val, steps, self.group_size(specs))
+
     def prepare(self, seeds) -> None:
         """Load each seed's task and weak labels up front, so bad data fails once, clearly,
         before any run (instead of as a failed record per run)."""
@@ -112,32 +141,89 @@ class Sweep(Planner):
             self.weak_labels(seed)
             self.feature_stats(seed)
 
-    # -- one run ---------------------------------------------------------------------------
+    # -- runs -------------------------------------------------------------------------------
     def run(self, spec: RunSpec, log=None) -> records.Record:
         """Run one grid point unless its record says ok/infeasible; returns the record.
         `log`, if given, receives every training step's loss as `log.scalar(name, value,
         step)` (e.g. a `tracking.RunLog`)."""
-        out = self.run_dir(spec)
-        existing = records.read_record(out / "result.json")
-        if existing is not None and existing.get("status") in ("ok", "infeasible"):
-            return existing
-        t0 = time.time()
-        base = self._base_record(spec)
+        return self.run_group([spec], [log], together=False)[0]
+
+    def run_group(self, specs, logs=None, *, together: bool = True,
+                  shapes: groups.Shapes = groups.Shapes()) -> list[records.Record]:
+        """Run these grid points, returning their records in order (finished ones are read
+        back, not rerun). With `together`, their stages train as groups (SPEC section 13): every
+        run advances to its next stage, the pending stages that share a model and shapes train
+        in one `groups.run_stages_grouped` call, and each run continues with its own result (a
+        selection between stages is the run's own step). Else each stage trains alone with
+        `stage.run_stage`. A record does not depend on the runs it trained with; `shapes`
+        (`group_shapes` of the whole sweep) keeps every group at one compiled shape."""
+        logs = list(logs) if logs is not None else [None] * len(specs)
+        recs: list[records.Record | None] = [None] * len(specs)
+        live: dict[int, _Live] = {}
+        for i, spec in enumerate(specs):
+            out = self.run_dir(spec)
+            existing = records.read_record(out / "result.json")
+            if existing is not None and existing.get("status") in ("ok", "infeasible"):
+                recs[i] = existing
+                continue
+            base = self._base_record(spec)
+            live[i] = _Live(self._train_and_eval(spec, base, out, logs[i]), base, out,
+                            time.time())
+            self._advance(live, recs, i, None)
+        while live:
+            pending = {i: r.job for i, r in live.items()}
+            for batch in _stage_batches(pending, together, max(1, shapes.members)):
+                t0 = time.time()
+                if together:
+                    first = pending[batch[0]]
+                    try:
+                        results = groups.run_stages_grouped(
+                            first.steps, [pending[i].member for i in batch], spec=first.spec,
+                            checkpoint_interval_s=first.checkpoint_interval_s,
+                            return_errors=True, shapes=shapes)
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except Exception as err:  # noqa: BLE001 - the group failed: its runs did
+                        results = [err] * len(batch)
+                else:
+                    results = []
+                    for i in batch:
+                        try:
+                            results.append(_run_alone(pending[i]))
+                        except (KeyboardInterrupt, SystemExit):
+                            raise
+                        except Exception as err:  # noqa: BLE001 - the run's own failure
+                            results.append(err)
+                took = time.time() - t0
+                for i, result in zip(batch, results):
+                    self._advance(live, recs, i, result, took)
+        return recs
+
+    def _advance(self, live, recs, i, result, took: float = 0.0) -> None:
+        """Send run i its stage's result (or error) and take its next stage, or finish it."""
+        run = live[i]
         try:
-            rec = self._train_and_eval(spec, base, out, log)
+            if isinstance(result, BaseException):
+                run.job = run.gen.throw(result)
+            else:
+                run.job = run.gen.send(None if result is None else (result, took))
+            return
+        except StopIteration as stop:
+            rec = stop.value
         except (PoolExhaustedError, InfeasibleRun) as err:
-            rec = records.not_ok(base, "infeasible", str(err))
+            rec = records.not_ok(run.base, "infeasible", str(err))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # a failed run is recorded and retried by the next sweep
-            rec = records.not_ok(base, "failed", f"{type(err).__name__}: {err}",
+            rec = records.not_ok(run.base, "failed", f"{type(err).__name__}: {err}",
                                  traceback.format_exc(limit=8))
-        rec["wall_s"] = round(time.time() - t0, 3)
+        rec["wall_s"] = round(time.time() - run.t0, 3)
         if jax.process_index() == 0:
-            records.atomic_write_json(out / "result.json", rec)
+            records.atomic_write_json(run.out / "result.json", rec)
         if rec["status"] != "failed":
-            remove_run_checkpoints(out)
-        return rec
+            remove_run_checkpoints(run.out)
+        recs[i] = rec
+        del live[i]
 
     def _base_record(self, spec: RunSpec) -> records.Record:
         c = self.run_config(spec.overrides)
@@ -152,10 +238,12 @@ class Sweep(Planner):
             "oracle_fractions": [float(f) for f in spec.fractions],
             "grid_points": [[float(b), float(f)] for b, f in spec.grid_points],
             "planned": {"weak": spec.n_weak, "oracle": spec.n_oracle},
-            "config": records.flatten(c.to_dict()), "versions": _versions(), "n_test": None,
+            "config": records.flatten(c.to_dict()), "versions": dict(_versions()), "n_test": None,
         }
 
-    def _train_and_eval(self, spec: RunSpec, rec: dict, out: pathlib.Path, log) -> dict:
+    def _train_and_eval(self, spec: RunSpec, rec: dict, out: pathlib.Path, log):
+        """One run as a generator: it yields a `StageJob` per training stage, is sent back
+        (StageResult, seconds), and returns the run's record (`run_group` drives it)."""
         c = self.run_config(spec.overrides)
         method = methods.get(c.method)
         pools = self.pools(spec.seed)  # raises PoolExhaustedError before any training
@@ -204,8 +292,9 @@ class Sweep(Planner):
                                                 exclude=shot_ids)
                 targets = split["label"].astype(np.float32)
                 weights = np.ones(len(split), np.float32)
-            params, stage_record = self._stage(c, spec, learner, index, stage.source, split,
-                                               targets, weights, params, inputs, out, log)
+            params, stage_record = yield from self._stage(
+                c, spec, learner, index, stage.source, split, targets, weights, params, inputs,
+                out, log)
             stages.append(stage_record)
             for src in ("weak", "oracle"):
                 if stage.source in (src, "mixture"):
@@ -221,7 +310,8 @@ class Sweep(Planner):
             scores = learner.icl_scores(builder, test["id"], test["text"])
             truncated = int(sum(builder.suffix(t)[1] for t in test["text"]))
         else:
-            test_inputs = inputs(test)
+            test_inputs = (self._test_inputs(spec.seed, learner, stats) if builder is None
+                           else inputs(test))
             scores = predict(steps, params, test_inputs, learner.spec)
             truncated = int(test_inputs.truncated.sum())
         y = test["label"].astype(int)
@@ -263,9 +353,23 @@ class Sweep(Planner):
         return pool.take(np.sort(selection.entropy_select(scores, n, c.selection_temperature,
                                                           rng)))
 
+    def _test_inputs(self, seed: int, learner: Learner, stats):
+        """The seed's test inputs without a prompt, standardised for a probe: the same for
+        every run of the seed, so built once."""
+        key = (learner.cfg, seed)
+        if key not in self._tests:
+            test = self.task(seed).test
+            data = learner.data(test["id"], test["text"])
+            self._tests[key] = stats.apply(data) if stats is not None else data
+        return self._tests[key]
+
     def _stage(self, c, spec, learner, index, source, split, targets, weights, params, inputs,
                out, log):
-        """Train one stage (with checkpoints) and return (kept params, stage record)."""
+        """One stage (with checkpoints), as a generator: yields its `StageJob` and returns
+        (kept params, stage record). A finished stage's checkpoint is reused without training;
+        a stage that trained for at least `checkpoint_interval_s` saves its kept params, so a
+        run killed in a later stage resumes after it (a shorter one is retrained, identically:
+        the data order and initialisation are pure functions of the seed)."""
         n = len(split)
         stage_cfg = schedules.stage_config(c, source, n)
         rng = np.random.default_rng([spec.seed, STREAMS["data"], index])
@@ -285,15 +389,18 @@ class Sweep(Planner):
             done = ckpt.restore_done(params) if ckpt else None
             if done is not None:  # finished before an interruption: reuse its result
                 return done
-            result = run_stage(
-                learner.steps, params, data.take(tr), targets[tr],
-                data.take(va) if len(va) else None, targets[va] if len(va) else None,
-                stage_cfg, seed_path=[spec.seed, STREAMS["train"], index],
+            member = groups.Member(
+                params, data.take(tr), targets[tr], data.take(va) if len(va) else None,
+                targets[va] if len(va) else None, stage_cfg,
+                seed_path=[spec.seed, STREAMS["train"], index],
                 key=jax.random.fold_in(jax.random.fold_in(jax.random.key(spec.seed),
                                                           STREAMS["train"]), index),
-                spec=schedules.batch_spec(c, learner.spec, learner.steps.mesh, n),
-                source=source, weights=weights[tr], progress=progress, checkpoint=ckpt)
-            if ckpt:
+                source=source, weights=weights[tr], checkpoint=ckpt, progress=progress)
+            result, took = yield StageJob(
+                member, learner.steps, schedules.batch_spec(c, learner.spec, learner.steps.mesh,
+                                                            n),
+                c.checkpoint_interval_s)
+            if ckpt and took >= c.checkpoint_interval_s:
                 ckpt.save_done(result.params, result.record)
             return result.params, result.record
         finally:
@@ -301,6 +408,58 @@ class Sweep(Planner):
                 ckpt.close()
 
 
+@dataclasses.dataclass
+class StageJob:
+    """A stage a run waits for: the member to train, on which steps, with which batches."""
+    member: groups.Member
+    steps: Steps
+    spec: BatchSpec
+    checkpoint_interval_s: float
+
+    @property
+    def planned_steps(self) -> int:
+        m = self.member
+        return stage_schedule(len(m.train), m.has_val, m.cfg, self.spec.batch_size).total
+
+
+@dataclasses.dataclass
+class _Live:
+    """A run in flight in `Sweep.run_group`."""
+    gen: Any  # the run's `_train_and_eval` generator
+    base: records.Record
+    out: pathlib.Path
+    t0: float
+    job: StageJob | None = None
+
+
+def _run_alone(job: StageJob) -> StageResult:
+    m = job.member
+    return run_stage(job.steps, m.params, m.train, m.targets, m.val, m.val_labels, m.cfg,
+                     seed_path=m.seed_path, key=m.key, spec=job.spec, source=m.source,
+                     weights=m.weights, progress=m.progress, checkpoint=m.checkpoint)
+
+
+def _stage_batches(pending: dict[int, StageJob], together: bool, size: int
+                   ) -> list[list[int]]:
+    """Which pending stages train together: those on the same compiled steps with compatible
+    shapes (`groups.compatibility`), at most `size` at a time, ordered by their planned steps
+    so a group's members finish at similar times (a finished member idles until its group
+    ends); each alone without `together`."""
+    if not together:
+        return [[i] for i in sorted(pending)]
+    kinds: dict[tuple, list[int]] = {}
+    for i in sorted(pending):
+        job = pending[i]
+        kinds.setdefault((id(job.steps), groups.compatibility(job.member, job.spec)),
+                         []).append(i)
+    out = []
+    for members in kinds.values():
+        members.sort(key=lambda i: (pending[i].planned_steps, i))
+        out += [members[k:k + size] for k in range(0, len(members), size)]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict:
     import importlib.metadata as md
     out = {"python": platform.python_version()}

@@ -14,16 +14,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalable_elicitation.batching import BatchSpec, batched_apply, stack_batches, to_global
+from scalable_elicitation.batching import (BatchSpec, Features, batched_apply, stack_batches,
+                                           to_global)
 from scalable_elicitation.metrics import auroc
 from scalable_elicitation.train import Steps, warmup_steps
 
 CHUNK_STEPS = 64  # train steps per on-device chunk (one compiled `lax.scan`); >= eval cadence 50
 
 
+PROBE_EVAL_ROWS = 1024  # cached features scored per call (a 1024 x D matmul; few compiles)
+
+
 def predict(steps: Steps, params, data, spec: BatchSpec) -> np.ndarray:
     """Scores (logit differences) for every example, in order; batches sorted by length so
-    short inputs use short buckets."""
+    short inputs use short buckets. Cached features go in batches of up to about 1,024 rows
+    (a power of two, rounded up to a multiple of the batch size), not a training batch at a
+    time."""
+    if isinstance(data, Features):
+        rows = min(PROBE_EVAL_ROWS, 1 << max(0, (max(len(data), 1) - 1).bit_length()))
+        bs = spec.batch_size  # a multiple of it divides over the mesh as the batch does
+        spec = dataclasses.replace(spec, batch_size=max(bs, -(-rows // bs) * bs))
     return batched_apply(lambda batch: steps.scores(params, batch), data, spec, steps.mesh)
 
 
@@ -66,13 +76,21 @@ def val_metric(scores: np.ndarray, soft_labels: np.ndarray) -> float:
     return auroc(scores, hard)
 
 
-def batch_indices(n_train: int, step: int, batch_size: int, key_seed: Sequence[int]):
-    """Example indices of batch `step`: epochs are seeded permutations, concatenated. A pure
-    function of its arguments, so resuming at any step replays the same data."""
+def batch_order(n_train: int, total: int, batch_size: int, key_seed: Sequence[int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(indices [total, B], real [total, B]) of a stage's `total` batches: epochs are
+    permutations of the training examples drawn in turn from one generator seeded with the
+    stage's key, each cut into batches (an epoch's last batch may be short: its missing rows
+    are not `real`). A pure function of its arguments, so a resumed stage replays the batches
+    an uninterrupted one saw, and a group member (`groups`) sees the same batches alone."""
     per_epoch = math.ceil(n_train / batch_size)
-    epoch, within = divmod(step, per_epoch)
-    perm = np.random.default_rng([*key_seed, epoch]).permutation(n_train)
-    return perm[within * batch_size:(within + 1) * batch_size]
+    epochs = math.ceil(total / per_epoch)
+    rows = np.random.default_rng(list(key_seed)).permuted(
+        np.tile(np.arange(n_train), (epochs, 1)), axis=1)
+    perms = np.full((epochs, per_epoch * batch_size), -1, np.int64)
+    perms[:, :n_train] = rows
+    perms = perms.reshape(epochs * per_epoch, batch_size)[:total]
+    return np.maximum(perms, 0).astype(np.int32), perms >= 0
 
 
 def visits_through(n_train: int, steps: int, batch_size: int) -> int:
@@ -191,13 +209,14 @@ def run_stage(steps: Steps, params, train, targets: np.ndarray,
     step = start
     truncated = int(train.truncated.sum()) + (int(val.truncated.sum()) if has_val else 0)
     loss = float("nan")
+    order, real = batch_order(n_train, total, bs, seed_path)
     while step < total and not done_early:
         # train on the device up to the next evaluation (or a chunk, without validation)
         stop = min(total, (step // eval_every + 1) * eval_every if has_val
                    else step + CHUNK_STEPS)
         while step < stop:
             n = min(CHUNK_STEPS, stop - step)
-            idx = [batch_indices(n_train, step + t, bs, seed_path) for t in range(n)]
+            idx = [order[t][real[t]] for t in range(step, step + n)]
             batches = stack_batches(train, idx, targets, weights, spec, CHUNK_STEPS)
             state, losses = steps.train_chunk(state, to_global(batches, steps.mesh, leading=1),
                                               np.arange(CHUNK_STEPS) < n, hp, cfg.loss)

@@ -123,6 +123,11 @@ class Tracker:
         self.current = RunLog(self, run_id, config)
         return self.current
 
+    def open(self, run_id: str, config: Mapping[str, Any] | None = None) -> RunLog:
+        """A log of `run_id` that is not the open run: for runs trained together, each with
+        its own log at the same time (close it, or use it as a context)."""
+        return RunLog(self, run_id, config)
+
     def scalar(self, name: str, value, step: int) -> None:
         """Log to the open run; a no-op when none is open (for callbacks inside the runner)."""
         if self.current is not None:

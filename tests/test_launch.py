@@ -156,6 +156,15 @@ def test_every_process_makes_the_same_collective_calls_whatever_the_locks(tmp_pa
         def run(self, spec):
             return {"run_id": spec.name, "status": "ok", "metrics": None}
 
+        def group_size(self, specs):
+            return 2  # runs claimed, and run, two at a time
+
+        def run_group(self, specs, logs=None, **kwargs):
+            return [self.run(s) for s in specs]
+
+        def group_shapes(self, specs):
+            return None
+
     specs = [types.SimpleNamespace(name=n, n_weak=1, n_oracle=0, seed=0) for n in "abc"]
     (tmp_path / "runs" / "a").mkdir(parents=True)  # run a: held by a live worker
     (tmp_path / "runs" / "a" / "lock").write_text(json.dumps(

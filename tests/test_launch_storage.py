@@ -105,7 +105,7 @@ def test_checkpoints_on_gs_keep_the_uri_and_are_removed_there(gcs, tmp_path, mon
 
     monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", Manager)
     run = "gs://bucket/sweep/runs/abc"
-    checkpoint.StageCheckpointer(paths.as_path(run) / "ckpt" / "stage0")
+    checkpoint.StageCheckpointer(paths.as_path(run) / "ckpt" / "stage0")._manager  # made lazily
     assert [str(d) for d in given] == [f"{run}/ckpt/stage0"] and paths.is_uri(given[0])
     ckpt = tmp_path / "bucket-root" / "bucket" / "sweep" / "runs" / "abc" / "ckpt" / "stage0"
     ckpt.mkdir(parents=True)
@@ -184,6 +184,15 @@ def test_worker_keeps_locks_in_lock_dir(tmp_path):
         def run(self, spec):
             assert (tmp_path / "locks" / spec.name / "lock").exists()  # held while running
             return {"run_id": spec.name, "status": "ok", "metrics": None}
+
+        def group_size(self, specs):
+            return 2  # runs claimed, and run, two at a time
+
+        def run_group(self, specs, logs=None, **kwargs):
+            return [self.run(s) for s in specs]
+
+        def group_shapes(self, specs):
+            return None
 
     worker = sweep_lib.Worker(FakeSweep(tmp_path / "work"), lock_root=tmp_path / "locks",
                               out=lambda msg: None)

@@ -83,6 +83,7 @@ def test_prompts_render_and_truncate_inputs_not_shots():
 
 def smoke(**overrides):
     c = methods_config.get_config("smoke")
+    c.parallel_runs = 1  # methods in groups: tests/test_groups.py
     with c.unlocked():
         for k, v in overrides.items():
             c[k] = v

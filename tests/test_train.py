@@ -21,6 +21,7 @@ CONFIG = str(ROOT / "configs" / "cost_sweep.py")
 
 def smoke_config(**overrides):
     c = cost_sweep.get_config("smoke")
+    c.parallel_runs = 1  # these tests are about one run; groups: tests/test_groups.py
     for k, v in overrides.items():
         node = c
         *parents, leaf = k.split(".")
