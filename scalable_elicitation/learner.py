@@ -161,35 +161,53 @@ class Learner:
     def icl_scores(self, builder, ids, texts) -> np.ndarray:
         """logit("1") - logit("0") at each input's last position after the shared k-shot
         prefix, which is encoded once; its KV cache serves every batch."""
+        return self.icl_scores_many([builder], ids, texts)[0]
+
+    def icl_scores_many(self, builders, ids, texts) -> list[np.ndarray]:
+        """`icl_scores` of several runs' prompts on the same inputs (SPEC section 13): each
+        prefix is encoded once, and the runs whose prefixes pad to the same length are scored
+        together, their KV caches stacked on a run axis, one batch of inputs for all."""
         model = self.bundle.model
         if not hasattr(model, "encode_prefix"):
             raise ValueError(f"method icl needs a causal decoder; {self.cfg.source!r} is an "
                              "encoder")
         id0, id1 = label_token_ids(self.tokenizer)
-        prefix = builder.prefix()
-        plen = bucket_for(len(prefix), [64 * 2 ** i for i in range(12)])
-        p_ids = np.full((1, plen), self.spec.pad_id, np.int32)
-        p_mask = np.zeros((1, plen), np.int32)
-        p_ids[0, :len(prefix)] = prefix
-        p_mask[0, :len(prefix)] = 1
         if not hasattr(self, "_icl_fns"):
             self._icl_fns = (
                 _replicated_jit(self.bundle, lambda m, i, k: m.encode_prefix(i, k)),
-                _replicated_jit(self.bundle,
-                                lambda m, i, k, pre: m.last_lm_logits(i, k, prefix=pre)))
+                _replicated_jit(self.bundle, lambda m, i, k, pre: jax.vmap(
+                    lambda p: m.last_lm_logits(i, k, prefix=p))(pre)))
         encode_fn, score_fn = self._icl_fns
-        cached = encode_fn(p_ids, p_mask)
-        suffixes = [builder.suffix(t)[0] for t in texts]
+        by_length: dict[int, list[int]] = {}
+        caches = []
+        for r, builder in enumerate(builders):
+            prefix = builder.prefix()
+            plen = bucket_for(len(prefix), [64 * 2 ** i for i in range(12)])
+            p_ids = np.full((1, plen), self.spec.pad_id, np.int32)
+            p_mask = np.zeros((1, plen), np.int32)
+            p_ids[0, :len(prefix)] = prefix
+            p_mask[0, :len(prefix)] = 1
+            caches.append(encode_fn(p_ids, p_mask))
+            by_length.setdefault(plen, []).append(r)
+        # the input part of a prompt does not depend on the shots
+        suffixes = [builders[0].suffix(t)[0] for t in texts]
         enc = Encoded([np.asarray(s, np.int32) for s in suffixes],
                       np.zeros(len(suffixes), bool))
+        out: list[np.ndarray | None] = [None] * len(builders)
+        for runs in by_length.values():
+            stacked = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *[caches[r] for r in runs])
 
-        def label_logit_difference(batch):
-            logits = score_fn(batch["input_ids"], batch["attention_mask"], cached)
-            return logits[:, id1] - logits[:, id0]
+            def label_logit_difference(batch, stacked=stacked):
+                logits = score_fn(batch["input_ids"], batch["attention_mask"], stacked)
+                return (logits[..., id1] - logits[..., id0]).T  # [batch, runs]
 
-        return batched_apply(label_logit_difference, enc, self.spec, self.steps.mesh,
-                             prepare=lambda b, idx: {"input_ids": b["input_ids"],
-                                                     "attention_mask": b["attention_mask"]})
+            scores = batched_apply(label_logit_difference, enc, self.spec, self.steps.mesh,
+                                   prepare=lambda b, idx: {"input_ids": b["input_ids"],
+                                                           "attention_mask": b["attention_mask"]},
+                                   tail=(len(runs),))
+            for j, r in enumerate(runs):
+                out[r] = scores[:, j]
+        return out
 
 
 def _replicated_jit(bundle, fn):

@@ -174,7 +174,14 @@ class Sweep(Planner):
             pending = {i: r.job for i, r in live.items()}
             for batch in _stage_batches(pending, together, max(1, shapes.members)):
                 t0 = time.time()
-                if together:
+                if isinstance(pending[batch[0]], IclJob):
+                    try:
+                        results = _icl_scores([pending[i] for i in batch])
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except Exception as err:  # noqa: BLE001 - the batch failed: its runs did
+                        results = [err] * len(batch)
+                elif together:
                     first = pending[batch[0]]
                     try:
                         results = groups.run_stages_grouped(
@@ -306,8 +313,8 @@ class Sweep(Planner):
 
         # -- evaluation on the fixed test set
         test = task.test
-        if method.in_context:
-            scores = learner.icl_scores(builder, test["id"], test["text"])
+        if method.in_context:  # scored with the other ICL runs of a group (`run_group`)
+            scores, _ = yield IclJob(learner, builder, test)
             truncated = int(sum(builder.suffix(t)[1] for t in test["text"]))
         else:
             test_inputs = (self._test_inputs(spec.seed, learner, stats) if builder is None
@@ -429,32 +436,55 @@ class _Live:
     base: records.Record
     out: pathlib.Path
     t0: float
-    job: StageJob | None = None
+    job: Any = None  # the StageJob or IclJob it waits for
 
 
-def _run_alone(job: StageJob) -> StageResult:
+def _run_alone(job: StageJob | IclJob):
+    if isinstance(job, IclJob):
+        return _icl_scores([job])[0]
     m = job.member
     return run_stage(job.steps, m.params, m.train, m.targets, m.val, m.val_labels, m.cfg,
                      seed_path=m.seed_path, key=m.key, spec=job.spec, source=m.source,
                      weights=m.weights, progress=m.progress, checkpoint=m.checkpoint)
 
 
-def _stage_batches(pending: dict[int, StageJob], together: bool, size: int
-                   ) -> list[list[int]]:
-    """Which pending stages train together: those on the same compiled steps with compatible
-    shapes (`groups.compatibility`), at most `size` at a time, ordered by their planned steps
-    so a group's members finish at similar times (a finished member idles until its group
-    ends); each alone without `together`."""
+@dataclasses.dataclass
+class IclJob:
+    """An in-context run waiting for its test scores: its prompt and the test inputs."""
+    learner: Learner
+    builder: PromptBuilder
+    test: Any  # the seed's test split
+
+    def key(self) -> tuple:
+        """ICL runs with equal keys are scored together: one model, one input encoding, the
+        same test inputs."""
+        return (id(self.learner), self.builder.input_max_length,
+                hash(tuple(str(i) for i in self.test["id"])))
+
+
+def _icl_scores(jobs: list[IclJob]) -> list[np.ndarray]:
+    first = jobs[0]
+    return first.learner.icl_scores_many([j.builder for j in jobs], first.test["id"],
+                                         first.test["text"])
+
+
+def _stage_batches(pending: dict[int, Any], together: bool, size: int) -> list[list[int]]:
+    """Which pending jobs run together. Stages: those on the same compiled steps with
+    compatible shapes (`groups.compatibility`), at most `size` at a time, ordered by their
+    planned steps so a group's members finish at similar times (a finished member idles until
+    its group ends). ICL scoring: runs with the same `IclJob.key`, at most `size` at a time.
+    Each alone without `together`."""
     if not together:
         return [[i] for i in sorted(pending)]
     kinds: dict[tuple, list[int]] = {}
     for i in sorted(pending):
         job = pending[i]
-        kinds.setdefault((id(job.steps), groups.compatibility(job.member, job.spec)),
-                         []).append(i)
+        key = (("icl", *job.key()) if isinstance(job, IclJob) else
+               (id(job.steps), groups.compatibility(job.member, job.spec)))
+        kinds.setdefault(key, []).append(i)
     out = []
     for members in kinds.values():
-        members.sort(key=lambda i: (pending[i].planned_steps, i))
+        members.sort(key=lambda i: (getattr(pending[i], "planned_steps", 0), i))
         out += [members[k:k + size] for k in range(0, len(members), size)]
     return out
 

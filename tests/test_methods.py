@@ -66,6 +66,26 @@ def test_icl_prefix_cache_equals_full_prompt():
         assert abs(got - want) <= 1e-4 * max(1.0, abs(want))
 
 
+def test_icl_scores_of_many_runs_at_once_equal_each_alone():
+    """Runs' prompts scored together (KV caches stacked on a run axis, prefixes of two padded
+    lengths) give each run's own scores (SPEC section 13)."""
+    learner = Learner(LearnerConfig("tiny:llama", trainable="lora", buckets=(32, 64),
+                                    max_length=32, mesh=(("data", 1),)))
+    texts = ["what a movie", "no", "somewhat longer input text here"]
+    builders = []
+    for r, shown in enumerate([[0.9, 0.2], [0.1, 0.8], [1.0, 0.0]]):
+        words = ["good film", "awful"] if r < 2 else ["a much longer shot " * 20, "bad"]
+        builders.append(PromptBuilder(learner.tokenizer,
+                                      make_shots([f"aa0{r}", f"bb0{r}"], words, shown),
+                                      shot_max_length=64, input_max_length=32, seed=r))
+    assert len({len(b.prefix()) > 64 for b in builders}) == 2  # two prefix length buckets
+    together = learner.icl_scores_many(builders, ["1", "2", "3"], texts)
+    for builder, got in zip(builders, together):
+        np.testing.assert_allclose(got, learner.icl_scores(builder, ["1", "2", "3"], texts),
+                                   atol=1e-5)
+    assert not np.allclose(together[0], together[1])  # the shots matter
+
+
 def test_prompts_render_and_truncate_inputs_not_shots():
     learner = Learner(LearnerConfig("tiny:llama", trainable="lora", buckets=(128,),
                                     max_length=8, mesh=(("data", 1),)))
