@@ -33,8 +33,7 @@ from scalable_elicitation.metrics import auroc, bootstrap_auroc, wilson
 from scalable_elicitation.methods import STREAMS, Bought, InfeasibleRun
 from scalable_elicitation.planning import Planner, RunSpec
 from scalable_elicitation.prompts import PromptBuilder, make_shots
-from scalable_elicitation.stage import (StageResult, predict, run_stage, split_validation,
-                                        stage_schedule)
+from scalable_elicitation.stage import predict, run_stage, split_validation, stage_schedule
 from scalable_elicitation.train import Steps
 
 PROMPT_STATS_SIZE = 256  # unlabelled training texts whose prompted features standardise a probe
