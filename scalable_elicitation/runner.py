@@ -171,7 +171,7 @@ class Sweep(Planner):
             self._advance(live, recs, i, None)
         while live:
             pending = {i: r.job for i, r in live.items()}
-            for batch in _stage_batches(pending, together, max(1, shapes.members)):
+            for batch in _stage_batches(pending, together, shapes.members or len(specs)):
                 t0 = time.time()
                 if isinstance(pending[batch[0]], IclJob):
                     try:
