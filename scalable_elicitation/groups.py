@@ -98,20 +98,13 @@ class Shapes:
     members: int = 0
 
 
-def _inputs(data, rows: int, length: int | None) -> dict[str, np.ndarray]:
-    """A member's examples as padded arrays: features [rows, D], or token ids and attention
-    mask [rows, length] (padding rows see one token, so none is empty)."""
-    if isinstance(data, Features):
-        out = np.zeros((rows, data.features.shape[1]), np.float32)
-        out[:len(data)] = data.features
-        return {"features": out}
-    ids = np.zeros((rows, length), np.int32)
-    mask = np.zeros((rows, length), np.int32)
-    mask[:, 0] = 1
-    for i, t in enumerate(data.tokens):
-        ids[i, :len(t)] = t
-        mask[i, :len(t)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+def _inputs(data, rows: int, spec: BatchSpec) -> dict[str, np.ndarray]:
+    """A member's examples as one padded batch of `rows` (the data's own `batch`): features
+    [rows, D], or token ids and attention mask [rows, the group's length]."""
+    n = len(data)
+    batch = data.batch(np.arange(n), np.zeros(n), np.zeros(n),
+                       dataclasses.replace(spec, batch_size=rows))
+    return {k: v for k, v in batch.items() if k not in ("target", "weight")}
 
 
 def device_val_metric(scores, labels, on):
@@ -248,6 +241,7 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
                           ([len(t) for t in m.val.tokens] if m.has_val else []) + [1])
                       for m in members)
         length = bucket_for(longest, spec.buckets)
+    padded_spec = spec if length is None else dataclasses.replace(spec, buckets=(length,))
     N = _bucket(max([len(m.train) for m in members] + [shapes.rows]), bs)
     M = _bucket(max([len(m.val) if m.has_val else 1 for m in members] + [shapes.val_rows]), bs)
     M = -(-M // bs) * bs
@@ -300,13 +294,13 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
 
     order, real = stack_rows(orders, lambda r: r)
     consts = {
-        "train": stack_rows(lambda m, p, g: _inputs(m.train, N, length), lambda r: r),
+        "train": stack_rows(lambda m, p, g: _inputs(m.train, N, padded_spec), lambda r: r),
         "target": stack_rows(lambda m, p, g: padded(m.targets, N), lambda r: r),
         "weight": stack_rows(lambda m, p, g: padded(
             np.ones(len(m.train)) if m.weights is None else m.weights, N), lambda r: r),
         "order": order, "real": real,
         "val": stack_rows(lambda m, p, g: _inputs(m.val if m.has_val else m.train.take([0]),
-                                                  M, length), lambda r: r),
+                                                  M, padded_spec), lambda r: r),
         "val_y": stack_rows(lambda m, p, g: padded(m.val_labels if m.has_val else [], M),
                             lambda r: r),
         "val_on": stack_rows(lambda m, p, g: np.arange(M) < (len(m.val) if m.has_val else 0),
