@@ -92,9 +92,7 @@ def run_group(sweep, specs, *, claim: Callable[..., ContextManager[str]] | None 
         todo = [s for s, d in zip(specs, decisions) if d == RUN]
         logs = [stack.enter_context(tracker.open(sweep.run_dir(s).name))
                 if tracker is not None else None for s in todo]
-        recs = (sweep.run_group(todo, logs, together=together,
-                                **({"shapes": shapes} if shapes is not None else {}))
-                if todo else [])
+        recs = sweep.run_group(todo, logs, together=together, shapes=shapes) if todo else []
         for log, rec in zip(logs, recs):
             if log is not None:
                 log.summary(rec)
@@ -102,14 +100,6 @@ def run_group(sweep, specs, *, claim: Callable[..., ContextManager[str]] | None 
         out(summary_line(spec, rec))
     it = iter(recs)
     return [(d, next(it) if d == RUN else None) for d in decisions]
-
-
-@dataclasses.dataclass
-class Done:
-    """What one pass of the loop did: the records of the runs it ran (or found finished, without
-    a claim), and the ids of runs left busy (held by live workers)."""
-    records: list[dict]
-    busy: list[str]
 
 
 def run_experiment(sweep, specs, *, claim=None, tracker=None, out=None, prepare: bool = True,

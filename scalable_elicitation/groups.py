@@ -279,32 +279,28 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
             replicated)}
 
     # -- what each member trains and is evaluated on, padded to the group's shapes
-    def stack_rows(fn, fill):
-        rows = [fn(m, p, g) for g, (m, p) in enumerate(zip(members, plans))]
-        rows += [fill(rows[0])] * pad
-        return jax.tree.map(lambda *xs: np.stack(xs), *rows)
-
-    def orders(m, p, g):
-        return _padded_order(len(m.train), p.total, bs, m.seed_path, T)
+    def stack_rows(fn):
+        """fn(member, plan) per member, stacked; padding slots repeat the first member's."""
+        rows = [fn(m, p) for m, p in zip(members, plans)]
+        return jax.tree.map(lambda *xs: np.stack(xs), *rows, *[rows[0]] * pad)
 
     def padded(values, rows, fill=0.0):
         out = np.full(rows, fill, np.float32)
         out[:len(values)] = values
         return out
 
-    order, real = stack_rows(orders, lambda r: r)
+    order, real = stack_rows(
+        lambda m, p: _padded_order(len(m.train), p.total, bs, m.seed_path, T))
     consts = {
-        "train": stack_rows(lambda m, p, g: _inputs(m.train, N, padded_spec), lambda r: r),
-        "target": stack_rows(lambda m, p, g: padded(m.targets, N), lambda r: r),
-        "weight": stack_rows(lambda m, p, g: padded(
-            np.ones(len(m.train)) if m.weights is None else m.weights, N), lambda r: r),
+        "train": stack_rows(lambda m, p: _inputs(m.train, N, padded_spec)),
+        "target": stack_rows(lambda m, p: padded(m.targets, N)),
+        "weight": stack_rows(lambda m, p: padded(
+            np.ones(len(m.train)) if m.weights is None else m.weights, N)),
         "order": order, "real": real,
-        "val": stack_rows(lambda m, p, g: _inputs(m.val if m.has_val else m.train.take([0]),
-                                                  M, padded_spec), lambda r: r),
-        "val_y": stack_rows(lambda m, p, g: padded(m.val_labels if m.has_val else [], M),
-                            lambda r: r),
-        "val_on": stack_rows(lambda m, p, g: np.arange(M) < (len(m.val) if m.has_val else 0),
-                             lambda r: r),
+        "val": stack_rows(lambda m, p: _inputs(m.val if m.has_val else m.train.take([0]), M,
+                                               padded_spec)),
+        "val_y": stack_rows(lambda m, p: padded(m.val_labels if m.has_val else [], M)),
+        "val_on": stack_rows(lambda m, p: np.arange(M) < (len(m.val) if m.has_val else 0)),
         "total": np.asarray([p.total for p in plans] + [1] * pad, np.int32),
         "eval_every": np.asarray([p.eval_every for p in plans] + [1] * pad, np.int32),
         "has_val": np.asarray([p.has_val for p in plans] + [False] * pad),

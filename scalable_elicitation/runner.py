@@ -148,7 +148,7 @@ class Sweep(Planner):
         return self.run_group([spec], [log], together=False)[0]
 
     def run_group(self, specs, logs=None, *, together: bool = True,
-                  shapes: groups.Shapes = groups.Shapes()) -> list[records.Record]:
+                  shapes: groups.Shapes | None = None) -> list[records.Record]:
         """Run these grid points, returning their records in order (finished ones are read
         back, not rerun). With `together`, their stages train as groups (SPEC section 13): every
         run advances to its next stage, the pending stages that share a model and shapes train
@@ -156,6 +156,7 @@ class Sweep(Planner):
         selection between stages is the run's own step). Else each stage trains alone with
         `stage.run_stage`. A record does not depend on the runs it trained with; `shapes`
         (`group_shapes` of the whole sweep) keeps every group at one compiled shape."""
+        shapes = shapes or groups.Shapes()
         logs = list(logs) if logs is not None else [None] * len(specs)
         recs: list[records.Record | None] = [None] * len(specs)
         live: dict[int, _Live] = {}
@@ -173,33 +174,16 @@ class Sweep(Planner):
             pending = {i: r.job for i, r in live.items()}
             for batch in _stage_batches(pending, together, shapes.members or len(specs)):
                 t0 = time.time()
-                if isinstance(pending[batch[0]], IclJob):
-                    try:
-                        results = _icl_scores([pending[i] for i in batch])
-                    except (KeyboardInterrupt, SystemExit):
-                        raise
-                    except Exception as err:  # noqa: BLE001 - the batch failed: its runs did
-                        results = [err] * len(batch)
+                jobs = [pending[i] for i in batch]
+                if isinstance(jobs[0], IclJob):
+                    results = _or_errors(lambda: _icl_scores(jobs), len(jobs))
                 elif together:
-                    first = pending[batch[0]]
-                    try:
-                        results = groups.run_stages_grouped(
-                            first.steps, [pending[i].member for i in batch], spec=first.spec,
-                            checkpoint_interval_s=first.checkpoint_interval_s,
-                            return_errors=True, shapes=shapes)
-                    except (KeyboardInterrupt, SystemExit):
-                        raise
-                    except Exception as err:  # noqa: BLE001 - the group failed: its runs did
-                        results = [err] * len(batch)
+                    results = _or_errors(lambda: groups.run_stages_grouped(
+                        jobs[0].steps, [j.member for j in jobs], spec=jobs[0].spec,
+                        checkpoint_interval_s=jobs[0].checkpoint_interval_s,
+                        return_errors=True, shapes=shapes), len(jobs))
                 else:
-                    results = []
-                    for i in batch:
-                        try:
-                            results.append(_run_alone(pending[i]))
-                        except (KeyboardInterrupt, SystemExit):
-                            raise
-                        except Exception as err:  # noqa: BLE001 - the run's own failure
-                            results.append(err)
+                    results = [_or_errors(lambda: [_run_alone(j)], 1)[0] for j in jobs]
                 took = time.time() - t0
                 for i, result in zip(batch, results):
                     self._advance(live, recs, i, result, took)
@@ -436,6 +420,17 @@ class _Live:
     out: pathlib.Path
     t0: float
     job: Any = None  # the StageJob or IclJob it waits for
+
+
+def _or_errors(fn, n: int) -> list:
+    """fn()'s per-run results, or its error in place of each of the n runs' (a failed batch
+    fails its runs, which are recorded and retried); a kill still stops the sweep."""
+    try:
+        return fn()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # noqa: BLE001 - the runs' own failure, recorded per run
+        return [err] * n
 
 
 def _run_alone(job: StageJob | IclJob):
