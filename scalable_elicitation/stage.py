@@ -188,7 +188,7 @@ def run_stage(steps: Steps, params, train, targets: np.ndarray,
 
     `progress(step, total, loss)`, if given, sees every step's loss (after its on-device chunk).
     `checkpoint`, if given, is a `checkpoint.StageCheckpointer`: state, best params and
-    counters are saved at every evaluation and restored on entry.
+    counters are saved at evaluations (at most once per its interval) and restored on entry.
     """
     n_train = len(train)
     weights = np.ones(n_train, np.float32) if weights is None else weights
