@@ -387,7 +387,11 @@ def _save_all(members, carry, errors) -> None:
 # vmapped small matmuls and optimizer updates do not amortise), so a group only saves host and
 # per-call work, and long groups idle their finished members: 4-8 measured best on 2 cores
 # (benchmarks/RESULTS.md). An accelerator reads the shared frozen base once for all members.
-MAX_AUTO_GROUP = {"cpu": 8}
+# The largest automatic group per platform and learner kind (probe, finetuned). Measured on 2
+# CPU cores (benchmarks/RESULTS.md): probes in groups of 8 trained the default grid 1.0-1.3x
+# faster than one at a time (16 and 64 were slower); a transformer's group loop compiles for
+# 5-9 s and its steps cost as much together as alone, so finetuning goes one at a time there.
+MAX_AUTO_GROUP = {("cpu", True): 8, ("cpu", False): 1}
 MAX_AUTO_GROUP_ACCELERATOR = 64
 
 
@@ -409,7 +413,8 @@ def auto_group_size(learner, largest_stage: int, n_runs: int, *, memory_share: f
         acts = cfg.batch_size * cfg.max_length * model.hidden_size * model.num_layers * 40
     per_run = 5 * trainable + data + acts
     device = jax.local_devices()[0]
-    cap = cap or MAX_AUTO_GROUP.get(device.platform, MAX_AUTO_GROUP_ACCELERATOR)
+    cap = cap or MAX_AUTO_GROUP.get((device.platform, learner.probe),
+                                    MAX_AUTO_GROUP_ACCELERATOR)
     stats = device.memory_stats() or {}
     if "bytes_limit" in stats:
         free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)

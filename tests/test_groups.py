@@ -111,3 +111,22 @@ def test_one_loss_kind_per_group_and_group_sizes(probe):
     assert [list(g) for g in make_groups(5, 2)] == [[0, 1], [2, 3], [4]]
     with pytest.raises(ValueError, match="parallel_runs must be >= 1"):
         make_groups(3, 0)
+
+
+def test_auto_group_size_follows_memory_and_the_platform_rule():
+    """The default group size: probes group on CPU (capped by the measured rule), finetuned
+    transformers go one at a time there; a memory budget smaller than one run still gives 1,
+    and more memory never gives a smaller group."""
+    from scalable_elicitation import groups
+    from scalable_elicitation.learner import Learner, LearnerConfig
+    probe = Learner(LearnerConfig("tiny:llama", trainable="head", max_length=32, buckets=(32,),
+                                  mesh=(("data", 1),)))
+    lora = Learner(LearnerConfig("tiny:llama", trainable="lora", max_length=32, buckets=(32,),
+                                 mesh=(("data", 1),)))
+    assert jax.local_devices()[0].platform == "cpu"
+    assert groups.auto_group_size(probe, 256, 75) == groups.MAX_AUTO_GROUP[("cpu", True)] > 1
+    assert groups.auto_group_size(probe, 256, 3) == 3  # never more than the runs
+    assert groups.auto_group_size(lora, 256, 75) == groups.MAX_AUTO_GROUP[("cpu", False)] == 1
+    sizes = [groups.auto_group_size(probe, 256, 75, memory_share=s, cap=64)
+             for s in (1e-12, 1e-6, 1e-4, 0.5)]
+    assert sizes[0] == 1 and sizes == sorted(sizes) and sizes[-1] == 64
