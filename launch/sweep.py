@@ -214,6 +214,7 @@ def main(argv):
                 real_stdout.write("".join(line + "\n" for line in lines))
                 real_stdout.flush()
             return 0
+        experiment.use_compilation_cache(sweep)
         try:  # bad data fails once, clearly, before any run takes a lock
             sweep.prepare(s.seed for s in specs)
         except (ValueError, FileNotFoundError) as err:

@@ -80,6 +80,22 @@ class Done:
     busy: list[str]
 
 
+def use_compilation_cache(sweep) -> str:
+    """Keep XLA's compiled programs in WORKDIR/cache/xla (jax's persistent compilation cache):
+    a rerun, or a killed sweep resuming, loads what it compiled before (on 2 CPU cores the
+    default compiles a feature extractor per length bucket and the training loops, seconds
+    each). A cache chosen already (JAX_COMPILATION_CACHE_DIR, jax.config) is kept. Entries are
+    keyed by the program, the compile options and jax's version, so none is used stale. Call
+    it before the first compile (entry points do)."""
+    import jax
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return current
+    path = str(sweep.cache_dir / "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
 def run_group(sweep, specs, *, claim: Callable[..., ContextManager[str]] | None = None,
               tracker=None, out: Callable[[str], None] = print, together: bool = True,
               shapes=None) -> list[tuple[str, dict | None]]:

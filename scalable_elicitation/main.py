@@ -38,6 +38,7 @@ def run_sweep(config, workdir, points, *, dry_run=False, out=print) -> list[dict
         for line in experiment.dry_run_lines(sweep, specs):
             out(line)
         return []
+    experiment.use_compilation_cache(sweep)
     done = experiment.run_experiment(sweep, specs)
     if jax.process_index() == 0:  # one report per sweep, from the records every process shares
         finish_sweep(workdir, out)

@@ -200,3 +200,24 @@ def test_worker_keeps_locks_in_lock_dir(tmp_path):
     assert [r["run_id"] for r in worker.run_all([spec])] == ["run1"]
     assert len(lock_lib.starts(tmp_path / "locks" / "run1")) == 1
     assert not (tmp_path / "work").exists()  # the fake sweep itself wrote nothing
+
+
+def test_compilation_cache_in_the_workdir_unless_one_is_chosen(tmp_path):
+    """Entry points keep XLA's compiled programs in WORKDIR/cache/xla, so a rerun or a resumed
+    sweep skips its compiles; a cache chosen already (here the test suite's) is kept."""
+    import jax
+
+    from scalable_elicitation import experiment
+
+    class Sweep:
+        cache_dir = tmp_path / "cache"
+
+    chosen = jax.config.jax_compilation_cache_dir
+    assert chosen  # tests/conftest.py chose one
+    assert experiment.use_compilation_cache(Sweep) == chosen
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert experiment.use_compilation_cache(Sweep) == str(tmp_path / "cache" / "xla")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache" / "xla")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", chosen)
