@@ -18,7 +18,9 @@ Prints one row per (setup, parallel_runs): runs, wall seconds, runs/s, the speed
 at a time, training example visits/s, training tokens/s (visits x the examples' mean tokens,
 token setups only), MFU where the chip's peak is known (LoRA: 2x forward FLOPs), and compiles
 of the train step (a group's loop counts once per compiled shape). Runs unchanged on CPU, GPU
-and TPU.
+and TPU. The first row of a process also compiles helpers that later rows reuse (about 1 s
+for the probe, 6 s for tiny_lora): repeat values in both orders (--parallel=0,1,0,1) to
+compare fairly.
 """
 from __future__ import annotations
 
