@@ -73,6 +73,9 @@ def test_default_records_do_not_depend_on_the_group(default_records, tmp_path):
     config = default_config()
     config.parallel_runs = 3
     grouped = R.Sweep(config, tmp_path)
+    # the same loaded models and compiled steps (the learner does not depend on
+    # parallel_runs): loading SmolLM2 and MiniLM again would cost the suite ~20 s
+    grouped._learners = sweep._learners
     specs = grouped.plan([{"budget": 16, "fraction": "0", "seed": 0},
                           {"budget": 16, "fraction": "0.5", "seed": 0},
                           {"budget": 8, "fraction": "1", "seed": 0}])
