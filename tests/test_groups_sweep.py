@@ -41,12 +41,15 @@ def test_methods_sweep_records_do_not_depend_on_the_group(tmp_path):
     from configs import methods as methods_config
     from scalable_elicitation import experiment, runner
 
+    learners = {}  # one loaded model and its compiled steps for both sweeps, as in one sweep
+
     def sweep(parallel):
         c = methods_config.get_config("smoke,variants=all")
         c.fractions = ("0.5",)
         c.mesh.data = 1  # schedule=api trains batches of 1
         c.parallel_runs = parallel
         s = runner.Sweep(c, tmp_path / f"p{parallel}")
+        s._learners = learners
         points = experiment.sweep_points("configs/methods.py", c)
         points.append({**points[0], "schedule": "api"})
         specs = s.plan(points)
