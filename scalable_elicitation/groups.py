@@ -383,15 +383,13 @@ def _save_all(members, carry, errors) -> None:
         m.checkpoint.save(int(state.step), state, best, force=True)
 
 
-# Largest automatic group. On CPU a member's step costs the same inside a group as alone (the
-# vmapped small matmuls and optimizer updates do not amortise), so a group only saves host and
-# per-call work, and long groups idle their finished members: 4-8 measured best on 2 cores
-# (benchmarks/RESULTS.md). An accelerator reads the shared frozen base once for all members.
-# The largest automatic group per platform and learner kind (probe, finetuned). Measured on 2
-# CPU cores (benchmarks/RESULTS.md): probes in groups of 8 trained the default grid as fast as
-# one at a time (16 and 64 were slower), which keeps the group engine in use on the default;
-# a transformer's group loop compiles for 5-9 s and its steps cost as much together as alone
-# (tiny LoRA: 0.7x), so finetuning goes one at a time there.
+# The largest automatic group per (platform, learner is a probe). On CPU a member's step costs
+# about the same inside a group as alone (no idle units to fill), so a group only saves host
+# and per-call work, and long groups idle their finished members. Measured on 2 cores
+# (benchmarks/RESULTS.md): probes in groups of 8 trained the default grid as fast as one at a
+# time (16 and 64 were slower), which keeps the group engine in use on the default; a
+# transformer's group loop compiles for 5-9 s (tiny LoRA: 0.7x), so finetuning goes one at a
+# time there. An accelerator reads the shared frozen base once per step for all members.
 MAX_AUTO_GROUP = {("cpu", True): 8, ("cpu", False): 1}
 MAX_AUTO_GROUP_ACCELERATOR = 64
 
