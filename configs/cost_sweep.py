@@ -63,6 +63,9 @@ def get_config(arg=None):
     c.checkpoint = True  # Orbax checkpoints at evaluations, so a killed run resumes exactly
     # runs trained together (SPEC section 13): 0 = as many as fit the device, 1 = one at a time
     c.parallel_runs = 0
+    # where a group trains on a multi-device mesh: "rows" splits each run's batch over the
+    # data axis as one run alone does; "runs" puts whole runs on devices (model on one device)
+    c.group_sharding = "rows"
     c.checkpoint_interval_s = 60.0  # at most one mid-stage save per interval (0: every eval)
 
     c.train = ml_collections.ConfigDict()

@@ -128,11 +128,59 @@ def _select(on, new, old):
         lambda a, b: jnp.where(on.reshape(on.shape + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
+GROUP_SHARDINGS = ("rows", "runs")
+
+
+def run_mesh_axis(mesh, mode: str = "rows") -> str | None:
+    """The mesh axis a group's run axis is split over, or None.
+
+    "rows" (the default): every member on every device, each member's batch rows split over
+    the data-parallel axes and its parameters sharded as the mesh says, exactly as a lone run's
+    are, so a member's numbers equal one-at-a-time training on the same mesh. "runs": whole
+    runs on devices (the group padded to a multiple of the data axis), each device training its
+    share of the members with its own copy of the frozen model and no communication per step
+    but the group's "all done?"; a member's numbers then equal the run alone on one device
+    (data-parallel training on several devices sums its batch in another order, a rounding
+    difference). It needs a model that fits one device: mesh fsdp = tensor = 1."""
+    if mode not in GROUP_SHARDINGS:
+        raise ValueError(f"group_sharding={mode!r}; allowed: {', '.join(GROUP_SHARDINGS)}")
+    if mode == "rows":
+        return None
+    if mesh.shape.get("fsdp", 1) * mesh.shape.get("tensor", 1) > 1:
+        raise ValueError(f"group_sharding='runs' puts whole runs on devices, so the model must "
+                         f"fit one device (mesh fsdp = tensor = 1); the mesh is "
+                         f"{dict(mesh.shape)}. Use 'rows'")
+    return "data" if mesh.shape.get("data", 1) > 1 else None
+
+
+def _stacked(shardings, axis):
+    """Shardings of trees stacked on a leading run axis: that axis over `axis` (or
+    replicated), each leaf's own dimensions as before."""
+    return jax.tree.map(lambda s: NamedSharding(s.mesh, P(axis, *s.spec)), shardings)
+
+
+def _carry_shardings(steps: Steps, axis, carry: dict) -> dict:
+    """Where the loop's carry lives: states and best parameters stacked over their own
+    shardings, per-member vectors over the run axis, the loss log [steps, members] likewise
+    on its second axis, the step counter everywhere."""
+    mesh = steps.mesh
+    out = {k: NamedSharding(mesh, P(axis)) for k in carry}
+    out.update(state=_stacked(steps.state_sharding, axis),
+               best=_stacked(steps.params_sharding, axis),
+               losses=NamedSharding(mesh, P(None, axis)), it=NamedSharding(mesh, P()))
+    return out
+
+
+def _constrain(tree, shardings):
+    return jax.tree.map(jax.lax.with_sharding_constraint, tree, shardings)
+
+
 @functools.lru_cache(maxsize=None)
-def _group_loop(steps: Steps, loss_kind: str, eval_rows: int):
+def _group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None = None):
     """jit(carry, frozen, consts, limit) -> carry: loop steps of every unfinished member until
     all are done or `carry['it']` reaches `limit`. `eval_rows` is how many validation rows one
-    forward pass scores (all of them for a probe; the batch size for a transformer)."""
+    forward pass scores (all of them for a probe; the batch size for a transformer). `axis`:
+    the mesh axis of the run axis (`run_mesh_axis`)."""
     step = steps.step_fn(loss_kind)
 
     def member_batch(data, target, weight, idx, real):
@@ -159,9 +207,12 @@ def _group_loop(steps: Steps, loss_kind: str, eval_rows: int):
         idx = jnp.take_along_axis(k["order"], s[:, None, None], axis=1)[:, 0]
         real = jnp.take_along_axis(k["real"], s[:, None, None], axis=1)[:, 0]
         batch = jax.vmap(member_batch)(k["train"], k["target"], k["weight"], idx, real)
-        # rows of every member's batch over the data-parallel devices, as a lone step's are
+        # whole members on devices, or each member's rows over the data-parallel devices as a
+        # lone step's are
         batch = {name: jax.lax.with_sharding_constraint(
-            v, batch_sharding(steps.mesh, v.ndim - 1, leading=1)) for name, v in batch.items()}
+            v, NamedSharding(steps.mesh, P(axis)) if axis is not None
+            else batch_sharding(steps.mesh, v.ndim - 1, leading=1))
+            for name, v in batch.items()}
         new, metrics = jax.vmap(step, in_axes=(0, None, 0, 0))(st, frozen, batch, k["hp"])
         st = st.replace(step=jnp.where(on, new.step, st.step),
                         params=_select(on, new.params, st.params),
@@ -190,8 +241,10 @@ def _group_loop(steps: Steps, loss_kind: str, eval_rows: int):
                 "done": c["done"] | (on & finished), "losses": losses, "it": c["it"] + 1}
 
     def loop(carry, frozen, consts, limit):
-        return jax.lax.while_loop(lambda c: (~c["done"].all()) & (c["it"] < limit),
-                                  lambda c: body(c, frozen, consts), carry)
+        where = _carry_shardings(steps, axis, carry)  # outputs placed as inputs: one signature
+        out = jax.lax.while_loop(lambda c: (~c["done"].all()) & (c["it"] < limit),
+                                 lambda c: _constrain(body(c, frozen, consts), where), carry)
+        return _constrain(out, where)
 
     return jax.jit(loop, donate_argnums=(0,))
 
@@ -215,7 +268,8 @@ def _member(tree, g):
 
 def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSpec,
                        iters_per_call: int = ITERS_PER_CALL, checkpoint_interval_s: float = 60.0,
-                       return_errors: bool = False, shapes: Shapes = Shapes()) -> list:
+                       return_errors: bool = False, shapes: Shapes = Shapes(),
+                       group_sharding: str = "rows") -> list:
     """Train every member's stage together; returns one `StageResult` per member, in order.
     All members must share `compatibility(member, spec)`. A member whose loss turns non-finite
     gets a `FloatingPointError` (raised, or returned in its place with `return_errors`).
@@ -224,7 +278,10 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
     at its saved step; every member's state is saved when `checkpoint_interval_s` has passed
     since the group started or last saved (a group shorter than that saves nothing, as the
     record follows at once; the data order is a pure function of the step, so resuming from
-    any save reproduces an uninterrupted run)."""
+    any save reproduces an uninterrupted run).
+
+    `group_sharding` places the group on the mesh (`run_mesh_axis`): each run's rows over the
+    devices, or whole runs on devices."""
     if not members:
         return []
     keys = {compatibility(m, spec) for m in members}
@@ -233,6 +290,10 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
                          f"got {sorted(keys)}")
     G, bs = len(members), spec.batch_size
     Gp = _bucket(max(G, shapes.members), 1)
+    axis = run_mesh_axis(steps.mesh, group_sharding)
+    if axis is not None:  # every device gets the same number of members
+        devices = steps.mesh.shape[axis]
+        Gp = -(-Gp // devices) * devices
     plans = [stage_schedule(len(m.train), m.has_val, m.cfg, bs) for m in members]
     tokens = isinstance(members[0].train, Encoded)
     length = None
@@ -264,19 +325,19 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
             meta.append((b["metric"], b["step"], b["bad"], has))
     pad = Gp - G
     has = np.asarray([x[3] for x in meta] + [False] * pad)
-    replicated = NamedSharding(steps.mesh, P())
-    carry = {  # placed like the loop's outputs, so every call of the loop has one signature
-        "state": jax.device_put(_stack(states + [states[0]] * pad), replicated),
-        "best": jax.device_put(_stack(best + [best[0]] * pad), replicated),
-        **jax.device_put({
+    carry = {
+        "state": _stack(states + [states[0]] * pad),
+        "best": _stack(best + [best[0]] * pad),
+        **{
             "metric": np.where(has, [x[0] for x in meta] + [0.0] * pad, -np.inf
                                ).astype(np.float32),
             "best_step": np.asarray([x[1] for x in meta] + [0] * pad, np.int32),
             "bad": np.asarray([x[2] for x in meta] + [0] * pad, np.int32), "has_best": has,
             "done": np.asarray([False] * G + [True] * pad),
             "losses": np.full((iters_per_call, Gp), np.nan, np.float32),
-            "it": np.zeros((), np.int32)},
-            replicated)}
+            "it": np.zeros((), np.int32)}}
+    where = _carry_shardings(steps, axis, carry)  # as the loop's outputs: one signature
+    carry = jax.device_put(carry, where)
 
     # -- what each member trains and is evaluated on, padded to the group's shapes
     def stack_rows(fn):
@@ -309,8 +370,8 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
         "hp": {k: np.asarray([p.hparams[k] for p in plans] + [plans[0].hparams[k]] * pad,
                              np.float32) for k in plans[0].hparams},
     }
-    consts = jax.device_put(consts, replicated)
-    loop = _group_loop(steps, members[0].cfg.loss, M if not tokens else bs)
+    consts = jax.device_put(consts, NamedSharding(steps.mesh, P(axis)))  # [run, ...] each
+    loop = _group_loop(steps, members[0].cfg.loss, M if not tokens else bs, axis)
 
     errors: dict[int, Exception] = {}
     reported = np.asarray(jax.device_get(carry["state"].step))[:G].astype(np.int64)
@@ -338,7 +399,7 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
             reported[g] = step[g]
         if newly_bad:  # a failed member stops here; the others go on
             carry["done"] = jax.device_put(
-                np.asarray(done) | np.isin(np.arange(Gp), list(errors)), replicated)
+                np.asarray(done) | np.isin(np.arange(Gp), list(errors)), where["done"])
             done = np.asarray(jax.device_get(carry["done"]))
         if done.all():
             break
@@ -395,9 +456,10 @@ MAX_AUTO_GROUP_ACCELERATOR = 64
 
 
 def auto_group_size(learner, largest_stage: int, n_runs: int, *, memory_share: float = 0.5,
-                    cap: int | None = None) -> int:
+                    cap: int | None = None, devices: int = 1) -> int:
     """A group size whose stacked states, data and activations take at most `memory_share` of
-    the free memory of one device (on CPU: a quarter of the host's RAM): per run, the trainable
+    the free memory of one device (on CPU: a quarter of the host's RAM), times `devices` when
+    whole runs are spread over that many devices (`run_mesh_axis`): per run, the trainable
     parameters five times (params, two Adam moments, best params, gradients), the largest
     stage's inputs (train and validation) and one batch's activations through the model."""
     cfg = learner.cfg
@@ -420,7 +482,7 @@ def auto_group_size(learner, largest_stage: int, n_runs: int, *, memory_share: f
     else:
         import os
         free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    return int(max(1, min(cap, n_runs, memory_share * free // per_run)))
+    return int(max(1, min(cap, n_runs, devices * memory_share * free // per_run)))
 
 
 def make_groups(n_runs: int, parallel_runs: int) -> list[range]:

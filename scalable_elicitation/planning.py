@@ -19,6 +19,9 @@ from scalable_elicitation import labelers, methods, records, selection
 from scalable_elicitation.data.registry import resolve_options, task_kind
 from scalable_elicitation.paths import as_path
 
+# `groups.GROUP_SHARDINGS`, named here because planning imports no JAX (tests pin the two equal)
+GROUP_SHARDINGS = ("rows", "runs")
+
 POINT_KEYS = ("budget", "fraction", "seed")
 LOSSES = ("xent", "logconf")
 SCHEDULES = ("default", "api")
@@ -73,6 +76,8 @@ def validate(config) -> None:
     need(isinstance(config.get("parallel_runs", 0), int) and config.get("parallel_runs", 0) >= 0,
          "parallel_runs", f"{config.get('parallel_runs')!r}; allowed: 0 (as many as fit the "
          "device), 1 (one at a time) or more")
+    need(config.get("group_sharding", "rows") in GROUP_SHARDINGS, "group_sharding",
+         f"{config.get('group_sharding')!r}; allowed: {', '.join(GROUP_SHARDINGS)}")
     need(config.n_test >= 2, "n_test", f"{config.n_test} must be >= 2")
     need(config.train.lr > 0, "train.lr", f"{config.train.lr} must be > 0")
     need(config.train.max_visits >= 1, "train.max_visits", "must be >= 1")

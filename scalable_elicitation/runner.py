@@ -118,7 +118,10 @@ class Sweep(Planner):
         if not specs:
             return 1
         largest = max(max(s.n_weak, s.n_oracle) for s in specs)
-        return groups.auto_group_size(self.learner, largest, len(specs))
+        axis = groups.run_mesh_axis(self.learner.steps.mesh,
+                                    self.config.get("group_sharding", "rows"))
+        devices = 1 if axis is None else self.learner.steps.mesh.shape[axis]
+        return groups.auto_group_size(self.learner, largest, len(specs), devices=devices)
 
     def group_shapes(self, specs) -> groups.Shapes:
         """The padded shapes of every group of these runs: their largest stage's training
@@ -181,7 +184,8 @@ class Sweep(Planner):
                     results = _or_errors(lambda: groups.run_stages_grouped(
                         jobs[0].steps, [j.member for j in jobs], spec=jobs[0].spec,
                         checkpoint_interval_s=jobs[0].checkpoint_interval_s,
-                        return_errors=True, shapes=shapes), len(jobs))
+                        return_errors=True, shapes=shapes,
+                        group_sharding=self.config.get("group_sharding", "rows")), len(jobs))
                 else:
                     results = [_or_errors(lambda: [_run_alone(j)], 1)[0] for j in jobs]
                 took = time.time() - t0

@@ -130,3 +130,66 @@ def test_auto_group_size_follows_memory_and_the_platform_rule():
     sizes = [groups.auto_group_size(probe, 256, 75, memory_share=s, cap=64)
              for s in (1e-12, 1e-6, 1e-4, 0.5)]
     assert sizes[0] == 1 and sizes == sorted(sizes) and sizes[-1] == 64
+
+
+def _spy_loop(monkeypatch):
+    """Records the sharding of the stacked head kernel going into and out of each group loop
+    call."""
+    from scalable_elicitation import groups
+    seen, real = [], groups._group_loop
+
+    def spy(*args):
+        loop = real(*args)
+
+        def call(carry, *rest):
+            seen.append(carry["state"].params["head"]["kernel"].sharding)
+            out = loop(carry, *rest)
+            seen.append(out["state"].params["head"]["kernel"].sharding)
+            return out
+        return call
+
+    monkeypatch.setattr(groups, "_group_loop", spy)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["runs", "rows"])
+def test_group_on_eight_devices_equals_one_at_a_time(mode, monkeypatch):
+    """On 8 devices a group puts whole runs on devices (9 members padded to 16: two per
+    device), and each member equals the run alone on one device; or it splits each member's
+    batch rows over the devices, and each member equals the run alone on the 8 devices."""
+    steps = Steps.for_probe(32, 2, make_mesh({"data": 8}))
+    lone = Steps.for_probe(32, 2, make_mesh({"data": 1 if mode == "runs" else 8}))
+    spec = BatchSpec(32, (1,), 0)
+    members = _members([8, 40, 130, 6, 75, 20, 12, 50, 9])
+    for g, m in enumerate(members):
+        m.params = steps.fresh_params(jax.random.key(100 + g))
+    alone = [run_stage(lone, lone.fresh_params(jax.random.key(100 + g)), m.train, m.targets,
+                       m.val, m.val_labels, m.cfg, seed_path=m.seed_path, key=m.key, spec=spec,
+                       source=m.source)
+             for g, m in enumerate(members)]
+    seen = _spy_loop(monkeypatch)
+    together = run_stages_grouped(steps, members, spec=spec, group_sharding=mode)
+    test, _ = _task(99, 200)
+    for a, b in zip(alone, together):
+        assert_same_record(a.record, b.record)
+        np.testing.assert_allclose(predict(lone, a.params, test, spec),
+                                   predict(steps, b.params, test, spec), atol=1e-5, rtol=1e-5)
+    assert seen, "the group loop never ran"
+    for sharding in seen:  # in and out of every call: [16 members, 32, 2]
+        shard = sharding.shard_shape((16, 32, 2))
+        assert shard == ((2, 32, 2) if mode == "runs" else (16, 32, 2)), (mode, sharding)
+
+
+def test_run_mesh_axis_rule():
+    """Whole runs go on the data axis only when asked and the model is not split; asking for
+    it with a split model, or an unknown mode, fails clearly."""
+    from scalable_elicitation.groups import run_mesh_axis
+    data8, split = make_mesh({"data": 8}), make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert run_mesh_axis(data8, "runs") == "data"
+    assert run_mesh_axis(data8) is run_mesh_axis(data8, "rows") is None
+    assert run_mesh_axis(make_mesh({"data": 1}), "runs") is None
+    assert run_mesh_axis(split) is None
+    with pytest.raises(ValueError, match="fit one device.*fsdp"):
+        run_mesh_axis(split, "runs")
+    with pytest.raises(ValueError, match="group_sharding='both'; allowed: rows, runs"):
+        run_mesh_axis(data8, "both")

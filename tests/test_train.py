@@ -150,6 +150,10 @@ def test_bad_config_values_fail_before_loading(tmp_path):
         R.Sweep(smoke_config(method="nope"), tmp_path)
     with pytest.raises(ValueError, match=r"config.fractions"):
         R.Sweep(smoke_config(fractions=("2",)), tmp_path)
+    with pytest.raises(ValueError, match="config.group_sharding: 'both'; allowed: rows, runs"):
+        R.Sweep(smoke_config(group_sharding="both"), tmp_path)
+    from scalable_elicitation import groups, planning  # validated without importing JAX
+    assert planning.GROUP_SHARDINGS == groups.GROUP_SHARDINGS
 
 
 def test_unknown_task_is_one_clear_error(tmp_path):
