@@ -1,7 +1,7 @@
 r"""Runs of a sweep one at a time against together (SPEC section 13), side by side.
 
   python benchmarks/sweep_throughput.py [--setups=probe,tiny_lora,smollm2_lora]
-      [--cache_from=WORKDIR] [--parallel=1,0]
+      [--cache_from=WORKDIR] [--parallel=1,0] [--group_sharding=rows|runs]
 
 For each setup, the same planned runs are swept once per `parallel_runs` value (1: one at a
 time, `stage.run_stage`; 0: the default group size, `groups.run_stages_grouped`), each in a
@@ -20,7 +20,8 @@ token setups only), MFU where the chip's peak is known (LoRA: 2x forward FLOPs),
 of the train step (a group's loop counts once per compiled shape). Runs unchanged on CPU, GPU
 and TPU. The first row of a process also compiles helpers that later rows reuse (about 1 s
 for the probe, 6 s for tiny_lora): repeat values in both orders (--parallel=0,1,0,1) to
-compare fairly.
+compare fairly. `--group_sharding=runs` spreads whole runs of a group over all local devices
+(`config.group_sharding`, every setup on a mesh of all devices); on one device it is `rows`.
 """
 from __future__ import annotations
 
@@ -84,13 +85,17 @@ def mean_tokens(sweep, specs) -> float | None:
     return float(enc.lengths().mean())
 
 
-def run(name: str, parallel: int, cache_from: str | None, workroot: pathlib.Path) -> dict:
+def run(name: str, parallel: int, cache_from: str | None, workroot: pathlib.Path,
+        group_sharding: str = "rows") -> dict:
     import jax
     from common import chip_peak, forward_flops
     from scalable_elicitation import experiment, runner
 
     config = setup_config(name)
     config.parallel_runs = parallel
+    config.group_sharding = group_sharding
+    if group_sharding == "runs":
+        config.mesh.data = -1  # whole runs over every local device
     workdir = workroot / name
     if cache_from and name == "probe" and not (workdir / "cache").exists():
         shutil.copytree(pathlib.Path(cache_from) / "cache", workdir / "cache")
@@ -117,7 +122,8 @@ def run(name: str, parallel: int, cache_from: str | None, workroot: pathlib.Path
         flops = 2 * forward_flops(cfg, params - cfg.vocab_size * cfg.hidden_size,
                                   int(visits * tokens), config.max_length)
         mfu = f"{flops / wall / peak:.1%}"
-    return {"device": kind, "setup": name,
+    return {"device": f"{kind} x{len(jax.devices())}" if len(jax.devices()) > 1 else kind,
+            "setup": name, "placement": group_sharding,
             "parallel_runs": f"{parallel} ({sweep.group_size(specs)})" if parallel == 0
             else str(parallel),
             "runs": len(done.records), "wall s": f"{wall:.1f}",
@@ -134,6 +140,8 @@ def main(argv=None):
     parser.add_argument("--cache_from", default=None,
                         help="a workdir whose cache/ (features) the probe setup reuses")
     parser.add_argument("--workdir", default=None, help="where to keep caches between calls")
+    parser.add_argument("--group_sharding", default="rows", choices=("rows", "runs"),
+                        help="runs: a group's runs spread over all local devices")
     args = parser.parse_args(argv)
     from common import print_table
     rows = []
@@ -142,7 +150,7 @@ def main(argv=None):
         for name in args.setups.split(","):
             base = None
             for p in (int(x) for x in args.parallel.split(",")):
-                row = run(name, p, args.cache_from, root)
+                row = run(name, p, args.cache_from, root, args.group_sharding)
                 base = base or row["_wall"]
                 row["speed-up"] = f"{base / row.pop('_wall'):.1f}x"
                 rows.append(row)
