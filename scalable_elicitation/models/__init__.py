@@ -255,11 +255,11 @@ def _load_hf_folder(path: pathlib.Path, *, pooling, **kw) -> ModelBundle:
 
 
 def _load_gguf(path: pathlib.Path, *, pooling, **kw) -> ModelBundle:
-    import gguf
+    from scalable_elicitation.models.gguf_file import GGUFFile
 
     if not path.exists():
         raise FileNotFoundError(f"GGUF file {path} not found")
-    reader = gguf.GGUFReader(str(path))
+    reader = GGUFFile(path)
     cfg, arch = W.gguf_config(reader)
     if pooling:
         cfg = dataclasses.replace(cfg, pooling=pooling)

@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from scalable_elicitation.models import gguf_file
 from scalable_elicitation.models.config import ArchConfig, from_hf_config
 
 FRESH_PARAM_PATTERNS = (r"^head\.", r"\.lora_a$", r"\.lora_b$")
@@ -235,33 +236,26 @@ class SafetensorsSource(TensorSource):
 
 
 class GGUFSource(TensorSource):
-    """Tensors of a GGUF file, dequantised to float32 with the `gguf` package."""
+    """Tensors of a GGUF file (`gguf_file.GGUFFile`), dequantised to float32."""
 
-    def __init__(self, reader):
-        self._tensors = {t.name: t for t in reader.tensors}
+    def __init__(self, reader: gguf_file.GGUFFile):
+        self._tensors = reader.tensors
 
     def names(self):
         return list(self._tensors)
 
     def get(self, name):
-        import gguf
-
-        t = self._tensors[name]
-        arr = gguf.quants.dequantize(t.data, t.tensor_type)
-        shape = tuple(int(s) for s in reversed(list(t.shape)))
-        return np.asarray(arr, dtype=np.float32).reshape(shape)
+        return gguf_file.dequantize(self._tensors[name])
 
 
 # ---------------------------------------------------------------------------------------------
 # GGUF metadata -> config and tokenizer
-def gguf_field(reader, key, default=None):
-    field = reader.fields.get(key)
-    if field is None:
-        return default
-    return field.contents()
+def gguf_field(reader: gguf_file.GGUFFile, key: str, default=None):
+    """A metadata value of a GGUF file, or `default` if the key is absent."""
+    return reader.fields.get(key, default)
 
 
-def gguf_config(reader) -> tuple[ArchConfig, str]:
+def gguf_config(reader: gguf_file.GGUFFile) -> tuple[ArchConfig, str]:
     """Our ArchConfig from GGUF metadata; also returns the GGUF architecture name."""
     arch = gguf_field(reader, "general.architecture")
     if arch not in ("llama", "qwen2"):
@@ -273,7 +267,7 @@ def gguf_config(reader) -> tuple[ArchConfig, str]:
             raise ValueError(f"GGUF metadata {arch}.{key} is missing")
         return value
 
-    names = {t.name for t in reader.tensors}
+    names = set(reader.tensors)
     heads = int(get("attention.head_count"))
     hidden = int(get("embedding_length"))
     tokens = gguf_field(reader, "tokenizer.ggml.tokens")
@@ -309,7 +303,7 @@ def gguf_config(reader) -> tuple[ArchConfig, str]:
     return cfg, arch
 
 
-def gguf_tokenizer(reader):
+def gguf_tokenizer(reader: gguf_file.GGUFFile):
     """A transformers fast tokenizer rebuilt from GGUF metadata (byte-level BPE), no torch."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
