@@ -130,6 +130,10 @@ def test_auto_group_size_follows_memory_and_the_platform_rule():
     sizes = [groups.auto_group_size(probe, 256, 75, memory_share=s, cap=64)
              for s in (1e-12, 1e-6, 1e-4, 0.5)]
     assert sizes[0] == 1 and sizes == sorted(sizes) and sizes[-1] == 64
+    # whole runs spread over 8 devices: eight devices' memory
+    one = groups.auto_group_size(probe, 256, 10**6, memory_share=1e-3, cap=10**6)
+    eight = groups.auto_group_size(probe, 256, 10**6, memory_share=1e-3, cap=10**6, devices=8)
+    assert one >= 2 and 8 * one <= eight < 8 * (one + 1)
 
 
 def _spy_loop(monkeypatch):
