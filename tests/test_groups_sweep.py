@@ -65,8 +65,11 @@ class _Kill(BaseException):  # like KeyboardInterrupt: not a failed run
     pass
 
 
+@pytest.mark.parametrize("placement", ["rows", "runs"])
 def test_killed_group_resumes_every_run_with_the_records_of_an_uninterrupted_sweep(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, placement):
+    """A group killed mid-stage resumes from its checkpoints; with `runs`, its runs spread
+    over 4 devices (saved from and restored into the sharded group)."""
     import shutil
 
     from configs import cost_sweep
@@ -75,7 +78,8 @@ def test_killed_group_resumes_every_run_with_the_records_of_an_uninterrupted_swe
     monkeypatch.setattr(groups.run_stages_grouped, "__kwdefaults__",  # a host check (and
                         {**groups.run_stages_grouped.__kwdefaults__, "iters_per_call": 2})  # save)
     c = cost_sweep.get_config("smoke")
-    c.mesh.data = 1
+    c.mesh.data = 1 if placement == "rows" else 4
+    c.group_sharding = placement
     c.train.max_visits = 640  # stages of 20 steps, so the kill lands mid-stage
     c.checkpoint_interval_s = 0.0
     c.parallel_runs = 4
