@@ -153,10 +153,16 @@ def run_mesh_axis(mesh, mode: str = "rows") -> str | None:
     return "data" if mesh.shape.get("data", 1) > 1 else None
 
 
+def _spec(*axes) -> P:
+    """A PartitionSpec, `P()` when nothing is split: the spec XLA gives the loop's replicated
+    outputs, so that every call of the loop has one signature."""
+    return P(*axes) if any(a is not None for a in axes) else P()
+
+
 def _stacked(shardings, axis):
     """Shardings of trees stacked on a leading run axis: that axis over `axis` (or
     replicated), each leaf's own dimensions as before."""
-    return jax.tree.map(lambda s: NamedSharding(s.mesh, P(axis, *s.spec)), shardings)
+    return jax.tree.map(lambda s: NamedSharding(s.mesh, _spec(axis, *s.spec)), shardings)
 
 
 def _carry_shardings(steps: Steps, axis, carry: dict) -> dict:
@@ -164,10 +170,10 @@ def _carry_shardings(steps: Steps, axis, carry: dict) -> dict:
     shardings, per-member vectors over the run axis, the loss log [steps, members] likewise
     on its second axis, the step counter everywhere."""
     mesh = steps.mesh
-    out = {k: NamedSharding(mesh, P(axis)) for k in carry}
+    out = {k: NamedSharding(mesh, _spec(axis)) for k in carry}
     out.update(state=_stacked(steps.state_sharding, axis),
                best=_stacked(steps.params_sharding, axis),
-               losses=NamedSharding(mesh, P(None, axis)), it=NamedSharding(mesh, P()))
+               losses=NamedSharding(mesh, _spec(None, axis)), it=NamedSharding(mesh, P()))
     return out
 
 
@@ -210,7 +216,7 @@ def _group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None =
         # whole members on devices, or each member's rows over the data-parallel devices as a
         # lone step's are
         batch = {name: jax.lax.with_sharding_constraint(
-            v, NamedSharding(steps.mesh, P(axis)) if axis is not None
+            v, NamedSharding(steps.mesh, _spec(axis)) if axis is not None
             else batch_sharding(steps.mesh, v.ndim - 1, leading=1))
             for name, v in batch.items()}
         new, metrics = jax.vmap(step, in_axes=(0, None, 0, 0))(st, frozen, batch, k["hp"])
@@ -370,7 +376,7 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
         "hp": {k: np.asarray([p.hparams[k] for p in plans] + [plans[0].hparams[k]] * pad,
                              np.float32) for k in plans[0].hparams},
     }
-    consts = jax.device_put(consts, NamedSharding(steps.mesh, P(axis)))  # [run, ...] each
+    consts = jax.device_put(consts, NamedSharding(steps.mesh, _spec(axis)))  # [run, ...]
     loop = _group_loop(steps, members[0].cfg.loss, M if not tokens else bs, axis)
 
     errors: dict[int, Exception] = {}

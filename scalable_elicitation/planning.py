@@ -78,6 +78,11 @@ def validate(config) -> None:
          "device), 1 (one at a time) or more")
     need(config.get("group_sharding", "rows") in GROUP_SHARDINGS, "group_sharding",
          f"{config.get('group_sharding')!r}; allowed: {', '.join(GROUP_SHARDINGS)}")
+    mesh = dict(config.get("mesh", {}))
+    need(config.get("group_sharding", "rows") != "runs"
+         or (mesh.get("fsdp", 1) == 1 and mesh.get("tensor", 1) == 1), "group_sharding",
+         f"'runs' puts whole runs on devices, so the model must fit one device: set mesh.fsdp "
+         f"and mesh.tensor to 1 (mesh is {mesh}) or use 'rows'")
     need(config.n_test >= 2, "n_test", f"{config.n_test} must be >= 2")
     need(config.train.lr > 0, "train.lr", f"{config.train.lr} must be > 0")
     need(config.train.max_visits >= 1, "train.max_visits", "must be >= 1")

@@ -120,7 +120,10 @@ class Sweep(Planner):
         largest = max(max(s.n_weak, s.n_oracle) for s in specs)
         axis = groups.run_mesh_axis(self.learner.steps.mesh,
                                     self.config.get("group_sharding", "rows"))
-        devices = 1 if axis is None else self.learner.steps.mesh.shape[axis]
+        # whole runs on several devices: their memory adds up (not so for a CPU's fake
+        # devices, which share the host's RAM)
+        devices = 1 if axis is None or jax.local_devices()[0].platform == "cpu" \
+            else self.learner.steps.mesh.shape[axis]
         return groups.auto_group_size(self.learner, largest, len(specs), devices=devices)
 
     def group_shapes(self, specs) -> groups.Shapes:

@@ -184,6 +184,26 @@ def test_group_on_eight_devices_equals_one_at_a_time(mode, monkeypatch):
         assert shard == ((2, 32, 2) if mode == "runs" else (16, 32, 2)), (mode, sharding)
 
 
+def test_runs_on_devices_pad_a_small_group_to_every_device():
+    """3 runs on 8 devices: the group is padded to 8 members, one per device, and the 3 real
+    ones equal the runs alone on one device."""
+    steps = Steps.for_probe(32, 2, make_mesh({"data": 8}))
+    lone = Steps.for_probe(32, 2, make_mesh({"data": 1}))
+    spec = BatchSpec(32, (1,), 0)
+    members = _members([40, 6, 75])
+    for g, m in enumerate(members):
+        m.params = steps.fresh_params(jax.random.key(200 + g))
+    together = run_stages_grouped(steps, members, spec=spec, group_sharding="runs")
+    test, _ = _task(98, 100)
+    for g, (m, b) in enumerate(zip(members, together)):
+        a = run_stage(lone, lone.fresh_params(jax.random.key(200 + g)), m.train, m.targets,
+                      m.val, m.val_labels, m.cfg, seed_path=m.seed_path, key=m.key, spec=spec,
+                      source=m.source)
+        assert_same_record(a.record, b.record)
+        np.testing.assert_allclose(predict(lone, a.params, test, spec),
+                                   predict(steps, b.params, test, spec), atol=1e-5, rtol=1e-5)
+
+
 def test_run_mesh_axis_rule():
     """Whole runs go on the data axis only when asked and the model is not split; asking for
     it with a split model, or an unknown mode, fails clearly."""

@@ -4,7 +4,7 @@ member gets what the run gets alone."""
 import jax
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from scalable_elicitation import groups
 from scalable_elicitation.groups import Member, run_stages_grouped
@@ -40,7 +40,7 @@ def _members(learner, sizes):
     (SPLIT, "rows", SPLIT),                  # LoRA and batches sharded as one run's are
     ((("data", 4),), "runs", (("data", 1),)),  # whole runs on devices: as alone on one
 ])
-def test_lora_group_on_a_mesh_equals_one_at_a_time(mesh, mode, lone_mesh):
+def test_lora_group_on_a_mesh_equals_one_at_a_time(mesh, mode, lone_mesh, monkeypatch):
     learner = _learner(mesh)
     lone = learner if lone_mesh == mesh else _learner(lone_mesh)
     members = _members(learner, [14, 30, 22])
@@ -51,6 +51,18 @@ def test_lora_group_on_a_mesh_equals_one_at_a_time(mesh, mode, lone_mesh):
         alone.append(run_stage(lone.steps, lone.steps.fresh_params(jax.random.key(50 + g)),
                                m.train, m.targets, m.val, m.val_labels, m.cfg,
                                seed_path=m.seed_path, key=m.key, spec=spec, source=m.source))
+    seen = []  # the stacked LoRA params going into every call of the group loop
+    real = groups._group_loop
+
+    def spy(*args):
+        loop = real(*args)
+
+        def call(carry, *rest):
+            seen.append(jax.tree.leaves(carry["state"].params))
+            return loop(carry, *rest)
+        return call
+
+    monkeypatch.setattr(groups, "_group_loop", spy)
     together = run_stages_grouped(learner.steps, members, spec=spec, group_sharding=mode)
     test = _members(learner, [16])[0].train
     for a, b in zip(alone, together):
@@ -62,11 +74,15 @@ def test_lora_group_on_a_mesh_equals_one_at_a_time(mesh, mode, lone_mesh):
         np.testing.assert_allclose(predict(lone.steps, a.params, test, spec),
                                    predict(learner.steps, b.params, test, spec), atol=1e-4)
     assert len({r.record["steps"] for r in together}) > 1, "members should stop apart"
-    # the stacked states keep every parameter's own sharding behind the run axis
-    axis = None if mode == "rows" else "data"
-    stacked = groups._carry_shardings(learner.steps, axis, {"state": 0, "best": 0})
-    pairs = list(zip(jax.tree.leaves(stacked["best"]),
-                     jax.tree.leaves(learner.steps.params_sharding)))
-    assert pairs and all(s.spec == P(axis, *p.spec) for s, p in pairs)
+    # the group's stacked LoRA factors keep each parameter's own (fsdp, tensor) sharding behind
+    # the run axis (rows), or put the run axis over the data devices (runs: 3 members padded
+    # to 4, one per device)
+    own = jax.tree.leaves(learner.steps.params_sharding)
+    assert seen and all(len(leaves) == len(own) for leaves in seen)
+    for leaves in seen:
+        for x, s in zip(leaves, own):
+            want = P(None, *s.spec) if mode == "rows" else P("data", *s.spec)
+            assert x.sharding.is_equivalent_to(NamedSharding(s.mesh, want), x.ndim), (
+                x.sharding, want)
     if mode == "rows":  # the mesh really splits some LoRA factor
-        assert any(any(a is not None for a in p.spec) for _, p in pairs)
+        assert any(any(a is not None for a in s.spec) for s in own)

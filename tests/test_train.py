@@ -152,6 +152,9 @@ def test_bad_config_values_fail_before_loading(tmp_path):
         R.Sweep(smoke_config(fractions=("2",)), tmp_path)
     with pytest.raises(ValueError, match="config.group_sharding: 'both'; allowed: rows, runs"):
         R.Sweep(smoke_config(group_sharding="both"), tmp_path)
+    with pytest.raises(ValueError, match="config.group_sharding: 'runs' .* model must fit one "
+                                         "device: set mesh.fsdp and mesh.tensor to 1"):
+        R.Sweep(smoke_config(group_sharding="runs", **{"mesh.tensor": 2}), tmp_path)
     from scalable_elicitation import groups, planning  # validated without importing JAX
     assert planning.GROUP_SHARDINGS == groups.GROUP_SHARDINGS
 
