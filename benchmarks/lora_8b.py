@@ -19,9 +19,10 @@ Every run makes one update from `--batch` examples of `--length` real tokens. Ro
 
 Prints tokens/s, model FLOP utilisation (LoRA: 2x forward FLOPs; recomputation not counted),
 the speed against the reference (at the 8B shape on an H200 only; the issue's goal is >= 5x),
-ms per update of all G runs, the first call's seconds (compile included), peak device memory
-where the runtime reports it, and compiles. A row that runs out of memory prints OOM and the
-others go on. Runs unchanged on CPU, GPU and TPU.
+ms per update of all G runs, the first call's seconds (compile included), and the process's
+peak device memory so far where the runtime reports it (the largest of this row and the rows
+before it: order rows by size to read it per row). A row that runs out of memory prints OOM
+and the others go on. Runs on one device, unchanged on CPU, GPU and TPU.
 """
 from __future__ import annotations
 
@@ -184,6 +185,7 @@ def main(argv=None):
     n_base = sum(int(x.size) for x in jax.tree.leaves(plain.frozen))
     nonembed = n_base - 2 * cfg.vocab_size * cfg.hidden_size  # embedding and untied LM head
     kind, peak = chip_peak()
+    peak = peak / jax.device_count() if peak else None  # one chip: the rows use one device
     # the reference is PyTorch on an H200 at the 8B shape, sequence 512, 32 per update
     reference = REFERENCE_TOKENS_S if study_shape and "H200" in kind else None
     rng = np.random.default_rng(0)
@@ -212,7 +214,7 @@ def main(argv=None):
             if "RESOURCE_EXHAUSTED" not in str(err) and "out of memory" not in str(err).lower():
                 raise
             table.append({**row, "ms/update": "OOM", "tokens/s": "OOM", "x reference": "-",
-                          "MFU": "-", "first call s": "-", "peak mem": peak_memory()})
+                          "MFU": "-", "first call s": "-", "peak mem so far": peak_memory()})
             print(f"{name}: out of memory", file=sys.stderr, flush=True)
             continue
         tokens = G * B * L
@@ -221,7 +223,7 @@ def main(argv=None):
             **row, "ms/update": f"{per_call * 1e3:,.1f}", "tokens/s": f"{tokens / per_call:,.0f}",
             "x reference": f"{tokens / per_call / reference:.1f}x" if reference else "n/a",
             "MFU": f"{flops / per_call / peak:.1%}" if peak else "n/a",
-            "first call s": f"{first:.1f}", "peak mem": peak_memory()})
+            "first call s": f"{first:.1f}", "peak mem so far": peak_memory()})
         print(f"{name}: {table[-1]['tokens/s']} tokens/s", file=sys.stderr, flush=True)
     print_table(table)
 
