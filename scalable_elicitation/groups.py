@@ -334,14 +334,12 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
     carry = {
         "state": _stack(states + [states[0]] * pad),
         "best": _stack(best + [best[0]] * pad),
-        **{
-            "metric": np.where(has, [x[0] for x in meta] + [0.0] * pad, -np.inf
-                               ).astype(np.float32),
-            "best_step": np.asarray([x[1] for x in meta] + [0] * pad, np.int32),
-            "bad": np.asarray([x[2] for x in meta] + [0] * pad, np.int32), "has_best": has,
-            "done": np.asarray([False] * G + [True] * pad),
-            "losses": np.full((iters_per_call, Gp), np.nan, np.float32),
-            "it": np.zeros((), np.int32)}}
+        "metric": np.where(has, [x[0] for x in meta] + [0.0] * pad, -np.inf).astype(np.float32),
+        "best_step": np.asarray([x[1] for x in meta] + [0] * pad, np.int32),
+        "bad": np.asarray([x[2] for x in meta] + [0] * pad, np.int32), "has_best": has,
+        "done": np.asarray([False] * G + [True] * pad),
+        "losses": np.full((iters_per_call, Gp), np.nan, np.float32),
+        "it": np.zeros((), np.int32)}
     where = _carry_shardings(steps, axis, carry)  # as the loop's outputs: one signature
     carry = jax.device_put(carry, where)
 

@@ -2,6 +2,8 @@
 import os
 import tempfile
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
@@ -16,3 +18,26 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture
+def group_loop_spy(monkeypatch):
+    """The shardings of the stacked trainable parameters going into each call of the group
+    loop (`groups._group_loop`) and coming out of it: a list of (in, out) trees."""
+    import jax
+
+    from scalable_elicitation import groups
+    seen, real = [], groups._group_loop
+
+    def spy(*args):
+        loop = real(*args)
+
+        def call(carry, *rest):
+            before = jax.tree.map(lambda x: x.sharding, carry["state"].params)
+            out = loop(carry, *rest)
+            seen.append((before, jax.tree.map(lambda x: x.sharding, out["state"].params)))
+            return out
+        return call
+
+    monkeypatch.setattr(groups, "_group_loop", spy)
+    return seen

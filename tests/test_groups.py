@@ -136,28 +136,8 @@ def test_auto_group_size_follows_memory_and_the_platform_rule():
     assert one >= 2 and 8 * one <= eight < 8 * (one + 1)
 
 
-def _spy_loop(monkeypatch):
-    """Records the sharding of the stacked head kernel going into and out of each group loop
-    call."""
-    from scalable_elicitation import groups
-    seen, real = [], groups._group_loop
-
-    def spy(*args):
-        loop = real(*args)
-
-        def call(carry, *rest):
-            seen.append(carry["state"].params["head"]["kernel"].sharding)
-            out = loop(carry, *rest)
-            seen.append(out["state"].params["head"]["kernel"].sharding)
-            return out
-        return call
-
-    monkeypatch.setattr(groups, "_group_loop", spy)
-    return seen
-
-
 @pytest.mark.parametrize("mode", ["runs", "rows"])
-def test_group_on_eight_devices_equals_one_at_a_time(mode, monkeypatch):
+def test_group_on_eight_devices_equals_one_at_a_time(mode, group_loop_spy):
     """On 8 devices a group puts whole runs on devices (9 members padded to 16: two per
     device), and each member equals the run alone on one device; or it splits each member's
     batch rows over the devices, and each member equals the run alone on the 8 devices."""
@@ -171,17 +151,17 @@ def test_group_on_eight_devices_equals_one_at_a_time(mode, monkeypatch):
                        m.val, m.val_labels, m.cfg, seed_path=m.seed_path, key=m.key, spec=spec,
                        source=m.source)
              for g, m in enumerate(members)]
-    seen = _spy_loop(monkeypatch)
     together = run_stages_grouped(steps, members, spec=spec, group_sharding=mode)
     test, _ = _task(99, 200)
     for a, b in zip(alone, together):
         assert_same_record(a.record, b.record)
         np.testing.assert_allclose(predict(lone, a.params, test, spec),
                                    predict(steps, b.params, test, spec), atol=1e-5, rtol=1e-5)
-    assert seen, "the group loop never ran"
-    for sharding in seen:  # in and out of every call: [16 members, 32, 2]
-        shard = sharding.shard_shape((16, 32, 2))
-        assert shard == ((2, 32, 2) if mode == "runs" else (16, 32, 2)), (mode, sharding)
+    assert group_loop_spy, "the group loop never ran"
+    for call in group_loop_spy:  # the head kernel [16 members, 32, 2], in and out of each call
+        for params in call:
+            shard = params["head"]["kernel"].shard_shape((16, 32, 2))
+            assert shard == ((2, 32, 2) if mode == "runs" else (16, 32, 2)), (mode, params)
 
 
 def test_runs_on_devices_pad_a_small_group_to_every_device():
