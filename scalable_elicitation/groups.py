@@ -462,8 +462,9 @@ MAX_AUTO_GROUP_ACCELERATOR = 64
 def auto_group_size(learner, largest_stage: int, n_runs: int, *, memory_share: float = 0.5,
                     cap: int | None = None, devices: int = 1) -> int:
     """A group size whose stacked states, data and activations take at most `memory_share` of
-    the free memory of one device (on CPU: a quarter of the host's RAM), times `devices` when
-    whole runs are spread over that many devices (`run_mesh_axis`): per run, the trainable
+    the free memory of one device, times `devices` when whole runs are spread over that many
+    devices (`run_mesh_axis`); on CPU a quarter of the host's RAM, which every (fake) device
+    shares, so `devices` adds nothing there. Per run it counts the trainable
     parameters five times (params, two Adam moments, best params, gradients), the largest
     stage's inputs (train and validation) and one batch's activations through the model."""
     cfg = learner.cfg
@@ -481,12 +482,12 @@ def auto_group_size(learner, largest_stage: int, n_runs: int, *, memory_share: f
     cap = cap or MAX_AUTO_GROUP.get((device.platform, learner.probe),
                                     MAX_AUTO_GROUP_ACCELERATOR)
     stats = device.memory_stats() or {}
-    if "bytes_limit" in stats:
-        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    else:
+    if "bytes_limit" in stats:  # each device's own memory: the devices' add up
+        free = devices * (stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    else:  # the host's RAM, one pool for all its devices
         import os
         free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    return int(max(1, min(cap, n_runs, devices * memory_share * free // per_run)))
+    return int(max(1, min(cap, n_runs, memory_share * free // per_run)))
 
 
 def make_groups(n_runs: int, parallel_runs: int) -> list[range]:

@@ -76,11 +76,10 @@ def validate(config) -> None:
     need(isinstance(config.get("parallel_runs", 0), int) and config.get("parallel_runs", 0) >= 0,
          "parallel_runs", f"{config.get('parallel_runs')!r}; allowed: 0 (as many as fit the "
          "device), 1 (one at a time) or more")
-    need(config.get("group_sharding", "rows") in GROUP_SHARDINGS, "group_sharding",
-         f"{config.get('group_sharding')!r}; allowed: {', '.join(GROUP_SHARDINGS)}")
-    mesh = dict(config.get("mesh", {}))
-    need(config.get("group_sharding", "rows") != "runs"
-         or (mesh.get("fsdp", 1) == 1 and mesh.get("tensor", 1) == 1), "group_sharding",
+    placement, mesh = config.get("group_sharding", "rows"), dict(config.get("mesh", {}))
+    need(placement in GROUP_SHARDINGS, "group_sharding",
+         f"{placement!r}; allowed: {', '.join(GROUP_SHARDINGS)}")
+    need(placement != "runs" or (mesh.get("fsdp", 1) == 1 and mesh.get("tensor", 1) == 1), "group_sharding",
          f"'runs' puts whole runs on devices, so the model must fit one device: set mesh.fsdp "
          f"and mesh.tensor to 1 (mesh is {mesh}) or use 'rows'")
     need(config.n_test >= 2, "n_test", f"{config.n_test} must be >= 2")

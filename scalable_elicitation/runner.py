@@ -118,12 +118,9 @@ class Sweep(Planner):
         if not specs:
             return 1
         largest = max(max(s.n_weak, s.n_oracle) for s in specs)
-        axis = groups.run_mesh_axis(self.learner.steps.mesh,
-                                    self.config.get("group_sharding", "rows"))
-        # whole runs on several devices: their memory adds up (not so for a CPU's fake
-        # devices, which share the host's RAM)
-        devices = 1 if axis is None or jax.local_devices()[0].platform == "cpu" \
-            else self.learner.steps.mesh.shape[axis]
+        mesh = self.learner.steps.mesh
+        axis = groups.run_mesh_axis(mesh, self.config.get("group_sharding", "rows"))
+        devices = 1 if axis is None else mesh.shape[axis]  # whole runs spread over them
         return groups.auto_group_size(self.learner, largest, len(specs), devices=devices)
 
     def group_shapes(self, specs) -> groups.Shapes:

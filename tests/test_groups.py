@@ -1,4 +1,6 @@
 """A group of stages trained together gives each member what it gets alone (SPEC section 13)."""
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -113,7 +115,7 @@ def test_one_loss_kind_per_group_and_group_sizes(probe):
         make_groups(3, 0)
 
 
-def test_auto_group_size_follows_memory_and_the_platform_rule():
+def test_auto_group_size_follows_memory_and_the_platform_rule(monkeypatch):
     """The default group size: probes group on CPU (capped by the measured rule), finetuned
     transformers go one at a time there; a memory budget smaller than one run still gives 1,
     and more memory never gives a smaller group."""
@@ -130,9 +132,19 @@ def test_auto_group_size_follows_memory_and_the_platform_rule():
     sizes = [groups.auto_group_size(probe, 256, 75, memory_share=s, cap=64)
              for s in (1e-12, 1e-6, 1e-4, 0.5)]
     assert sizes[0] == 1 and sizes == sorted(sizes) and sizes[-1] == 64
-    # whole runs spread over 8 devices: eight devices' memory
-    one = groups.auto_group_size(probe, 256, 10**6, memory_share=1e-3, cap=10**6)
-    eight = groups.auto_group_size(probe, 256, 10**6, memory_share=1e-3, cap=10**6, devices=8)
+    # whole runs spread over a CPU's 8 fake devices: one host RAM, no bigger group
+    size = functools.partial(groups.auto_group_size, probe, 256, 10**6, cap=10**6)
+    assert size(memory_share=1e-3, devices=8) == size(memory_share=1e-3) >= 2
+
+    class Accelerator:  # a device with its own memory, as a GPU reports it
+        platform = "gpu"
+
+        def memory_stats(self):
+            return {"bytes_limit": 2**30, "bytes_in_use": 2**28}
+
+    monkeypatch.setattr(groups.jax, "local_devices", lambda: [Accelerator()])
+    one = size(memory_share=1e-2)  # whole runs spread over 8 such devices: 8 devices' memory
+    eight = size(memory_share=1e-2, devices=8)
     assert one >= 2 and 8 * one <= eight < 8 * (one + 1)
 
 
