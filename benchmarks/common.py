@@ -25,6 +25,15 @@ def forward_flops(cfg, n_params_nonembed: int, tokens: int, length: int) -> floa
     return tokens * (2 * n_params_nonembed + attn)
 
 
+def step_hparams(shape=(), **values) -> dict:
+    """A train step's per-run hyperparameters (`Steps.step_fn`'s `hp`) as float32 arrays of
+    `shape` (a leading run axis for vmapped groups); `values` replace the defaults."""
+    import jax.numpy as jnp
+    hp = dict(lr=1e-4, warmup=2.0, total=1000.0, logconf_ramp=200.0, logconf_coef=0.5)
+    hp.update(values)
+    return {k: jnp.full(shape, v, jnp.float32) for k, v in hp.items()}
+
+
 def print_table(rows: list[dict]) -> None:
     cols = list(rows[0])
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]

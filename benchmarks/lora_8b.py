@@ -39,7 +39,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import chip_peak, forward_flops, print_table  # noqa: E402
+from common import chip_peak, forward_flops, print_table, step_hparams  # noqa: E402
 
 from scalable_elicitation.models import ModelBundle, build_model  # noqa: E402
 from scalable_elicitation.models.config import ArchConfig  # noqa: E402
@@ -67,11 +67,6 @@ def batch(rng, cfg, shape, length):
             "attention_mask": jnp.ones((*shape, length), jnp.int32),
             "target": jnp.asarray(rng.integers(0, 2, n), jnp.float32).reshape(shape),
             "weight": jnp.ones(shape, jnp.float32)}
-
-
-def hparams(shape=()):
-    hp = dict(lr=1e-4, warmup=2.0, total=1000.0, logconf_ramp=200.0, logconf_coef=0.5)
-    return {k: jnp.full(shape, v, jnp.float32) for k, v in hp.items()}
 
 
 def accumulated_step(steps: Steps, runs: int):
@@ -205,10 +200,10 @@ def main(argv=None):
             states = jax.tree.map(lambda x: jnp.stack([x] * G), state)
             if how == "accumulated":
                 fn = accumulated_step(steps, G)
-                call_args = (steps.frozen, batch(rng, cfg, (G, B // M, M), L), hparams((G,)))
+                call_args = (steps.frozen, batch(rng, cfg, (G, B // M, M), L), step_hparams((G,)))
             else:
                 fn = engine_step(steps)
-                call_args = (steps.frozen, batch(rng, cfg, (G, B), L), hparams((G,)))
+                call_args = (steps.frozen, batch(rng, cfg, (G, B), L), step_hparams((G,)))
             per_call, first = timed(fn, states, call_args, args.repeats)
         except Exception as err:  # noqa: BLE001 (an out-of-memory row must not end the table)
             if "RESOURCE_EXHAUSTED" not in str(err) and "out of memory" not in str(err).lower():

@@ -28,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import print_table  # noqa: E402
+from common import print_table, step_hparams  # noqa: E402
 
 from scalable_elicitation.sharding import make_mesh  # noqa: E402
 from scalable_elicitation.train import Steps  # noqa: E402
@@ -55,9 +55,7 @@ def time_group(steps: Steps, group: int, n_steps: int, dim: int) -> dict:
     order = jnp.asarray(rng.integers(0, ROWS, size=(group, n_steps, BATCH)).astype(np.int32))
     keys = jax.random.split(jax.random.key(0), group)
     states = jax.vmap(lambda k: steps.init_state(steps.fresh_params(k), k))(keys)
-    hp = {"lr": jnp.float32(1e-2), "warmup": jnp.float32(10.0),
-          "total": jnp.float32(n_steps), "logconf_ramp": jnp.float32(0.0),
-          "logconf_coef": jnp.float32(0.0)}
+    hp = step_hparams(lr=1e-2, warmup=10.0, total=n_steps, logconf_ramp=0.0, logconf_coef=0.0)
     step = jax.vmap(steps.step_fn("xent"), in_axes=(0, None, 0, None))
     before = steps.compiles["train"]
 

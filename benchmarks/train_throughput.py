@@ -13,12 +13,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import chip_peak, forward_flops, print_table  # noqa: E402
+from common import chip_peak, forward_flops, print_table, step_hparams  # noqa: E402
 
 from scalable_elicitation.models import load_pretrained  # noqa: E402
 from scalable_elicitation.batching import make_batch, to_global  # noqa: E402
@@ -29,8 +28,7 @@ def bench(model, scope, batch, length, dtype, repeats):
     bundle = load_pretrained(model, dtype=dtype, trainable=scope)
     steps = Steps.for_model(bundle)
     state = steps.init_state(steps.fresh_params(jax.random.key(0)), jax.random.key(1))
-    hp = {k: jnp.float32(v) for k, v in dict(lr=1e-4, warmup=2, total=1000, logconf_ramp=200,
-                                               logconf_coef=0.5).items()}
+    hp = step_hparams()
     rng = np.random.default_rng(0)
     toks = [rng.integers(3, bundle.config.vocab_size, length) for _ in range(batch)]
     b = to_global(make_batch(toks, rng.random(batch), np.ones(batch), batch, (length,), 0),
