@@ -5,7 +5,8 @@ variant carries every other config value that defines a run, see :mod:`analysis.
 *surface* is the table of cells one analysis works on: one (model, weak_labeler) scope, accuracy
 averaged over the tasks that share the cell (only cells present for every task are kept, so the
 average is matched on the grid). Each surface row carries ``boot``: resampled means from
-:mod:`analysis.resample`, averaged over tasks resample by resample.
+:mod:`analysis.resample`, averaged over tasks resample by resample (seeds and test examples
+are drawn jointly within each task).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pandas as pd
 
 from analysis import pricing
 from analysis.records import CELL_KEYS
-from analysis.resample import resample_cells
+from analysis.resample import DEFAULT_N_BOOT, resample_cells
 
 SCOPE_KEYS = ("model", "weak_labeler")
 SURFACE_KEYS = ("model", "weak_labeler", "variant", "n_weak", "n_oracle")
@@ -84,8 +85,8 @@ class Surface:
 
     Attributes:
       cells: one row per (variant, n_weak, n_oracle) with accuracy, accuracy_std, n_seeds, tasks.
-      boot: [n_cells, n_boot] resampled means, seeds and test examples resampled jointly (per
-        task, then averaged over tasks).
+      boot: [n_cells, n_boot] resampled means, seeds and test examples drawn jointly for every
+        cell of a task (per task, then averaged over tasks); float32.
       members: which sweep grid points each cell served: variant, n_weak, n_oracle,
         sweep_oracle_price, sweep_weak_price, budget, oracle_fraction (NaN outside a grid).
       unmeasured: grid points of this scope with no ok run: variant, n_weak, n_oracle (what the
@@ -174,7 +175,7 @@ def _unmeasured(excluded: pd.DataFrame | None, scope: tuple[str, str],
     return out[out["_done"].isna()].drop(columns="_done").reset_index(drop=True)
 
 
-def build_surfaces(frame: pd.DataFrame, n_boot: int = 200, seed: int = 0,
+def build_surfaces(frame: pd.DataFrame, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
                    excluded: pd.DataFrame | None = None) -> list[Surface]:
     """One :class:`Surface` per (model, weak_labeler) scope of the ok runs in ``frame``.
 
@@ -192,7 +193,7 @@ def build_surfaces(frame: pd.DataFrame, n_boot: int = 200, seed: int = 0,
     for scope, cells in averaged.groupby(list(SCOPE_KEYS), sort=True):
         cells = cells.reset_index(drop=True)
         tasks = cells["tasks"].iloc[0].split("+")
-        boot = np.empty((len(cells), n_boot))
+        boot = np.empty((len(cells), n_boot), dtype=np.float32)
         for i, row in enumerate(cells.itertuples(index=False)):
             boot[i] = np.mean([resampled.boot[(t, row.model, row.variant, row.weak_labeler,
                                                row.n_weak, row.n_oracle)] for t in tasks], axis=0)

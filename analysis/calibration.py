@@ -1,6 +1,6 @@
 """Calibration of the regime call on synthetic surfaces whose answer is known (SPEC section 9).
 
-    python -m analysis.calibration [--replicates 4] [--n_boot 200] [--seed 0]
+    python -m analysis.calibration [--replicates 4] [--n_boot 2000] [--seed 0]
 
 Prints, for each kind of surface, the share of budgets where :func:`analysis.regimes.classify`
 named a regime, and how often it named the true one:
@@ -17,6 +17,15 @@ named a regime, and how often it named the true one:
 
 Records go through the same path as real ones (per-example scores, :mod:`analysis.resample`).
 Each replicate is its own surface (a model name), so the budgets counted are replicates x 8.
+
+Then the decisions of :mod:`analysis.decisions` (:func:`run_decisions`), on the default grid's
+shape (budgets 8-256, fractions 0, 0.2, 0.5, 0.8, 1, weak price 1/10) with the seed noise
+measured on it: a labeller effect of sd 0.03 per seed shared by every cell that buys weak
+labels, scaled by its weak share of training labels, and own noise of sd 0.01 + 0.05 x weak
+share per (cell, seed); 3 and 5 seeds. On **null** surfaces a regime may be named, and anything
+ruled out, at no more than 10% of budgets; on **known** surfaces (the best category ahead by
+0.01-0.05) the regret bound must cover the chosen configuration's true regret at 90% or more of
+budgets, and the truly best category be ruled out at no more than 5%.
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ from analysis import pricing
 from analysis.aggregate import build_surfaces
 from analysis.records import records_from_dicts
 from analysis.regimes import MIXED, QUALITY, QUANTITY, UNDETERMINED, category, regime_table
+from analysis.resample import DEFAULT_N_BOOT
 from analysis.synthetic import FRACTIONS, grid_records
 
 STUDY_BUDGETS = (8, 16, 64, 256, 512, 1024, 4096, 8192)
@@ -133,6 +143,88 @@ def run_surface(kind: str, n_seeds: int, replicates: int = 4, n_boot: int = 200,
     return Outcome(pd.DataFrame(rows))
 
 
+# The default grid's shape (weak price 1/10) and the noise measured on it (issue 20): a labeller
+# effect of sd 0.03 per seed shared by every cell that buys weak labels, scaled by its weak share
+# w of the training labels, and a cell's own noise of sd 0.01 + 0.05 w per (cell, seed).
+DECISION_BUDGETS = (8, 32, 64, 128, 256)
+DECISION_FRACTIONS = (0, 0.2, 0.5, 0.8, 1)
+DECISION_REGIMES = {8: QUANTITY, 32: MIXED, 64: MIXED, 128: QUALITY, 256: QUALITY}
+DECISION_MARGINS = (0.01, 0.02, 0.03, 0.05)
+REALISTIC_NOISE = {"noise": 0.01, "share_noise": 0.05, "labeller_sd": 0.03}
+
+
+def realistic_records(kind: str, n_seeds: int, replicate: int, seed: int = 0) -> list[dict]:
+    """Records of one replicate of a ``null`` or ``known`` surface on the default grid's shape
+    with the realistic seed noise above, 1,000 test examples scored per example (one test set
+    per task, so the joint test resampling is exercised). Each replicate is its own task and
+    model."""
+    if kind not in ("null", "known"):
+        raise ValueError(f"kind must be 'null' or 'known', got {kind!r}")
+    truth = null_truth if kind == "null" else known_truth(
+        DECISION_BUDGETS, DECISION_REGIMES, DECISION_MARGINS, DECISION_FRACTIONS, replicate)[0]
+    return grid_records(truth, DECISION_BUDGETS, DECISION_FRACTIONS, 1, WEAK_PRICE,
+                        ("seq_sft",), tasks=(f"task-{replicate}",), seed=seed * 1000 + replicate,
+                        model=f"{kind}-{replicate}", n_test=1000, per_example=True,
+                        n_seeds=n_seeds, **REALISTIC_NOISE)
+
+
+def _truth_of(kind: str, replicate: int):
+    if kind == "null":
+        return null_truth
+    return known_truth(DECISION_BUDGETS, DECISION_REGIMES, DECISION_MARGINS, DECISION_FRACTIONS,
+                       replicate)[0]
+
+
+def run_decisions(kind: str, n_seeds: int, replicates: int = 20, n_boot: int = 1000,
+                  seed: int = 0, level: float = 0.9) -> pd.DataFrame:
+    """Decisions and regimes (method ``all``) of every budget of ``replicates`` realistic
+    surfaces, beside the truth. One row per budget: replicate, budget, regime (named or
+    undetermined), regret_upper, true_regret (the chosen configuration's, against the truly best
+    measured at that budget), covered (true_regret <= regret_upper), ruled_out_categories,
+    true_best (the truly best categories, ``;``-joined: all three on a null surface) and
+    best_ruled_out (a truly best category ruled out)."""
+    from analysis.decisions import decision_table
+    from analysis.regimes import REGIMES, budget_points
+    records = [r for i in range(replicates) for r in realistic_records(kind, n_seeds, i, seed)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        surfaces = build_surfaces(records_from_dicts(records).ok, n_boot=n_boot, seed=seed)
+    rows = []
+    for s in surfaces:
+        truth = _truth_of(kind, int(s.scope[0].split("-")[1]))
+        dec = decision_table(s, level).query("method == 'all'").set_index("budget")
+        reg = regime_table(s, level, fitted=False).query("method == 'all'").set_index("budget")
+        for point in budget_points(s):
+            if point.method != "all":
+                continue
+            cells = s.cells.iloc[point.idx]
+            true = np.asarray([truth(w, o) for w, o in zip(cells["n_weak"], cells["n_oracle"])])
+            cats = [category(w, o) for w, o in zip(cells["n_weak"], cells["n_oracle"])]
+            d = dec.loc[point.budget]
+            chosen = truth(d["n_weak"], d["n_oracle"])
+            best = {c for c, t in zip(cats, true) if t >= true.max() - 1e-12}
+            ruled = set(filter(None, d["ruled_out_categories"].split(";")))
+            rows.append({"replicate": s.scope[0], "budget": point.budget,
+                         "regime": reg.loc[point.budget, "regime"],
+                         "regret_upper": d["regret_upper"], "true_regret": true.max() - chosen,
+                         "covered": true.max() - chosen <= d["regret_upper"] + 1e-12,
+                         "ruled_out_categories": d["ruled_out_categories"],
+                         "true_best": ";".join(c for c in REGIMES if c in best),
+                         "best_ruled_out": bool(best & ruled)})
+    return pd.DataFrame(rows)
+
+
+def decision_summary(table: pd.DataFrame) -> dict[str, float]:
+    """Rates over the budgets of :func:`run_decisions`: regime named, regret bound covers the
+    true regret, a truly best category ruled out, anything ruled out; median regret bound."""
+    return {"budgets": len(table),
+            "named": float((table["regime"] != UNDETERMINED).mean()),
+            "covered": float(table["covered"].mean()),
+            "best_ruled_out": float(table["best_ruled_out"].mean()),
+            "any_ruled_out": float((table["ruled_out_categories"] != "").mean()),
+            "median_regret_upper": float(table["regret_upper"].median())}
+
+
 def summary_lines(replicates: int = 4, n_boot: int = 200, seed: int = 0) -> list[str]:
     """The calibration table as text lines (see the module docstring)."""
     lines = [f"{'surface':<8} {'seeds':>5} {'budgets':>7} {'named':>7} {'true':>7} {'wrong':>7}"]
@@ -147,6 +239,13 @@ def summary_lines(replicates: int = 4, n_boot: int = 200, seed: int = 0) -> list
                 found = (tm["regime"] == tm["truth"]).mean()
                 lines.append(f"  margin {m:.2f}: true regime named at {found:.0%} of "
                              f"{len(tm)} budgets")
+    lines.append(f"decisions: {'surface':<8} {'seeds':>5} {'budgets':>7} {'named':>7} "
+                 f"{'covered':>7} {'best out':>8} {'any out':>7} {'regret_upper (median)':>22}")
+    for kind, n_seeds in (("null", 3), ("null", 5), ("known", 3), ("known", 5)):
+        r = decision_summary(run_decisions(kind, n_seeds, 5 * replicates, n_boot, seed))
+        lines.append(f"           {kind:<8} {n_seeds:>5} {r['budgets']:>7} {r['named']:>7.1%} "
+                     f"{r['covered']:>7.1%} {r['best_ruled_out']:>8.1%} "
+                     f"{r['any_ruled_out']:>7.1%} {r['median_regret_upper']:>22.3f}")
     return lines
 
 
@@ -154,7 +253,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.calibration", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--replicates", type=int, default=4)
-    ap.add_argument("--n_boot", type=int, default=200)
+    ap.add_argument("--n_boot", type=int, default=DEFAULT_N_BOOT)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     print("\n".join(summary_lines(args.replicates, args.n_boot, args.seed)))

@@ -2,13 +2,16 @@
 
     python -m analysis.recommend --results WORKDIR/runs --budget 64 --oracle_price 1 --weak_price 0.1
 
-The recommendation is the most accurate *measured* configuration that the budget affords at these
-prices (costs re-priced exactly from the counts), with a 90% band for its accuracy (seeds and test
-examples resampled jointly, :mod:`analysis.resample`) and the regime of the choice: undetermined
-unless its category's lead survives picking the best of several configurations and that noise
-(:mod:`analysis.regimes`). Categories the sweep could not buy at this budget (infeasible or
-failed runs) are named, since the regime was then decided without them. The same oracle share
-scaled to spend the whole budget is reported beside it, as an extrapolation.
+The recommendation is the decision of :mod:`analysis.decisions` among the *measured*
+configurations that the budget affords at these prices (costs re-priced exactly from the counts):
+the most accurate one (ties to the cheaper), a 90% band for its accuracy, a simultaneous 90%
+upper bound on how far it can lie below the best of those configurations (its regret), and the
+configurations and categories ruled out at 90% (simultaneous over all pairs), all from one set of
+paired resamples (seeds and test examples drawn jointly for every cell, :mod:`analysis.resample`).
+The regime of the choice (:mod:`analysis.regimes`) is reported with the p-value of its category's
+lead. Categories the sweep could not buy at this budget (infeasible or failed runs) are named,
+since they were never compared. The same oracle share scaled to spend the whole budget is
+reported beside it, as an extrapolation.
 """
 from __future__ import annotations
 
@@ -22,9 +25,10 @@ import numpy as np
 
 from analysis import pricing
 from analysis.aggregate import Surface, build_surfaces
-from analysis.fits import percentile_band
+from analysis.decisions import decision_row
 from analysis.records import Records, as_frame, load_records
 from analysis.regimes import REGIMES, category, classify
+from analysis.resample import DEFAULT_N_BOOT
 from analysis.tables import ALL, best_affordable, method_mask, priced
 
 
@@ -53,21 +57,40 @@ class Recommendation:
     tasks: str
     infeasible_categories: tuple[str, ...] = ()
     compared_cheaper: tuple[str, ...] = ()
+    regret_upper: float = 0.0
+    ruled_out_categories: tuple[str, ...] = ()
+    ruled_out_configurations: tuple[str, ...] = ()
+    n_candidates: int = 1
+    level: float = 0.9
+
+    @property
+    def p_value(self) -> float:
+        """p-value of the lead of the best configuration's category (``1 - confidence``)."""
+        return 1.0 - self.confidence
 
     def summary(self) -> str:
         """A few human-readable lines."""
         lo, hi = self.accuracy_band
+        pct = f"{100 * self.level:.0f}%"
+        ruled = ", ".join(self.ruled_out_categories) or "no category"
         lines = [
             f"budget {self.budget:g} at prices oracle {self.oracle_price:g}, weak {self.weak_price:g} "
             f"({self.model}, weak labeller {self.weak_labeler}, tasks {self.tasks}):",
             f"  buy n_weak={self.n_weak}, n_oracle={self.n_oracle} (cost {self.cost:g}, "
             f"{100 * self.oracle_fraction:.0f}% of it on oracle labels) and use {self.method}",
-            f"  expected accuracy {self.expected_accuracy:.3f} "
-            f"(90% band {lo:.3f}-{hi:.3f}, {self.n_seeds} seeds; seeds and test examples "
-            "resampled)",
+            f"  accuracy {self.expected_accuracy:.3f} (mean over {self.n_seeds} seeds; {pct} band "
+            f"{lo:.3f}-{hi:.3f}, seeds and test examples resampled jointly; as the best of "
+            f"{self.n_candidates} affordable configurations it is somewhat optimistic)",
+            f"  at most {self.regret_upper:.3f} below the best of the {self.n_candidates} measured "
+            f"configurations this budget affords ({pct}, simultaneous: multiple comparisons with "
+            "the best)",
+            f"  ruled out ({pct}, simultaneous over all pairs): {ruled}; "
+            f"{len(self.ruled_out_configurations)} of {self.n_candidates} configurations"
+            + _listed(self.ruled_out_configurations),
             f"  regime: {self.regime}" + (
-                f" (the best is {self.category}, confidence {self.confidence:.2f} that it is "
-                "strictly best, after picking the best of the configurations)"
+                f" (the best is {self.category}; p = {self.p_value:.2g} for its lead over the "
+                f"best of the other categories, after picking the best of several "
+                f"configurations; named when p <= {1 - self.level:.2f})"
                 if np.isfinite(self.confidence) else ""),
         ]
         for c in self.infeasible_categories:
@@ -78,6 +101,14 @@ class Recommendation:
             lines.append(f"  same oracle share over the whole budget (extrapolated, not measured): "
                          f"n_weak={self.scaled_n_weak}, n_oracle={self.scaled_n_oracle}")
         return "\n".join(lines)
+
+
+def _listed(names, most: int = 6) -> str:
+    """`` (a; b; c and 4 more)`` for a printed list, empty for none."""
+    if not names:
+        return ""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return f" ({'; '.join(names[:most])}{more})"
 
 
 def parse_prices(prices) -> tuple[Fraction, Fraction]:
@@ -111,7 +142,7 @@ def pick_surface(surfaces: list[Surface], model: str | None = None,
 
 
 def recommend(prices, budget, results, *, method: str | None = None, model: str | None = None,
-              weak_labeler: str | None = None, n_boot: int = 200, seed: int = 0,
+              weak_labeler: str | None = None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
               level: float = 0.9) -> Recommendation:
     """Predicted best (n_weak, n_oracle, method) for ``budget`` at ``prices``.
 
@@ -150,21 +181,27 @@ def recommend(prices, budget, results, *, method: str | None = None, model: str 
     idx = np.flatnonzero(afford)
     cats = [category(w, o) for w, o in zip(cells["n_weak"].iloc[idx], cells["n_oracle"].iloc[idx])]
     cl = classify(cells["accuracy"].iloc[idx], surface.boot[idx], cats, level)
+    decision = decision_row(cells.iloc[idx], surface.boot[idx], level)
     missing = _unmeasured_categories(surface, po, pw, b, method)
     stand_in = tuple(c for c in missing if c in set(cats))
     best = cells.iloc[i]
-    lo, hi = percentile_band(surface.boot[i][:, None], level)
+    lo, hi = decision["accuracy_lo"], decision["accuracy_hi"]
     n_w, n_o = int(best["n_weak"]), int(best["n_oracle"])
     share = Fraction(n_o) * po / pricing.exact_cost(n_w, n_o, po, pw)
     scaled_w, scaled_o = pricing.grid_counts(b, share, po, pw)
     return Recommendation(
         n_weak=n_w, n_oracle=n_o, method=str(best["variant"]), cost=float(best["cost"]),
-        expected_accuracy=float(best["accuracy"]), accuracy_band=(float(lo[0]), float(hi[0])),
+        expected_accuracy=float(best["accuracy"]), accuracy_band=(float(lo), float(hi)),
         n_seeds=int(best["n_seeds"]), regime=cl.regime, category=cl.category,
         confidence=cl.confidence, oracle_fraction=float(share), scaled_n_weak=scaled_w,
         scaled_n_oracle=scaled_o, oracle_price=float(po), weak_price=float(pw), budget=float(b),
         model=surface.scope[0], weak_labeler=surface.scope[1], tasks=str(best["tasks"]),
-        infeasible_categories=missing, compared_cheaper=stand_in)
+        infeasible_categories=missing, compared_cheaper=stand_in,
+        regret_upper=decision["regret_upper"],
+        ruled_out_categories=tuple(filter(None, decision["ruled_out_categories"].split(";"))),
+        ruled_out_configurations=tuple(filter(None,
+                                              decision["ruled_out_configurations"].split(";"))),
+        n_candidates=decision["n_candidates"], level=level)
 
 
 def _unmeasured_categories(surface: Surface, po, pw, budget, method) -> tuple[str, ...]:
@@ -194,7 +231,8 @@ def main(argv=None) -> int:
     ap.add_argument("--method", default=None, help="restrict to one method variant")
     ap.add_argument("--model", default=None)
     ap.add_argument("--weak_labeler", default=None)
-    ap.add_argument("--n_boot", default=200, type=int)
+    ap.add_argument("--n_boot", default=DEFAULT_N_BOOT, type=int,
+                    help="resamples (seeds and test examples drawn jointly)")
     ap.add_argument("--seed", default=0, type=int)
     ap.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = ap.parse_args(argv)
@@ -205,7 +243,8 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(dataclasses.asdict(rec), indent=2) if args.json else rec.summary())
+    print(json.dumps(dataclasses.asdict(rec) | {"p_value": rec.p_value}, indent=2) if args.json
+          else rec.summary())
     return 0
 
 

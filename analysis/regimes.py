@@ -18,8 +18,14 @@ the max over ``j`` because which other cell is truly best is unknown. The maximu
 cells is taken inside every resample, so picking the best of six interior fractions is paid for;
 tying the rest of the other categories in too (the "all equal" null) would let their maximum
 absorb noise and is not least favourable. ``confidence = 1 - p``; ``C`` is named when
-``confidence >= level``. Measured on null surfaces and known surfaces (``analysis/calibration.py``,
-``tests/test_analysis_calibration.py``).
+``confidence >= level``. Standard errors are robust scales of the resampled differences (half
+their 15.9-84.1% range), since the seed part of a resample is Student-t on few degrees of
+freedom. Measured on null surfaces and known surfaces (``analysis/calibration.py``,
+``tests/test_analysis_calibration.py``, ``tests/test_analysis_decisions.py``).
+
+A regime name answers "which category is strictly best", which a few seeds rarely settle; what
+to buy at a budget, how much that can cost and what is ruled out is :mod:`analysis.decisions`,
+from the same resamples and the same budget membership (:func:`budget_points`).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import pandas as pd
 from analysis import pricing
 from analysis.aggregate import Surface
 from analysis.fits import fit_fraction_curve
+from analysis.resample import robust_scale
 from analysis.tables import ALL, methods_of
 
 QUANTITY, MIXED, QUALITY, UNDETERMINED = ("quantity-dominant", "mixed", "quality-dominant",
@@ -44,11 +51,12 @@ REGIME_COLUMNS = ["model", "weak_labeler", "tasks", "weak_price", "oracle_price"
                   "infeasible_categories", "failed_categories", "best_variant", "best_n_weak",
                   "best_n_oracle", "best_oracle_fraction", "accuracy", "fitted_best_fraction"]
 CONFIDENCE_MEANING = (
-    "A category is named at confidence c when, had it not been strictly the best (its best "
-    "configuration no better than the best of the others), a lead as large as the one "
-    "observed would have arisen by chance, from seed variation, the finite test set and picking "
-    "the best of several configurations, in at most a share 1 - c of repetitions: "
-    "\"confidence 0.9\" means at most 10%.")
+    "A category's confidence c is one minus a p-value: had the category not been strictly the "
+    "best (its best configuration no better than the best of the others), a lead as large as "
+    "the one observed would have arisen by chance, from seed variation, the finite test set "
+    "and picking the best of several configurations, in at most a share 1 - c of repetitions. "
+    "\"confidence 0.9\" means at most 10% of such repetitions; it is not a 90% probability "
+    "that the category is the best.")
 
 
 def category(n_weak: int, n_oracle: int) -> str | None:
@@ -83,7 +91,7 @@ def lead_p_value(acc, boot, mine, others, kappa: float = KAPPA) -> float:
     lead = acc[im].max() - acc[io].max()
     centred = boot - acc[:, None]                           # [n, B]
     top = im[np.argmax(acc[im])]
-    se = (boot[im] - boot[top]).std(axis=1)
+    se = robust_scale(boot[im] - boot[top], axis=1)  # the seed part is heavy-tailed (few df)
     gap = acc[top] - acc[im]
     shift = np.where(gap > kappa * se + 1e-12, -gap, 0.0)   # far below C's best: stays below
     best_mine = (centred[im] + shift[:, None]).max(axis=0)  # [B]
@@ -130,6 +138,44 @@ def _join(cats) -> str:
     return ";".join(c for c in REGIMES if c in set(cats))
 
 
+@dataclasses.dataclass
+class BudgetPoint:
+    """The cells a grid budget compares at a sweep's own prices, for one method (or ``all``):
+    ``idx`` into ``surface.cells`` (the cells measured at that grid budget), ``members`` (their
+    grid points) and ``unmeasured`` (the grid points planned there that no ok run reached)."""
+
+    oracle_price: float
+    weak_price: float
+    budget: float
+    method: str
+    idx: list[int]
+    members: pd.DataFrame
+    unmeasured: pd.DataFrame
+
+
+def budget_points(surface: Surface):
+    """Yield a :class:`BudgetPoint` per (sweep prices, budget, method) with anything planned;
+    the one budget membership the regime table and the decisions share."""
+    index = _cell_index(surface)
+    members = surface.members.dropna(subset=["budget"])
+    unmeasured = surface.unmeasured
+    keys = ["sweep_oracle_price", "sweep_weak_price", "budget"]
+    points = pd.concat([members[keys], unmeasured[keys]]).drop_duplicates()
+    for po, pw, budget in sorted(map(tuple, points.to_numpy().tolist())):
+        mem = members[(members["sweep_oracle_price"] == po) & (members["sweep_weak_price"] == pw)
+                      & (members["budget"] == budget)]
+        um = unmeasured[(unmeasured["sweep_oracle_price"] == po)
+                        & (unmeasured["sweep_weak_price"] == pw) & (unmeasured["budget"] == budget)]
+        for method in methods_of(surface):
+            mm = mem if method == ALL else mem[mem["variant"] == method]
+            uu = um if method == ALL else um[um["variant"] == method]
+            if mm.empty and uu.empty:
+                continue
+            idx = sorted({index[(v, int(w), int(o))] for v, w, o in
+                          zip(mm["variant"], mm["n_weak"], mm["n_oracle"])})
+            yield BudgetPoint(po, pw, budget, method, idx, mm, uu)
+
+
 def regime_table(surface: Surface, level: float = 0.9, min_margin: float = 0.0,
                  fitted: bool = True) -> pd.DataFrame:
     """Regime of every budget of every sweep (at its own prices), per method and ``all``.
@@ -144,53 +190,39 @@ def regime_table(surface: Surface, level: float = 0.9, min_margin: float = 0.0,
     with ``fitted=False``).
     """
     index = _cell_index(surface)
-    members = surface.members.dropna(subset=["budget"])
-    unmeasured = surface.unmeasured
     model, labeler = surface.scope
-    keys = ["sweep_oracle_price", "sweep_weak_price", "budget"]
-    points = pd.concat([members[keys], unmeasured[keys]]).drop_duplicates()
     rows = []
-    for po, pw, budget in sorted(map(tuple, points.to_numpy().tolist())):
-        at = (members["sweep_oracle_price"] == po) & (members["sweep_weak_price"] == pw) & \
-            (members["budget"] == budget)
-        mem = members[at]
-        um = unmeasured[(unmeasured["sweep_oracle_price"] == po)
-                        & (unmeasured["sweep_weak_price"] == pw) & (unmeasured["budget"] == budget)]
-        for method in methods_of(surface):
-            mm = mem if method == ALL else mem[mem["variant"] == method]
-            uu = um if method == ALL else um[um["variant"] == method]
-            if mm.empty and uu.empty:
+    for point in budget_points(surface):
+        po, pw, method, idx, uu = (point.oracle_price, point.weak_price, point.method,
+                                   point.idx, point.unmeasured)
+        cells = surface.cells.iloc[idx]
+        cats = [category(w, o) for w, o in zip(cells["n_weak"], cells["n_oracle"])]
+        missing = {status: _join({category(w, o) for w, o, s in
+                                  zip(uu["n_weak"], uu["n_oracle"], uu["status"])
+                                  if s == status} - set(cats) - {None})
+                   for status in ("infeasible", "failed")}
+        row = {"model": model, "weak_labeler": labeler, "tasks": surface.cells["tasks"].iloc[0],
+               "weak_price": pw, "oracle_price": po, "method": method, "budget": point.budget,
+               "compared_categories": _join(cats),
+               "infeasible_categories": missing["infeasible"],
+               "failed_categories": missing["failed"]}
+        if all(c is None for c in cats):
+            if not (missing["infeasible"] or missing["failed"]):
                 continue
-            idx = sorted({index[(v, int(w), int(o))] for v, w, o in
-                          zip(mm["variant"], mm["n_weak"], mm["n_oracle"])})
-            cells = surface.cells.iloc[idx]
-            cats = [category(w, o) for w, o in zip(cells["n_weak"], cells["n_oracle"])]
-            missing = {status: _join({category(w, o) for w, o, s in
-                                      zip(uu["n_weak"], uu["n_oracle"], uu["status"])
-                                      if s == status} - set(cats) - {None})
-                       for status in ("infeasible", "failed")}
-            row = {"model": model, "weak_labeler": labeler, "tasks": surface.cells["tasks"].iloc[0],
-                   "weak_price": pw, "oracle_price": po, "method": method, "budget": budget,
-                   "compared_categories": _join(cats),
-                   "infeasible_categories": missing["infeasible"],
-                   "failed_categories": missing["failed"]}
-            if all(c is None for c in cats):
-                if not (missing["infeasible"] or missing["failed"]):
-                    continue
-                rows.append(row | {"regime": UNDETERMINED, "category": None,
-                                   "confidence": float("nan"), "margin": float("nan")})
-                continue
-            cl = classify(cells["accuracy"], surface.boot[idx], cats, level, min_margin)
-            best = cells.iloc[cl.best]
-            rows.append(row | {
-                "regime": cl.regime, "category": cl.category, "confidence": cl.confidence,
-                "margin": cl.margin, "best_variant": best["variant"],
-                "best_n_weak": int(best["n_weak"]), "best_n_oracle": int(best["n_oracle"]),
-                "best_oracle_fraction": pricing.oracle_spend_fraction(
-                    best["n_weak"], best["n_oracle"], po, pw),
-                "accuracy": best["accuracy"],
-                "fitted_best_fraction": _fitted_best_fraction(surface, mm, index, method)
-                if fitted else float("nan")})
+            rows.append(row | {"regime": UNDETERMINED, "category": None,
+                               "confidence": float("nan"), "margin": float("nan")})
+            continue
+        cl = classify(cells["accuracy"], surface.boot[idx], cats, level, min_margin)
+        best = cells.iloc[cl.best]
+        rows.append(row | {
+            "regime": cl.regime, "category": cl.category, "confidence": cl.confidence,
+            "margin": cl.margin, "best_variant": best["variant"],
+            "best_n_weak": int(best["n_weak"]), "best_n_oracle": int(best["n_oracle"]),
+            "best_oracle_fraction": pricing.oracle_spend_fraction(
+                best["n_weak"], best["n_oracle"], po, pw),
+            "accuracy": best["accuracy"],
+            "fitted_best_fraction": _fitted_best_fraction(surface, point.members, index, method)
+            if fitted else float("nan")})
     return pd.DataFrame(rows, columns=REGIME_COLUMNS)
 
 

@@ -1,11 +1,13 @@
 """Build the analysis report from results records.
 
     python -m analysis.report --results WORKDIR/runs [MORE ...] --out OUT \
-        [--weak_prices 0.5 0.1 0.01] [--budgets 8 16 64] [--n_boot 200]
+        [--weak_prices 0.5 0.1 0.01] [--budgets 8 16 64] [--n_boot 2000]
 
-Writes to OUT: frontier.csv (Pareto, per method variant and ``all``), frontier_tolerance.csv
-(the study's variant), frontier_fit.csv, oracle_fraction_fit.csv, regimes.csv,
-regime_boundaries.csv, best_within_budget.csv and .md, figures as PNG and PDF, and report.md.
+Writes to OUT: decisions.csv (per budget: what to buy, its regret bound, what is ruled out;
+:mod:`analysis.decisions`), frontier.csv (Pareto, per method variant and ``all``),
+frontier_tolerance.csv (the study's variant), frontier_fit.csv, oracle_fraction_fit.csv,
+regimes.csv, regime_boundaries.csv, best_within_budget.csv and .md, figures as PNG and PDF, and
+report.md.
 Corrupt records are skipped with a warning; the exit status is 0 when some ok records exist.
 """
 from __future__ import annotations
@@ -21,12 +23,14 @@ import pandas as pd
 
 from analysis import figures, io, pricing
 from analysis.aggregate import Surface, build_surfaces
+from analysis.decisions import decision_lines, decision_table
+from analysis.resample import DEFAULT_N_BOOT
 from analysis.fits import frontier_fit
 from analysis.records import Records, load_records
 from analysis.regimes import (CONFIDENCE_MEANING, MIXED, QUALITY, QUANTITY, REGIME_COLUMNS,
                               UNDETERMINED, boundaries, regime_table)
 from analysis.tables import (ALL, best_within_budget, best_within_budget_markdown, frontier_table,
-                             markdown_table, method_mask, priced)
+                             markdown_table, method_mask, priced, selection_bias_sentence)
 
 
 def _suffix(surface: Surface, many: bool) -> str:
@@ -52,7 +56,8 @@ def _fit_rows(surface: Surface, weak_prices, oracle_price, fit_boot: int):
 
 
 def _fraction_fit_rows(surface: Surface, fits) -> list[pd.DataFrame]:
-    """Table rows of the per-budget smooth fits of accuracy vs oracle fraction."""
+    """Table rows of the per-budget curves of accuracy vs oracle fraction (measured means joined
+    by lines, :func:`analysis.fits.fraction_fit`)."""
     variant = figures.main_variant(surface)
     model, labeler = surface.scope
     return [pd.DataFrame({"model": model, "weak_labeler": labeler, "weak_price": pw,
@@ -114,7 +119,10 @@ def recommendation_paragraph(regimes: pd.DataFrame, bounds: pd.DataFrame,
                 parts.append(f"at {budgets} {say[regime]}, spending {share} on oracle labels")
             elif regime == UNDETERMINED:
                 parts.append(f"at {budgets} the data do not separate the regimes at confidence "
-                             f"{level:g} (any of the close configurations is a reasonable buy)")
+                             f"{level:g}, which does not make the configurations equally good "
+                             f"buys: the decision per budget (`decisions.csv`) says what to "
+                             f"buy, how far below the best measured mix it may be, and which "
+                             f"configurations are ruled out")
             else:
                 parts.append(f"at {budgets} {say[regime]}")
         sentences.append(f"For {model} with weak labeller {labeler} at the sweep's prices (oracle "
@@ -133,13 +141,36 @@ def recommendation_paragraph(regimes: pd.DataFrame, bounds: pd.DataFrame,
                          "from the differences between neighbouring configurations, so every "
                          "call is conservative; more seeds (e.g. `--config.seeds=3`) sharpen "
                          "them.")
-    best = bwb[(bwb["method"] == ALL) & bwb["variant"].notna()]
-    if len(best):
-        wins = best["variant"].value_counts()
-        sentences.append(f"Across the re-priced best-within-budget table, {wins.index[0]} is the "
-                         f"best method in {wins.iloc[0]} of {len(best)} (weak price, budget) cells.")
+    sentences += _best_method_sentences(bwb)
     sentences.append("For another budget or price pair, run `python -m analysis.recommend`.")
     return " ".join(sentences)
+
+
+def _best_method_sentences(bwb: pd.DataFrame) -> list[str]:
+    """Which method wins the best-within-budget cells, and the selection bias of those entries.
+
+    "Best method in k of n cells" is only said of scopes where two or more methods were run:
+    with one method it wins every cell by default, and saying so reads like a finding.
+    """
+    out = []
+    if bwb.empty or "method" not in bwb.columns:
+        return out
+    scope = [c for c in ("model", "weak_labeler") if c in bwb.columns]
+    compared = bwb[bwb["method"] != ALL].groupby(scope)["method"].nunique() if scope else \
+        pd.Series([bwb.loc[bwb["method"] != ALL, "method"].nunique()])
+    several = compared[compared >= 2]
+    best = bwb[(bwb["method"] == ALL) & bwb["variant"].notna()]
+    if scope:
+        best = best[best.set_index(scope).index.isin(several.index)]
+    elif several.empty:
+        best = best.iloc[:0]
+    if len(best):
+        wins = best["variant"].value_counts()
+        out.append(f"Across the re-priced best-within-budget table, {wins.index[0]} is the best "
+                   f"of the {int(several.max())} methods compared in {wins.iloc[0]} of "
+                   f"{len(best)} (weak price, budget) cells.")
+    bias = selection_bias_sentence(bwb)
+    return out + ([bias] if bias else [])
 
 
 def _cell(v) -> str:
@@ -161,16 +192,32 @@ def _csv_table(frame: pd.DataFrame, cols, max_rows: int = 40) -> str:
     return markdown_table(list(cols), rows) + more
 
 
+def _figures(s: Surface, out: Path, sfx: str, ffits, fr, tol, fits, weak_prices, oracle_price,
+             weak_accuracy: float) -> list[tuple[str, list]]:
+    """Draw one surface's figures; (name, written paths) each. ``weak_accuracy`` is the weak
+    labels' test accuracy, the dashed line of every figure (its y axis is test accuracy)."""
+    return [
+        (f"accuracy_vs_oracle_fraction{sfx}", figures.accuracy_vs_oracle_fraction(
+            s, out / f"accuracy_vs_oracle_fraction{sfx}", weak_accuracy=weak_accuracy)),
+        (f"oracle_fraction_fits{sfx}", figures.accuracy_vs_oracle_fraction(
+            s, out / f"oracle_fraction_fits{sfx}", fits=ffits, weak_accuracy=weak_accuracy)),
+        (f"frontier{sfx}", figures.frontier_figure(
+            s, weak_prices, fr, tol, fits, out / f"frontier{sfx}", oracle_price, weak_accuracy)),
+        (f"frontier_by_method{sfx}", figures.frontier_by_method(
+            s, weak_prices, fr, out / f"frontier_by_method{sfx}", weak_accuracy))]
+
+
 @dataclasses.dataclass
 class Report:
     """What :func:`write_report` wrote: ``files`` by name, and the recommendation paragraph."""
 
     files: dict[str, Path]
     recommendation: str
+    decisions: pd.DataFrame | None = None  # analysis.decisions.decision_table of every surface
 
 
 def write_report(records: Records, out: Path, weak_prices=None, budgets=None, oracle_price="1",
-                 n_boot: int = 200, fit_boot: int = 100, seed: int = 0,
+                 n_boot: int = DEFAULT_N_BOOT, fit_boot: int = 100, seed: int = 0,
                  level: float = 0.9) -> Report:
     """Compute every table, fit and figure from ``records`` and write them under ``out``.
 
@@ -191,6 +238,7 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
     surfaces = build_surfaces(ok, n_boot=n_boot, seed=seed, excluded=records.excluded)
     many = len(surfaces) > 1
     frontier, tolerance, regimes, bwb, fit_rows, frac_rows = [], [], [], [], [], []
+    decisions = []
     written: dict[str, Path] = {}
     figs = []
     for s in surfaces:
@@ -201,17 +249,11 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
         ffits = figures.fraction_fits(s, max_boot=fit_boot, level=level)
         frac_rows.extend(_fraction_fit_rows(s, ffits))
         regimes.append(regime_table(s, level))
+        decisions.append(decision_table(s, level))
         if budgets:
             bwb.append(best_within_budget(s, weak_prices, budgets, oracle_price, level))
-        sfx = _suffix(s, many)
-        figs.append((f"accuracy_vs_oracle_fraction{sfx}",
-                     figures.accuracy_vs_oracle_fraction(s, out / f"accuracy_vs_oracle_fraction{sfx}")))
-        figs.append((f"oracle_fraction_fits{sfx}", figures.accuracy_vs_oracle_fraction(
-            s, out / f"oracle_fraction_fits{sfx}", fits=ffits)))
-        figs.append((f"frontier{sfx}", figures.frontier_figure(
-            s, weak_prices, fr, tol, fits, out / f"frontier{sfx}", oracle_price)))
-        figs.append((f"frontier_by_method{sfx}", figures.frontier_by_method(
-            s, weak_prices, fr, out / f"frontier_by_method{sfx}")))
+        figs += _figures(s, out, _suffix(s, many), ffits, fr, tol, fits, weak_prices,
+                         oracle_price, figures.weak_test_accuracy(ok, s))
     frontier = pd.concat(frontier, ignore_index=True)
     tolerance = pd.concat(tolerance, ignore_index=True)
     regimes = pd.concat([r for r in regimes if len(r)], ignore_index=True) \
@@ -219,7 +261,9 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
     bounds = boundaries(regimes)
     bwb = pd.concat(bwb, ignore_index=True) if bwb else pd.DataFrame(
         columns=["weak_price", "budget", "method", "variant", "accuracy", "weak_fraction"])
-    tables = {"frontier": frontier, "frontier_tolerance": tolerance, "regimes": regimes,
+    decisions = pd.concat(decisions, ignore_index=True)
+    tables = {"decisions": decisions, "frontier": frontier, "frontier_tolerance": tolerance,
+              "regimes": regimes,
               "regime_boundaries": bounds, "best_within_budget": bwb,
               "frontier_fit": pd.concat(fit_rows, ignore_index=True),
               "oracle_fraction_fit": pd.concat(frac_rows, ignore_index=True) if frac_rows else
@@ -235,7 +279,24 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
     paragraph = recommendation_paragraph(regimes, bounds, bwb, level, single_seed)
     md = _report_markdown(records, surfaces, weak_prices, tables, bwb_md, figs, level, paragraph)
     written["report.md"] = io.write_text(out / "report.md", md)
-    return Report(written, paragraph)
+    return Report(written, paragraph, decisions)
+
+
+def _decisions_markdown(decisions: pd.DataFrame, level: float) -> list[str]:
+    """The report's decisions section: one line per budget across all variants, at each sweep's
+    own prices (``decisions.csv`` has every variant too)."""
+    pct = f"{100 * level:.0f}%"
+    lines = ["## Decisions (at each sweep's own prices)", "",
+             "For each budget: the configuration to buy (highest mean accuracy among those "
+             f"measured at that budget, ties to the cheaper) with its central {pct} band; a "
+             f"simultaneous one-sided {pct} upper bound on how far it can lie below the best "
+             "configuration measured there (its regret; multiple comparisons with the best, "
+             "Hsu 1984); and the categories every measured configuration of which is ruled out "
+             f"(regret above 0 at {pct}, simultaneous over all pairs). A category not measured "
+             "at a budget is never ruled out. All from the same paired resamples. Per variant: "
+             "`decisions.csv`.", ""]
+    body = decision_lines(decisions, "all", level)
+    return lines + ([f"    {line}" for line in body] if body else ["(no budget)"]) + [""]
 
 
 def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, figs, level,
@@ -245,6 +306,7 @@ def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, fi
     lines = ["# Label quantity vs quality: analysis report", "",
              "## Recommendation", "",
              paragraph, "",
+             *_decisions_markdown(tables["decisions"], level),
              "## Records", "",
              f"{c['ok']} ok runs analysed; {c['infeasible']} infeasible and {c['failed']} failed "
              f"runs excluded; {c['skipped']} unreadable file(s)/line(s) skipped; "
@@ -262,8 +324,9 @@ def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, fi
     notes = list(dict.fromkeys(n for s in surfaces for n in s.notes))
     lines += ["", f"Costs re-priced exactly at weak prices "
               f"{', '.join(f'{float(w):g}' for w in weak_prices)}. Every band, frontier frequency "
-              f"and confidence below comes from one resampling: seeds and test examples "
-              f"resampled jointly (the same test examples for every run of a task), "
+              f"and confidence below comes from one resampling: a resample draws the seeds "
+              f"once for all cells (a seed's weak labeller and pools go into every cell it "
+              f"ran in) and the test examples once for all runs of a task, "
               f"{int(surfaces[0].boot.shape[1])} resamples; bands are central "
               f"{100 * level:.0f}% intervals of the resampled mean accuracy. "
               + " ".join(notes), "",
@@ -296,12 +359,15 @@ def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, fi
               "", "## Figures", ""]
     captions = {
         "accuracy_vs_oracle_fraction": "accuracy vs oracle spending fraction, one curve per "
-                                       "budget with 90% bands, weak-label accuracy dashed",
-        "oracle_fraction_fits": "per-budget smooth fits in the oracle fraction with 90% bands",
+                                       "budget with 90% bands, the weak labels' test accuracy "
+                                       "dashed",
+        "oracle_fraction_fits": "per budget, the measured means (markers, 90% bars) joined by "
+                                "lines, with the 90% band of the same joined resamples shaded",
         "frontier_by_method": "Pareto frontier of each method variant vs cost",
         "frontier": "all configurations coloured by weak fraction, the overall frontier, the "
-                    "study's tolerance frontier and the monotone fit with its 90% band; bars on "
-                    "frontier points are their 90% bands",
+                    "study's tolerance frontier and a monotone curve through the frontier points "
+                    "with its 90% band (the same curve through the same cells' resampled means); "
+                    "bars on frontier points are their 90% bands",
     }
     for name, paths in figs:
         if not paths:
@@ -323,8 +389,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", nargs="+", default=None, type=str,
                     help="budgets for the best-within-budget table (default: the sweeps' own)")
     ap.add_argument("--oracle_price", default="1", type=str)
-    ap.add_argument("--n_boot", default=200, type=int,
-                    help="resamples (seeds and test examples resampled jointly)")
+    ap.add_argument("--n_boot", default=DEFAULT_N_BOOT, type=int,
+                    help="resamples (each draws seeds once for all cells and test "
+                         "examples once per task)")
     ap.add_argument("--fit_boot", default=100, type=int, help="resamples used for curve-fit bands")
     ap.add_argument("--level", default=0.9, type=float, help="band and regime confidence level")
     ap.add_argument("--seed", default=0, type=int)

@@ -106,12 +106,23 @@ def grid_records(truth, budgets=BUDGETS, fractions=FRACTIONS, oracle_price=1, we
                  seed: int = 0, model: str = "toy-model", weak_labeler: str = "toy-weak",
                  weak_pool: int = WEAK_POOL, n_test: int = 1000, per_example: bool = False,
                  n_seeds=None, tau: float = 0.5, config: dict | None = None,
-                 binomial: bool = False) -> list[dict]:
+                 binomial: bool = False, labeller_sd: float = 0.0,
+                 share_noise: float = 0.0) -> list[dict]:
     """Records for a grid sweep whose noise-free accuracy is ``truth(n_weak, n_oracle,
-    variant)`` (see :func:`make_records`). ``config`` adds flattened config keys to every run."""
+    variant)`` (see :func:`make_records`). ``config`` adds flattened config keys to every run.
+
+    Seed noise like the real design's (issue 20) with ``labeller_sd`` and ``share_noise``: a seed
+    fixes the weak labeller, so seed ``s`` of a task adds ``w * L_s`` to every cell that bought
+    weak labels, ``L_s ~ N(0, labeller_sd^2)`` and ``w = n_weak / (n_weak + n_oracle)``; each
+    (cell, seed) adds its own ``N(0, (noise + share_noise * w)^2)``. Both 0 by default (the
+    plain model: independent noise of sd ``noise``)."""
     rng = np.random.default_rng(seed)
+
+    def effect(t: int, s: int) -> float:  # its own stream: the other draws stay as they were
+        return float(np.random.default_rng([seed, 7, t, s]).normal(0, labeller_sd)) \
+            if labeller_sd else 0.0
     records = []
-    for task in tasks:
+    for t, task in enumerate(tasks):
         test = TestSet(task, n_test, rng) if per_example else None
         for variant in variants:
             method, options, _ = VARIANTS.get(variant, (variant, {}, 0.0))
@@ -146,8 +157,9 @@ def grid_records(truth, budgets=BUDGETS, fractions=FRACTIONS, oracle_price=1, we
                                        error=f"needs {n_weak} weak labels, pool holds {weak_pool}")
                             records.append(rec)
                             continue
-                        acc = float(np.clip(truth(n_weak, n_oracle, variant)
-                                            + rng.normal(0, noise), 0, 1))
+                        w = n_weak / max(n_weak + n_oracle, 1)
+                        acc = float(np.clip(truth(n_weak, n_oracle, variant) + w * effect(t, s)
+                                            + rng.normal(0, noise + share_noise * w), 0, 1))
                         if test is not None:
                             rec["scores"] = test.scores(acc, rng, tau)
                             acc = float(np.mean((rec["scores"]["score"] > 0)

@@ -16,7 +16,12 @@ from scalable_elicitation.paths import atomic_write
 REPORT_DIR = "report"
 
 
-def frontier_figure(records, path: pathlib.Path, *, n_boot: int = 200,
+# resamples behind every band and decision (analysis.resample.DEFAULT_N_BOOT; not imported at
+# module level so that importing this module stays cheap)
+N_BOOT = 2000
+
+
+def frontier_figure(records, path: pathlib.Path, *, n_boot: int = N_BOOT,
                     seed: int = 0) -> pathlib.Path | None:
     """Accuracy vs cost (log axis) at the sweep's prices, one line per oracle fraction with 90%
     bands (seeds and test examples resampled, `analysis.resample`), weak-label test accuracy
@@ -96,11 +101,15 @@ def frontier_figure(records, path: pathlib.Path, *, n_boot: int = 200,
     return path
 
 
-def finish_sweep(workdir, out: Callable[[str], None] = print, *, n_boot: int = 200) -> str | None:
+def finish_sweep(workdir, out: Callable[[str], None] = print, *,
+                 n_boot: int = N_BOOT) -> str | None:
     """After a sweep: draw `WORKDIR/frontier.png`, write the report to `WORKDIR/report/`
-    (report.md, CSVs, figures) from every record under `WORKDIR/runs`, and print the
-    recommendation paragraph with `out`. Returns the paragraph (None when there is no report:
-    an object-store workdir, or no ok run)."""
+    (report.md, decisions.csv and the other CSVs, figures) from every record under
+    `WORKDIR/runs`, and print with `out` one decision line per budget (across all variants, at
+    the sweep's prices: what to buy, how far it can lie below the best measured mix, what is
+    ruled out; `analysis.decisions`), then the recommendation paragraph. Returns the paragraph
+    (None when there is no report: an object-store workdir, or no ok run)."""
+    from analysis.decisions import decision_lines
     from analysis.records import load_records
     from analysis.report import write_report
 
@@ -120,5 +129,8 @@ def finish_sweep(workdir, out: Callable[[str], None] = print, *, n_boot: int = 2
     except ValueError as err:  # no ok record (all infeasible or failed)
         out(f"no report: {err}")
         return None
+    lines = decision_lines(report.decisions) if report.decisions is not None else []
+    if lines:
+        out(f"\nDecisions ({workdir / REPORT_DIR / 'decisions.csv'}):\n" + "\n".join(lines))
     out(f"\nRecommendation ({workdir / REPORT_DIR / 'report.md'}):\n{report.recommendation}")
     return report.recommendation

@@ -193,6 +193,10 @@ def test_recommend_cli(records, tmp_path, capsys):
                              "--weak_price", "0.1", "--method", "seq_sft", "--n_boot", "50"])
     assert code == 0
     text = capsys.readouterr().out
-    assert "use seq_sft" in text and "regime: mixed" in text and "confidence" in text
+    assert "use seq_sft" in text and "regime: mixed" in text
+    # a decision (issue 20): a regret bound and the ruled-out set; the regime's p-value is
+    # called one, not "confidence that it is strictly best"
+    assert "below the best of the" in text and "ruled out (90%" in text
+    assert "p = " in text and "strictly best" not in text
     assert rec_mod.main(["--results", str(tmp_path), "--budget", "64", "--weak_price", "0.1",
                          "--method", "nope"]) == 2
