@@ -42,17 +42,39 @@ def _budget_points(surface: Surface, variant: str, po: float, pw: float) -> pd.D
     return pts.sort_values(["budget", "x"])
 
 
-def _weak_line(ax, surface: Surface) -> None:
-    wla = surface.cells["weak_label_accuracy"].mean()
-    if np.isfinite(wla):
-        ax.axhline(wla, color="0.3", ls="--", lw=1.2, label=f"weak labels ({wla:.3f})")
+def weak_test_accuracy(ok: pd.DataFrame, surface: Surface) -> float:
+    """Accuracy of the weak labels on the test set, for the surface's scope and tasks: the mean
+    over each task's seeds (a seed fixes the labeller), then over tasks, as the surface averages
+    accuracy. NaN when the records do not carry ``weak_label_test_accuracy``.
+
+    The figures' y axis is test accuracy; the labeller's accuracy on the training pool
+    (``weak_label_accuracy``) is another quantity on another sample and would misplace the line.
+    """
+    col = "weak_label_test_accuracy"
+    if ok is None or col not in ok.columns:
+        return float("nan")
+    model, labeler = surface.scope
+    tasks = str(surface.cells["tasks"].iloc[0]).split("+")
+    runs = ok[(ok["model"] == model) & (ok["weak_labeler"] == labeler) & ok["task"].isin(tasks)]
+    runs = runs.assign(**{col: pd.to_numeric(runs[col], errors="coerce")}).dropna(subset=[col])
+    if runs.empty:
+        return float("nan")
+    per_seed = runs.groupby(["task", "seed"])[col].mean()
+    return float(per_seed.groupby(level="task").mean().mean())
+
+
+def _weak_line(ax, weak_accuracy: float | None) -> None:
+    """The weak labels' own test accuracy, dashed (nothing when unknown)."""
+    if weak_accuracy is not None and np.isfinite(weak_accuracy):
+        ax.axhline(weak_accuracy, color="0.3", ls="--", lw=1.2,
+                   label=f"weak labels, test accuracy ({weak_accuracy:.3f})")
 
 
 def fraction_fits(surface: Surface, variant: str | None = None, max_boot: int | None = None,
                   level: float = 0.9) -> dict[tuple[float, float, float], CurveFit]:
-    """Per-budget smooth fits of accuracy vs oracle fraction for one variant (default: the main
-    one), keyed by (sweep oracle price, sweep weak price, budget), with bands from the joint
-    resamples of seeds and test examples."""
+    """Per-budget curves of accuracy vs oracle fraction for one variant (default: the main one):
+    the measured means joined by lines (:func:`analysis.fits.fraction_fit`), keyed by (sweep
+    oracle price, sweep weak price, budget), with bands from the same resamples as every band."""
     variant = variant or main_variant(surface)
     out = {}
     for po, pw in _sweep_prices(surface):
@@ -64,13 +86,21 @@ def fraction_fits(surface: Surface, variant: str | None = None, max_boot: int | 
     return out
 
 
+def _measured(ax, surface: Surface, p: pd.DataFrame, color, level: float = 0.9, **kw) -> None:
+    """Each cell's mean accuracy as a marker with its central ``level`` band as a bar."""
+    lo, hi = percentile_band(surface.boot[p["cell"].to_numpy()].T, level)
+    ax.errorbar(p["x"], p["accuracy"], yerr=[np.clip(p["accuracy"] - lo, 0, None),
+                                             np.clip(hi - p["accuracy"], 0, None)],
+                color=color, marker="o", ms=3.5, capsize=2, **kw)
+
+
 def accuracy_vs_oracle_fraction(surface: Surface, path_stem,
-                                fits: dict[tuple[float, float, float], CurveFit] | None = None
-                                ) -> list:
+                                fits: dict[tuple[float, float, float], CurveFit] | None = None,
+                                weak_accuracy: float | None = None) -> list:
     """The study's main figure: accuracy vs oracle spending fraction, one curve per budget, the
-    weak-label accuracy dashed; one row per sweep price, one column per variant; bars are 90%
-    bands. With ``fits`` (from :func:`fraction_fits`), the main variant only, drawn as fitted
-    curves with bands."""
+    weak labels' test accuracy dashed; one row per sweep price, one column per variant; bars are
+    90% bands. With ``fits`` (from :func:`fraction_fits`), the main variant only, each curve drawn
+    with its shaded band and the measured means, with their bars, on top."""
     with_fits = fits is not None
     variants = [main_variant(surface)] if with_fits else \
         sorted(surface.cells["variant"].unique())[:MAX_PANELS]
@@ -92,22 +122,17 @@ def accuracy_vs_oracle_fraction(surface: Surface, path_stem,
                 if cf is not None:
                     ax.fill_between(cf.x, cf.lo, cf.hi, color=color, alpha=0.2, lw=0)
                     ax.plot(cf.x, cf.fit, color=color, lw=1.5, label=f"B={budget:g}")
-                    ax.plot(p["x"], p["accuracy"], "o", color=color, ms=3.5)
+                    _measured(ax, surface, p, color, ls="none", elinewidth=1.0)
                 else:
-                    lo, hi = percentile_band(surface.boot[p["cell"].to_numpy()].T, 0.9)
-                    ax.errorbar(p["x"], p["accuracy"],
-                                yerr=[np.clip(p["accuracy"] - lo, 0, None),
-                                      np.clip(hi - p["accuracy"], 0, None)],
-                                color=color, marker="o", ms=3.5, lw=1.3, capsize=2,
-                                label=f"B={budget:g}")
-            _weak_line(ax, surface)
-            ax.set_title(f"{variant}, weak price {pw:g}" + (" (fit, 90% band)" if with_fits
-                                                             else " (90% bands)"), fontsize=9)
+                    _measured(ax, surface, p, color, lw=1.3, label=f"B={budget:g}")
+            _weak_line(ax, weak_accuracy)
+            ax.set_title(f"{variant}, weak price {pw:g}" + (
+                " (means joined, 90% bands)" if with_fits else " (90% bands)"), fontsize=9)
             ax.set_xlabel("oracle spending fraction")
             ax.set_xlim(-0.03, 1.03)
             ax.grid(alpha=0.3)
             if c == 0:
-                ax.set_ylabel("accuracy (mean over seeds)")
+                ax.set_ylabel("test accuracy (mean over seeds)")
     axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(_scope_title(surface), fontsize=10)
     fig.tight_layout()
@@ -127,10 +152,13 @@ def _step(ax, cost, acc, **kw):
 
 
 def frontier_figure(surface: Surface, weak_prices, frontiers: pd.DataFrame,
-                    tolerance: pd.DataFrame, fits: dict, path_stem, oracle_price=1) -> list:
+                    tolerance: pd.DataFrame, fits: dict, path_stem, oracle_price=1,
+                    weak_accuracy: float | None = None) -> list:
     """Frontier vs cost (log axis), one panel per weak price: every configuration coloured by its
     weak fraction, the overall Pareto frontier (black steps, each point with its 90% band), the
-    study's tolerance frontier (triangles) and the monotone fit with its 90% band (grey)."""
+    study's tolerance frontier (triangles) and the monotone curve through the frontier points
+    with its 90% band (grey, :func:`analysis.fits.frontier_fit`); every measured mean is drawn
+    beside it."""
     n = len(weak_prices)
     fig, axes = plt.subplots(1, n, squeeze=False, sharey=True, figsize=(4.8 * n + 1.0, 4.0))
     cmap = plt.get_cmap("coolwarm")
@@ -154,14 +182,14 @@ def frontier_figure(surface: Surface, weak_prices, frontiers: pd.DataFrame,
         fit = fits.get(float(wp))
         if fit is not None:
             ax.fill_between(fit.x, fit.lo, fit.hi, color="0.5", alpha=0.25, lw=0, zorder=1,
-                            label="fit, 90% band")
+                            label="monotone curve, 90% band")
             ax.plot(fit.x, fit.fit, color="0.35", lw=1.5, zorder=1)
-        _weak_line(ax, surface)
+        _weak_line(ax, weak_accuracy)
         ax.set_xscale("log")
         ax.set_xlabel(f"cost (oracle price {float(oracle_price):g})")
         ax.set_title(f"weak price {float(wp):g}", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-    axes[0, 0].set_ylabel("accuracy (mean over seeds)")
+    axes[0, 0].set_ylabel("test accuracy (mean over seeds)")
     axes[0, 0].legend(fontsize=7, loc="lower right")
     if sc is not None:
         fig.colorbar(sc, ax=axes[0, -1], label="weak fraction of spend", fraction=0.05)
@@ -171,7 +199,8 @@ def frontier_figure(surface: Surface, weak_prices, frontiers: pd.DataFrame,
     return out
 
 
-def frontier_by_method(surface: Surface, weak_prices, frontiers: pd.DataFrame, path_stem) -> list:
+def frontier_by_method(surface: Surface, weak_prices, frontiers: pd.DataFrame, path_stem,
+                       weak_accuracy: float | None = None) -> list:
     """Pareto frontier of each method variant vs cost (log axis), one panel per weak price."""
     n = len(weak_prices)
     fig, axes = plt.subplots(1, n, squeeze=False, sharey=True, figsize=(4.8 * n + 1.5, 4.0))
@@ -182,12 +211,12 @@ def frontier_by_method(surface: Surface, weak_prices, frontiers: pd.DataFrame, p
             fr = frontiers[(frontiers["weak_price"] == float(wp)) & (frontiers["method"] == method)]
             _step(ax, fr["cost"], fr["accuracy"], color=colors(k % 10), lw=1.4, label=method)
             ax.plot(fr["cost"], fr["accuracy"], "o", color=colors(k % 10), ms=3)
-        _weak_line(ax, surface)
+        _weak_line(ax, weak_accuracy)
         ax.set_xscale("log")
         ax.set_xlabel("cost")
         ax.set_title(f"weak price {float(wp):g}", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-    axes[0, 0].set_ylabel("accuracy (mean over seeds)")
+    axes[0, 0].set_ylabel("test accuracy (mean over seeds)")
     axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(_scope_title(surface) + ": frontier per method", fontsize=10)
     fig.tight_layout()

@@ -95,12 +95,33 @@ def best_affordable(cells: pd.DataFrame, mask: np.ndarray) -> int | None:
     return int(idx[order[0]])
 
 
+def selection_bias(acc, boot) -> float:
+    """Bootstrap estimate of how far the best of several cell means overstates the best true
+    mean: ``mean_b max_k boot[k, b] - max_k acc[k]``.
+
+    The largest of several noisy means is biased up even when every configuration is equally
+    good (the winner's curse); the resamples repeat the pick with fresh noise around the observed
+    means, so the average excess of their maximum over the observed maximum estimates that bias
+    (Efron's bootstrap bias estimate). About 0 for one configuration, and larger the more close
+    configurations compete and the noisier they are.
+
+    Args:
+      acc: [n] mean accuracy of the candidate cells; boot: [n, n_boot] their resampled means.
+    """
+    acc = np.asarray(acc, dtype=float)
+    if len(acc) == 0:
+        return float("nan")
+    boot = np.asarray(boot, dtype=float).reshape(len(acc), -1)
+    return float(np.nanmean(np.nanmax(boot, axis=0)) - np.nanmax(acc))
+
+
 def best_within_budget(surface: Surface, weak_prices, budgets, oracle_price=1,
                        level: float = 0.9) -> pd.DataFrame:
     """For each weak price, budget and method (plus ``all``): the best configuration with
     cost <= budget (compared exactly), its accuracy, band (the same resamples as every other
     band) and weak fraction. The entry is the chosen configuration's observed mean; having been
-    picked as the best of several, it is optimistic by about the spread of the close ones.
+    picked as the best of ``n_candidates`` affordable configurations it is biased up, by about
+    ``selection_bias`` (:func:`selection_bias`, from the same resamples).
 
     A budget that buys nothing measured gives a row with NaN accuracy.
     """
@@ -110,9 +131,13 @@ def best_within_budget(surface: Surface, weak_prices, budgets, oracle_price=1,
         for budget in budgets:
             afford = pricing.affordable(cells["n_weak"], cells["n_oracle"], oracle_price, wp, budget)
             for method in methods_of(surface):
-                i = best_affordable(cells, afford & method_mask(surface, method))
+                mask = afford & method_mask(surface, method)
+                i = best_affordable(cells, mask)
                 row = {"weak_price": float(wp), "oracle_price": float(oracle_price),
-                       "budget": float(budget), "method": method}
+                       "budget": float(budget), "method": method,
+                       "n_candidates": int(mask.sum()),
+                       "selection_bias": selection_bias(cells["accuracy"].to_numpy()[mask],
+                                                        surface.boot[mask])}
                 if i is None:
                     row.update(variant=None, n_weak=np.nan, n_oracle=np.nan, cost=np.nan,
                                accuracy=np.nan, accuracy_std=np.nan, accuracy_lo=np.nan,
@@ -146,14 +171,35 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def selection_bias_sentence(table: pd.DataFrame, method: str = ALL) -> str:
+    """One sentence stating the size of the best-within-budget entries' selection bias: its range
+    in accuracy points over the (weak price, budget) rows of ``method`` that picked among two or
+    more configurations, and how many were picked among. Empty when no row picked among two."""
+    if "selection_bias" not in table.columns:
+        return ""
+    t = table[(table["method"] == method) & (table["n_candidates"] >= 2)
+              & table["selection_bias"].notna()]
+    if t.empty:
+        return ""
+    bias, n = 100 * t["selection_bias"], t["n_candidates"]
+
+    def span(lo, hi, spec):
+        return format(lo, spec) if format(lo, spec) == format(hi, spec) else \
+            f"{format(lo, spec)}-{format(hi, spec)}"
+    return (f"Picking the best of {span(n.min(), n.max(), 'd')} configurations biases the "
+            f"best-within-budget accuracies up by about {span(bias.min(), bias.max(), '.1f')} "
+            f"accuracy points (median {bias.median():.1f}; a bootstrap estimate from the same "
+            "resamples, `selection_bias` in `best_within_budget.csv`), as estimates of the best "
+            "accuracy a budget can buy.")
+
+
 def best_within_budget_markdown(table: pd.DataFrame) -> str:
     """Best-within-budget as markdown: one table per (scope, weak price), methods x budgets,
     each entry ``accuracy (weak fraction)``."""
     parts = ["Best configuration with cost <= budget; each entry is mean accuracy over seeds "
              "(weak fraction of the spend in brackets; `-`: nothing measured is affordable). "
              "Bands (`accuracy_lo`, `accuracy_hi` in `best_within_budget.csv`) come from the "
-             "same resamples as every other band; as the best of several configurations an "
-             "entry is slightly optimistic."]
+             "same resamples as every other band. " + selection_bias_sentence(table)]
     for (model, labeler, wp), t in table.groupby(["model", "weak_labeler", "weak_price"],
                                                  sort=False):
         budgets = sorted(t["budget"].unique())
