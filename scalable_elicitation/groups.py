@@ -31,8 +31,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from scalable_elicitation.batching import BatchSpec, Encoded, Features, bucket_for
 from scalable_elicitation.sharding import batch_sharding
-from scalable_elicitation.stage import (StageConfig, StageResult, batch_order, stage_schedule,
-                                        visits_through)
+from scalable_elicitation.stage import (StageConfig, StageResult, batch_order, stage_record,
+                                        stage_schedule)
 from scalable_elicitation.train import Steps
 
 ITERS_PER_CALL = 512  # loop steps per device call between host checks
@@ -227,7 +227,9 @@ def _group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None =
         losses = jax.lax.dynamic_update_index_in_dim(
             c["losses"], jnp.where(on, metrics["loss"], jnp.nan), row, 0)
         s1 = st.step
-        due = on & k["has_val"] & ((s1 % k["eval_every"] == 0) | (s1 >= k["total"]))
+        # `StageSchedule.next_evaluation`'s rule: multiples of eval_every from first_eval on
+        due = on & k["has_val"] & (((s1 % k["eval_every"] == 0) & (s1 >= k["first_eval"]))
+                                   | (s1 >= k["total"]))
 
         def evaluate(params):
             scores = jax.vmap(member_scores, in_axes=(0, None, 0))(params, frozen, k["val"])
@@ -300,7 +302,8 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
     if axis is not None:  # every device gets the same number of members
         devices = steps.mesh.shape[axis]
         Gp = -(-Gp // devices) * devices
-    plans = [stage_schedule(len(m.train), m.has_val, m.cfg, bs) for m in members]
+    plans = [stage_schedule(len(m.train), len(m.val) if m.has_val else 0, m.cfg, bs)
+             for m in members]
     tokens = isinstance(members[0].train, Encoded)
     length = None
     if tokens:
@@ -368,6 +371,7 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
         "val_on": stack_rows(lambda m, p: np.arange(M) < (len(m.val) if m.has_val else 0)),
         "total": np.asarray([p.total for p in plans] + [1] * pad, np.int32),
         "eval_every": np.asarray([p.eval_every for p in plans] + [1] * pad, np.int32),
+        "first_eval": np.asarray([p.first_eval for p in plans] + [1] * pad, np.int32),
         "has_val": np.asarray([p.has_val for p in plans] + [False] * pad),
         "patience": np.asarray([m.cfg.patience for m in members] + [1] * pad, np.int32),
         "min_delta": np.asarray([m.cfg.min_delta for m in members] + [0.0] * pad, np.float32),
@@ -421,15 +425,13 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
             continue
         n_train, taken = len(m.train), int(step[g])
         params = _member(carry["best"] if p.has_val else carry["state"].params, g)
-        truncated = int(m.train.truncated.sum()) + (int(m.val.truncated.sum()) if p.has_val
-                                                      else 0)
-        results.append(StageResult(params, {
-            "source": m.source, "n_train": n_train, "n_val": len(m.val) if p.has_val else 0,
-            "visits": visits_through(n_train, taken, bs), "planned_visits": p.visits,
-            "steps": taken, "best_step": int(fetched["best_step"][g]) if p.has_val else taken,
-            "val_metric": float(fetched["metric"][g]) if p.has_val else None,
-            "truncated": truncated,
-            "final_loss": float(losses[g][-1]) if losses[g] else float("nan")}))
+        truncated = int(m.train.truncated.sum()) + (
+            int(m.val.truncated.sum()) if p.has_val and not m.cfg.borrowed_val else 0)
+        results.append(StageResult(params, stage_record(
+            m.source, n_train, len(m.val) if p.has_val else 0, p, m.cfg, steps=taken,
+            best_step=int(fetched["best_step"][g]), val_metric=float(fetched["metric"][g]),
+            truncated=truncated, batch_size=bs,
+            final_loss=float(losses[g][-1]) if losses[g] else float("nan"))))
     return results
 
 

@@ -25,14 +25,24 @@ def api_epochs(n: int, bs: int) -> float:
 
 def stage_config(config, source: str, n: int) -> StageConfig:
     """The stage config of a stage of `n` labels from `source` (the loss option applies to the
-    weak stage only)."""
+    weak stage only). Whether a small stage borrows the previous stage's validation set
+    (`train.small_stage_val`) is decided by the run, which knows its previous stage
+    (`borrows_validation`)."""
     api = config.schedule == "api"
     t = config.train
     return StageConfig(
         lr=t.lr, max_visits=t.max_visits, small_stage_visits=t.small_stage_visits,
         eval_every=t.eval_every, patience=t.patience, min_delta=t.min_delta,
-        use_validation=not api, epochs=api_epochs(n, api_batch_size(n)) if api else None,
+        min_eval_visits=t.get("min_eval_visits", 0), use_validation=not api, epochs=api_epochs(n, api_batch_size(n)) if api else None,
         loss=config.loss if source == "weak" else "xent")
+
+
+def borrows_validation(config, cfg: StageConfig, n_val: int, previous_val: int) -> bool:
+    """Whether a stage with `n_val` validation labels of its own is validated on the previous
+    stage's `previous_val` instead: only a stage too small for a carve-out, after a stage that
+    had one, under the default schedule and `train.small_stage_val = "previous"`."""
+    return (config.train.get("small_stage_val", "none") == "previous" and cfg.use_validation
+            and cfg.epochs is None and n_val == 0 and previous_val > 0)
 
 
 def batch_spec(config, spec: BatchSpec, mesh, n_train: int | None) -> BatchSpec:

@@ -47,6 +47,18 @@ class StageConfig:
     min_delta: float = 0.01
     min_labels_for_val: int = 10
     val_fraction: float = 0.2
+    # No evaluation before a fresh stage validated on fewer than `min_labels_for_val` labels
+    # has made this many example visits (its last step aside), so early stopping cannot end
+    # it, or keep its state, on a handful of validation labels that happen to agree with a
+    # barely trained model (README, "Small stages"). A stage
+    # that `continues` from a previous one evaluates from its first step instead (learning rate
+    # 0 there: the state it entered with is a candidate). 0: the study's rule for both.
+    min_eval_visits: int = 0
+    continues: bool = False  # starts from the previous stage's kept state
+    # The stage has no validation labels of its own and is validated on the previous stage's
+    # carve-out, from its first step (whose learning rate is 0), so the state it entered with
+    # stays a candidate and is kept unless training on the new labels beats it there.
+    borrowed_val: bool = False
     use_validation: bool = True  # False: API-style schedule, keep the final state
     epochs: float | None = None  # if set, visits = epochs * n_train (API-style, labeller)
     loss: str = "xent"
@@ -56,6 +68,8 @@ class StageConfig:
     def __post_init__(self):
         if self.max_visits < 1 or self.lr <= 0:
             raise ValueError(f"stage config needs max_visits >= 1 and lr > 0: {self}")
+        if self.min_eval_visits < 0:
+            raise ValueError(f"stage config needs min_eval_visits >= 0: {self}")
 
 
 def split_validation(n: int, cfg: StageConfig, rng: np.random.Generator):
@@ -152,24 +166,59 @@ class StageSchedule:
     total: int  # steps that make them
     eval_every: int  # min(eval_every, steps_per_epoch)
     hparams: dict  # per-run values the compiled step takes as arrays
+    first_eval: int = 1  # no evaluation before this step (but the last step's)
+
+    def next_evaluation(self, step: int) -> int:
+        """The step of the first evaluation after `step`: the next multiple of `eval_every`
+        at or after `first_eval`, or the last step. The group loop's `due` is the same rule."""
+        nxt = (step // self.eval_every + 1) * self.eval_every
+        if nxt < self.first_eval:
+            nxt = -(-self.first_eval // self.eval_every) * self.eval_every
+        return min(self.total, nxt)
 
 
-def stage_schedule(n_train: int, has_val: bool, cfg: StageConfig, batch_size: int
+def stage_schedule(n_train: int, n_val: int, cfg: StageConfig, batch_size: int
                    ) -> StageSchedule:
     """The schedule of a stage of `n_train` training labels: visits from the epochs (API-style,
-    labeller), the visit cap (with validation) or the small-stage count; steps that make them;
-    warmup max(2, min(40, steps_per_epoch)); evaluation every min(eval_every, steps_per_epoch)."""
+    labeller), the visit cap (with validation of its own) or the small-stage count (fewer than
+    `min_labels_for_val` labels, validated on the previous stage's carve-out or not at all);
+    steps that make them; warmup max(2, min(40, steps_per_epoch)); evaluation every
+    min(eval_every, steps_per_epoch); a fresh stage validated on fewer than
+    `min_labels_for_val` labels (`n_val`, 0 without validation) evaluates first once
+    `min_eval_visits` visits are made."""
+    has_val = n_val > 0
     per_epoch = math.ceil(n_train / batch_size)
     if cfg.epochs is not None:
         visits = int(math.ceil(cfg.epochs * n_train))
-    elif has_val:
+    elif has_val and not cfg.borrowed_val:
         visits = cfg.max_visits
     else:
         visits = cfg.small_stage_visits if n_train < cfg.min_labels_for_val else cfg.max_visits
     total = steps_for_visits(n_train, visits, batch_size)
+    first_eval = 1
+    if (has_val and n_val < cfg.min_labels_for_val and not (cfg.borrowed_val or cfg.continues)
+            and cfg.min_eval_visits > 0):
+        first_eval = min(total, steps_for_visits(n_train, cfg.min_eval_visits, batch_size))
     hparams = {"lr": cfg.lr, "warmup": float(warmup_steps(per_epoch)), "total": float(total),
                "logconf_ramp": cfg.logconf_ramp, "logconf_coef": cfg.logconf_coef}
-    return StageSchedule(has_val, visits, total, min(cfg.eval_every, per_epoch), hparams)
+    return StageSchedule(has_val, visits, total, min(cfg.eval_every, per_epoch), hparams,
+                         first_eval)
+
+
+def stage_record(source: str, n_train: int, n_val: int, plan: StageSchedule, cfg: StageConfig,
+                 *, steps: int, best_step: int, val_metric: float, truncated: int,
+                 final_loss: float, batch_size: int) -> dict:
+    """A stage's record (SPEC section 11), the same from `run_stage` and a group: `n_val`
+    counts the stage's own carve-out only (bought labels); a validation set borrowed from the
+    previous stage is `val_borrowed` rows, so the ledger identity `n_weak + n_oracle ==
+    sum(n_train + n_val) + n_shots` holds."""
+    own = n_val if plan.has_val and not cfg.borrowed_val else 0
+    return {"source": source, "n_train": n_train, "n_val": own,
+            "val_borrowed": n_val if plan.has_val and cfg.borrowed_val else 0,
+            "visits": visits_through(n_train, steps, batch_size), "planned_visits": plan.visits,
+            "steps": steps, "best_step": best_step if plan.has_val else steps,
+            "val_metric": float(val_metric) if plan.has_val else None,
+            "truncated": truncated, "final_loss": final_loss}
 
 
 @dataclasses.dataclass
@@ -194,8 +243,8 @@ def run_stage(steps: Steps, params, train, targets: np.ndarray,
     weights = np.ones(n_train, np.float32) if weights is None else weights
     bs = spec.batch_size
     has_val = val is not None and len(val) > 0
-    plan = stage_schedule(n_train, has_val, cfg, bs)
-    visits, total, eval_every = plan.visits, plan.total, plan.eval_every
+    plan = stage_schedule(n_train, len(val) if has_val else 0, cfg, bs)
+    total = plan.total
     hp = {k: jnp.float32(v) for k, v in plan.hparams.items()}
     state = steps.init_state(params, key)
     best = EarlyStopping(cfg.min_delta, cfg.patience)
@@ -207,13 +256,13 @@ def run_stage(steps: Steps, params, train, targets: np.ndarray,
             best.load(saved)
     done_early = False
     step = start
-    truncated = int(train.truncated.sum()) + (int(val.truncated.sum()) if has_val else 0)
+    truncated = int(train.truncated.sum()) + (
+        int(val.truncated.sum()) if has_val and not cfg.borrowed_val else 0)
     loss = float("nan")
     order, real = batch_order(n_train, total, bs, seed_path)
     while step < total and not done_early:
         # train on the device up to the next evaluation (or a chunk, without validation)
-        stop = min(total, (step // eval_every + 1) * eval_every if has_val
-                   else step + CHUNK_STEPS)
+        stop = plan.next_evaluation(step) if has_val else min(total, step + CHUNK_STEPS)
         while step < stop:
             n = min(CHUNK_STEPS, stop - step)
             idx = [order[t][real[t]] for t in range(step, step + n)]
@@ -231,15 +280,13 @@ def run_stage(steps: Steps, params, train, targets: np.ndarray,
                     progress(step + t + 1, total, float(value))
             step += n
             loss = float(losses[-1])
-        if has_val:  # step is a multiple of eval_every, or the last step
+        if has_val:  # an evaluation step (`plan.next_evaluation`), or the last step
             scores = predict(steps, state.params, val, spec)
             done_early = best.update(val_metric(scores, val_labels), step, state.params)
             if checkpoint is not None:
                 checkpoint.save(step, state, best.as_dict())
     kept = best.params if has_val else state.params
-    record = {"source": source, "n_train": n_train, "n_val": len(val) if has_val else 0,
-              "visits": visits_through(n_train, step, bs), "planned_visits": visits,
-              "steps": step, "best_step": best.step if has_val else step,
-              "val_metric": float(best.metric) if has_val else None,
-              "truncated": truncated, "final_loss": loss}
+    record = stage_record(source, n_train, len(val) if has_val else 0, plan, cfg, steps=step,
+                          best_step=best.step, val_metric=best.metric, truncated=truncated,
+                          final_loss=loss, batch_size=bs)
     return StageResult(kept, record)
