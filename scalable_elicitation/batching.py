@@ -187,12 +187,16 @@ def stack_batches(data, step_indices, targets, weights, spec: BatchSpec,
 
 def batched_apply(fn: Callable[[dict[str, jax.Array]], jax.Array], data, spec: BatchSpec, mesh,
                   *, prepare: Callable | None = None, tail: tuple[int, ...] = (),
-                  dtype=np.float32) -> np.ndarray:
+                  dtype=np.float32, progress: Callable[[int, int], None] | None = None
+                  ) -> np.ndarray:
     """`fn` over every example of `data` (an `Encoded` or `Features`), one fixed-shape global
     batch at a time, batches sorted by length so short inputs use short buckets; returns the
     real rows of each result in the examples' order, as a [N, *tail] array. `prepare(batch,
-    idx)`, if given, turns the host batch into what `fn` takes (extra masks, fewer keys)."""
-    order = np.argsort(data.lengths(), kind="stable")
+    idx)`, if given, turns the host batch into what `fn` takes (extra masks, fewer keys).
+    `progress(examples, tokens)`, if given, sees each finished batch's real examples and
+    tokens."""
+    lengths = data.lengths()
+    order = np.argsort(lengths, kind="stable")
     out = np.zeros((len(data), *tail), dtype)
     for start in range(0, len(order), spec.batch_size):
         idx = order[start:start + spec.batch_size]
@@ -201,4 +205,6 @@ def batched_apply(fn: Callable[[dict[str, jax.Array]], jax.Array], data, spec: B
             batch = prepare(batch, idx)
         result = fn(to_global(batch, mesh))
         out[idx] = np.asarray(jax.device_get(result), dtype)[:len(idx)]
+        if progress is not None:
+            progress(len(idx), int(lengths[idx].sum()))
     return out

@@ -6,11 +6,14 @@ features computed once.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import os
 import pathlib
+import sys
+import time
 
 import jax
 import numpy as np
@@ -144,10 +147,11 @@ class Learner:
             return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                     "pool_mask": pool_mask}
 
-        return batched_apply(
-            lambda b: self._features_fn(b["input_ids"], b["attention_mask"], b["pool_mask"]),
-            enc, self.spec, self.steps.mesh, prepare=with_pool_mask,
-            tail=(self.bundle.config.hidden_size,))
+        with feature_progress(self.cfg.source, len(enc)) as progress:
+            return batched_apply(
+                lambda b: self._features_fn(b["input_ids"], b["attention_mask"], b["pool_mask"]),
+                enc, self.spec, self.steps.mesh, prepare=with_pool_mask,
+                tail=(self.bundle.config.hidden_size,), progress=progress)
 
     def _save_cache(self):
         if self._cache_path is None or jax.process_index() != 0:
@@ -208,6 +212,39 @@ class Learner:
             for j, r in enumerate(runs):
                 out[r] = scores[:, j]
         return out
+
+
+FEATURE_PROGRESS_MIN = 256  # texts: fewer are featurised without a progress bar
+
+
+@contextlib.contextmanager
+def feature_progress(source: str, n_texts: int):
+    """A progress bar on stderr while `n_texts` texts are featurised (texts, tokens/s, time
+    left), with a plain line before and after it for logs, where a bar's redraws are lost:
+    feature extraction is most of the default's minutes, and used to run unannounced. Yields
+    the `batched_apply` progress callback (None for a few texts, or on processes other than
+    the first)."""
+    if n_texts < FEATURE_PROGRESS_MIN or jax.process_index() != 0:
+        yield None
+        return
+    from tqdm import tqdm
+    print(f"features: {n_texts} texts through {source}", file=sys.stderr, flush=True)
+    t0, tokens = time.monotonic(), [0]
+    bar = tqdm(total=n_texts, desc="features", unit="text", file=sys.stderr, leave=False)
+
+    def update(examples: int, batch_tokens: int) -> None:
+        tokens[0] += batch_tokens
+        bar.update(examples)
+        bar.set_postfix_str(f"{tokens[0] / max(time.monotonic() - t0, 1e-9):,.0f} tokens/s",
+                            refresh=False)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+        took = time.monotonic() - t0
+        print(f"features: {bar.n} texts, {tokens[0]:,} tokens in {took:.0f} s "
+              f"({tokens[0] / max(took, 1e-9):,.0f} tokens/s)", file=sys.stderr, flush=True)
 
 
 def _replicated_jit(bundle, fn):
