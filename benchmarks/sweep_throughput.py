@@ -70,17 +70,16 @@ def warm(sweep, specs) -> None:
     of the training and test texts), so only the runs are timed."""
     sweep.prepare(s.seed for s in specs)
     learner = sweep.learner
-    for seed in sorted({s.seed for s in specs}):
-        stats = sweep.feature_stats(seed, learner)
-        if learner.probe:
-            sweep._test_inputs(seed, learner, stats)
+    stats = sweep.feature_stats(learner)
+    if learner.probe:
+        sweep.test_inputs(learner, stats)
 
 
 def mean_tokens(sweep, specs) -> float | None:
     if sweep.learner.probe:
         return None
     from scalable_elicitation.batching import encode
-    train = sweep.task(specs[0].seed).train
+    train = sweep.task().train
     enc = encode(sweep.learner.tokenizer, list(train["text"][:256]), sweep.config.max_length)
     return float(enc.lengths().mean())
 

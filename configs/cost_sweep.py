@@ -35,6 +35,9 @@ def get_config(arg=None):
         "min_confidence": ml_collections.config_dict.placeholder(float),
         "max_train": ml_collections.config_dict.placeholder(int)})
     c.n_test = 1000  # test-set noise of a mean accuracy ~0.014 (binomial), SPEC's 1,000
+    # the seed of the task's one balanced training split: fixed like the test set, so every
+    # run seed draws its pools and labeller examples from the same texts (and their features)
+    c.split_seed = 0
     c.model = "smollm2"
     c.trainable = "head"  # linear probe on cached features: the CPU default (see README)
     # "" keeps the family's pooling (last token for decoders, as the study's head). The CPU
@@ -76,6 +79,14 @@ def get_config(arg=None):
     c.train.eval_every = 50
     c.train.patience = 4
     c.train.min_delta = 0.01
+    # Small stages, where the study's rules measure the training rule instead of the label mix
+    # (README "Small stages", docs): no evaluation before 1,600 visits (50 steps of 32, when a
+    # large stage first evaluates), so 5-8 validation labels cannot stop a stage, or keep its
+    # state, by chance; and a stage too small for a carve-out (< 10 labels) after a stage that
+    # had one validates on that carve-out, keeping the state it entered with unless beaten.
+    # `min_eval_visits=0` and `small_stage_val="none"` are the study's rules.
+    c.train.min_eval_visits = 1600
+    c.train.small_stage_val = "previous"  # previous | none
 
     c.labeler = ml_collections.ConfigDict()
     c.labeler.kind = "model"
@@ -95,7 +106,7 @@ def get_config(arg=None):
     # 3 validation labels and kept the initial state in 1 of 3 seeds (README, "The default")
     c.budgets = (8, 32, 64, 128, 256)
     c.fractions = ("0", "0.2", "0.5", "0.8", "1")
-    c.seeds = 3
+    c.seeds = 5
     c.seed_offset = 0
     c.seed_rule = "fixed"  # fixed: `seeds` per point; study: 3, or 7 for tiny stages
 
@@ -140,6 +151,7 @@ def get_config(arg=None):
         c.train.lr = 3e-3
         c.train.max_visits = 64
         c.train.small_stage_visits = 32
+        c.train.min_eval_visits = 32  # of a 64-visit cap: evaluations (and saves) mid-stage
         c.train.eval_every = 1
         c.labeler.kind = "noise"
         c.seeds = 1

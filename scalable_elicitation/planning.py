@@ -25,6 +25,9 @@ GROUP_SHARDINGS = ("rows", "runs")
 POINT_KEYS = ("budget", "fraction", "seed")
 LOSSES = ("xent", "logconf")
 SCHEDULES = ("default", "api")
+# train.small_stage_val: a stage too small for a carve-out validates on the previous stage's
+# carve-out ("previous") or not at all ("none", the study's rule); `schedules.borrows_validation`
+SMALL_STAGE_VALIDATION = ("previous", "none")
 # Config keys (top-level blocks) that everything a sweep shares per seed depends on: the task,
 # the test set, the weak labels, the pools, the prices and the grid. A sweep point may not
 # override them (a separate sweep may); every other key, the learner's included, it may.
@@ -85,6 +88,11 @@ def validate(config) -> None:
     need(config.n_test >= 2, "n_test", f"{config.n_test} must be >= 2")
     need(config.train.lr > 0, "train.lr", f"{config.train.lr} must be > 0")
     need(config.train.max_visits >= 1, "train.max_visits", "must be >= 1")
+    need(config.train.get("min_eval_visits", 0) >= 0, "train.min_eval_visits",
+         f"{config.train.get('min_eval_visits')} must be >= 0 (0: evaluate from the first step)")
+    need(config.train.get("small_stage_val", "none") in SMALL_STAGE_VALIDATION,
+         "train.small_stage_val", f"{config.train.get('small_stage_val')!r}; allowed: "
+         f"{', '.join(SMALL_STAGE_VALIDATION)}")
     need(config.labeler.kind in labelers.KINDS, "labeler.kind",
          f"{config.labeler.kind!r}; allowed: {', '.join(labelers.KINDS)}")
     try:
@@ -166,6 +174,7 @@ class Planner:
         method = {"method": c.method, "loss": c.loss, "schedule": c.schedule,
                   **selection.identity(c), **methods.get(c.method).identity(c)}
         return {"task": c.task, "task_options": self.task_options, "n_test": c.n_test,
+                "split_seed": c.get("split_seed", 0),
                 "model": c.model, "trainable": c.trainable, "dtype": c.dtype,
                 "lora": dict(c.lora), "max_length": c.max_length, "pooling": c.pooling,
                 **method,

@@ -50,14 +50,15 @@ def learner_config(config) -> LearnerConfig:
 
 
 class Sweep(Planner):
-    """A planned sweep and what its runs share, built lazily and kept: per seed the task, weak
-    labels, pools and probe statistics; per learner config (a point may override the model,
-    lengths or batch size) the learner, i.e. loaded weights and compiled steps."""
+    """A planned sweep and what its runs share, built lazily and kept: the task (one training
+    split and one test set, whatever the seed), per seed the weak labels and pools, per learner
+    config (a point may override the model, lengths or batch size) the learner, i.e. loaded
+    weights and compiled steps, and a probe's feature statistics and test inputs."""
 
     def __init__(self, config, workdir: str | os.PathLike, *, progress=None):
         super().__init__(config, workdir)
         self.progress = progress  # progress(message), e.g. a progress bar's postfix
-        self._tasks: dict[int, Any] = {}
+        self._task = None
         self._weak: dict[int, Any] = {}
         self._pools: dict[int, Any] = {}
         self._stats: dict[tuple, FeatureStats] = {}
@@ -65,22 +66,27 @@ class Sweep(Planner):
         self._tests: dict[tuple, Any] = {}
 
     # -- shared, built lazily --------------------------------------------------------------
-    def task(self, seed: int):
-        if seed not in self._tasks:
-            self._tasks[seed] = load_task(self.config.task, seed=seed, n_test=self.config.n_test,
-                                          cache_dir=self.cache_dir, **self.task_options)
-        return self._tasks[seed]
+    def task(self):
+        """The task's splits: one balanced training split, like the test set fixed by the task
+        (`config.split_seed`), never by a run's seed. A run's seed draws its pools, the
+        labeller's examples, the initialisation and the batch order from it, so every seed
+        reuses the same texts' features."""
+        if self._task is None:
+            self._task = load_task(self.config.task, seed=self.config.get("split_seed", 0),
+                                   n_test=self.config.n_test, cache_dir=self.cache_dir,
+                                   **self.task_options)
+        return self._task
 
     def weak_labels(self, seed: int):
         if seed not in self._weak:
-            self._weak[seed] = cached_weak_labels(self.labeler, self.task(seed), seed,
+            self._weak[seed] = cached_weak_labels(self.labeler, self.task(), seed,
                                                   self.cache_dir)
         return self._weak[seed]
 
     def pools(self, seed: int):
         if seed not in self._pools:
             weak = self.weak_labels(seed)
-            self._pools[seed] = make_pools(self.task(seed).train, seed=seed,
+            self._pools[seed] = make_pools(self.task().train, seed=seed,
                                            exclude_ids=weak.train_ids,
                                            oracle_share=self.config.oracle_share)
         return self._pools[seed]
@@ -97,15 +103,15 @@ class Sweep(Planner):
         """The learner of the sweep's own config."""
         return self.learner_for(self.config)
 
-    def feature_stats(self, seed: int, learner: Learner | None = None) -> FeatureStats | None:
-        """A probe's per-dimension feature statistics over the seed's unlabelled training
+    def feature_stats(self, learner: Learner | None = None) -> FeatureStats | None:
+        """A probe's per-dimension feature statistics over the task's unlabelled training
         texts (SPEC section 5); None when the model is finetuned."""
         learner = self.learner if learner is None else learner
         if not learner.probe:
             return None
-        key = (learner.cfg, seed)
+        key = learner.cfg
         if key not in self._stats:
-            train = self.task(seed).train
+            train = self.task().train
             self._stats[key] = learner.feature_stats(train["id"], train["text"])
         return self._stats[key]
 
@@ -132,16 +138,16 @@ class Sweep(Planner):
             cfg = schedules.stage_config(c, "oracle", n)
             tr, va = split_validation(n, cfg, np.random.default_rng(0))  # sizes only
             rows, val = max(rows, len(tr)), max(val, len(va))
-            steps = max(steps, stage_schedule(len(tr), len(va) > 0, cfg,
+            steps = max(steps, stage_schedule(len(tr), len(va), cfg,
                                               c.train.batch_size).total)
         return groups.Shapes(rows, val, steps, self.group_size(specs))
 
     def prepare(self, seeds) -> None:
         """Load each seed's task and weak labels up front, so bad data fails once, clearly,
         before any run (instead of as a failed record per run)."""
+        self.feature_stats()
         for seed in sorted(set(seeds)):
             self.weak_labels(seed)
-            self.feature_stats(seed)
 
     # -- runs -------------------------------------------------------------------------------
     def run(self, spec: RunSpec, log=None) -> records.Record:
@@ -243,7 +249,7 @@ class Sweep(Planner):
         pools = self.pools(spec.seed)  # raises PoolExhaustedError before any training
         bought = Bought(pools.take("weak", spec.n_weak), pools.take("oracle", spec.n_oracle))
         weak = self.weak_labels(spec.seed)
-        task = self.task(spec.seed)
+        task = self.task()
         learner = self.learner_for(c)
         steps = learner.steps
         key = jax.random.key(spec.seed)
@@ -263,7 +269,7 @@ class Sweep(Planner):
                 return learner.data(split["id"], split["text"])
             return learner.prepare(builder.encode(split["id"], split["text"], shuffle=shuffle))
 
-        stats = self.feature_stats(spec.seed, learner)
+        stats = self.feature_stats(learner)
         if stats is not None and builder is not None:
             # prompted features differ from plain ones: standardise with the prompt's own
             # statistics over a fixed sample of unlabelled training texts
@@ -279,6 +285,7 @@ class Sweep(Planner):
         ledger: dict[str, list[str]] = {"weak": [], "oracle": [], "shots": shot_ids}
         stages = []
         params = steps.fresh_params(jax.random.fold_in(key, STREAMS["init"]))
+        previous_val = None  # the last stage's own validation (inputs, labels), if it had one
         for index, stage in enumerate(method.stages(c, weak, bought, spec.seed)):
             split, targets, weights = stage.split, stage.targets, stage.weights
             if stage.source == "oracle" and c.oracle_selection == "entropy":
@@ -286,9 +293,9 @@ class Sweep(Planner):
                                                 exclude=shot_ids)
                 targets = split["label"].astype(np.float32)
                 weights = np.ones(len(split), np.float32)
-            params, stage_record = yield from self._stage(
+            params, stage_record, previous_val = yield from self._stage(
                 c, spec, learner, index, stage.source, split, targets, weights, params, inputs,
-                out, log)
+                out, log, previous_val)
             stages.append(stage_record)
             for src in ("weak", "oracle"):
                 if stage.source in (src, "mixture"):
@@ -304,7 +311,7 @@ class Sweep(Planner):
             scores, _ = yield IclJob(learner, builder, test)
             truncated = int(sum(builder.suffix(t)[1] for t in test["text"]))
         else:
-            test_inputs = (self._test_inputs(spec.seed, learner, stats) if builder is None
+            test_inputs = (self.test_inputs(learner, stats) if builder is None
                            else inputs(test))
             scores = predict(steps, params, test_inputs, learner.spec)
             truncated = int(test_inputs.truncated.sum())
@@ -347,20 +354,22 @@ class Sweep(Planner):
         return pool.take(np.sort(selection.entropy_select(scores, n, c.selection_temperature,
                                                           rng)))
 
-    def _test_inputs(self, seed: int, learner: Learner, stats):
-        """The seed's test inputs without a prompt, standardised for a probe: the same for
-        every run of the seed, so built once."""
-        key = (learner.cfg, seed)
+    def test_inputs(self, learner: Learner, stats):
+        """The test inputs without a prompt, standardised for a probe: the same for every run
+        of the learner, so built once."""
+        key = learner.cfg
         if key not in self._tests:
-            test = self.task(seed).test
+            test = self.task().test
             data = learner.data(test["id"], test["text"])
             self._tests[key] = stats.apply(data) if stats is not None else data
         return self._tests[key]
 
     def _stage(self, c, spec, learner, index, source, split, targets, weights, params, inputs,
-               out, log):
+               out, log, previous_val=None):
         """One stage (with checkpoints), as a generator: yields its `StageJob` and returns
-        (kept params, stage record). A finished stage's checkpoint is reused without training;
+        (kept params, stage record, its own validation (inputs, labels) or None). A stage too
+        small for a carve-out may be validated on `previous_val`, the previous stage's
+        (`schedules.borrows_validation`). A finished stage's checkpoint is reused without training;
         a stage that trained for at least `checkpoint_interval_s` saves its kept params, so a
         run killed in a later stage resumes after it (a shorter one is retrained, identically:
         the data order and initialisation are pure functions of the seed)."""
@@ -369,6 +378,14 @@ class Sweep(Planner):
         rng = np.random.default_rng([spec.seed, STREAMS["data"], index])
         tr, va = split_validation(n, stage_cfg, rng)
         data = inputs(split)
+        own_val = (data.take(va), targets[va]) if len(va) else None
+        val = own_val
+        if index > 0:  # methods yield only stages with labels: this one continues
+            stage_cfg = dataclasses.replace(stage_cfg, continues=True)
+        if schedules.borrows_validation(c, stage_cfg, len(va), 0 if previous_val is None
+                                        else len(previous_val[1])):
+            stage_cfg = dataclasses.replace(stage_cfg, borrowed_val=True)
+            val = previous_val
 
         def progress(step, total, loss):
             if self.progress:
@@ -382,10 +399,10 @@ class Sweep(Planner):
         try:
             done = ckpt.restore_done(params) if ckpt else None
             if done is not None:  # finished before an interruption: reuse its result
-                return done
+                return (*done, own_val)
             member = groups.Member(
-                params, data.take(tr), targets[tr], data.take(va) if len(va) else None,
-                targets[va] if len(va) else None, stage_cfg,
+                params, data.take(tr), targets[tr], val[0] if val else None,
+                val[1] if val else None, stage_cfg,
                 seed_path=[spec.seed, STREAMS["train"], index],
                 key=jax.random.fold_in(jax.random.fold_in(jax.random.key(spec.seed),
                                                           STREAMS["train"]), index),
@@ -396,7 +413,7 @@ class Sweep(Planner):
                 c.checkpoint_interval_s)
             if ckpt and took >= c.checkpoint_interval_s:
                 ckpt.save_done(result.params, result.record)
-            return result.params, result.record
+            return result.params, result.record, own_val
         finally:
             if ckpt:
                 ckpt.close()
@@ -413,7 +430,8 @@ class StageJob:
     @property
     def planned_steps(self) -> int:
         m = self.member
-        return stage_schedule(len(m.train), m.has_val, m.cfg, self.spec.batch_size).total
+        return stage_schedule(len(m.train), len(m.val) if m.has_val else 0, m.cfg,
+                              self.spec.batch_size).total
 
 
 @dataclasses.dataclass

@@ -44,7 +44,7 @@ def main(argv=None):
         for n in (int(x) for x in args.ns.split(",")):
             accs, aucs = [], []
             for seed in range(args.seeds):
-                pools, stats = sweep.pools(seed), sweep.feature_stats(seed)
+                pools, stats = sweep.pools(seed), sweep.feature_stats()
                 oracle = pools.take("oracle", pools.size("oracle"))
                 train, val = oracle.take(np.arange(n)), oracle.take(
                     np.arange(len(oracle) - N_VALIDATION, len(oracle)))

@@ -84,6 +84,11 @@ def test_smoke_sweep_records_and_costs(smoke_sweep):
         # validation labels count: stages with >= 10 labels carve some out
         for s in r["stages"]:
             assert (s["n_val"] > 0) == (s["n_train"] + s["n_val"] >= 10)
+        # a stage too small for a carve-out validates on the previous stage's (issue 20)
+        for before, s in zip(r["stages"], r["stages"][1:]):
+            if s["n_train"] < 10 and before["n_val"] > 0:
+                assert s["val_borrowed"] == before["n_val"] and s["val_metric"] is not None
+    assert any(s["val_borrowed"] for r in recs for s in r["stages"])  # the smoke grid has one
 
 
 def test_rerun_skips_done_runs_and_matches(smoke_sweep):
@@ -110,6 +115,31 @@ def test_same_seed_same_metrics_different_seed_different_labels(smoke_sweep, tmp
             l0 = json.loads((tmp_path / "a" / "runs" / r0["run_id"] / "ledger.json").read_text())
             l1 = json.loads((tmp_path / "b" / "runs" / r1["run_id"] / "ledger.json").read_text())
             assert l0["oracle"] != l1["oracle"]
+
+
+def test_seeds_share_one_training_split_and_draw_their_own_pools(tmp_path):
+    """One balanced training split per task, fixed like the test set (issue 20, item 5): every
+    seed's pools and labeller examples come from the same texts, in the seed's own order."""
+    sweep = R.Sweep(smoke_config(), tmp_path)
+    train_ids = set(sweep.task().train["id"].tolist())
+    orders = []
+    for seed in range(3):
+        pools = sweep.pools(seed)
+        weak = pools.take("weak", pools.size("weak"))["id"].tolist()
+        oracle = pools.take("oracle", pools.size("oracle"))["id"].tolist()
+        used = set(weak) | set(oracle) | set(map(str, sweep.weak_labels(seed).train_ids))
+        assert used <= train_ids
+        orders.append(weak[:20])
+    assert orders[0] != orders[1] != orders[2]
+    spec = sweep.plan(sweep_points(CONFIG, sweep.config))[0]
+    assert sweep.effective(spec)["split_seed"] == 0  # part of the run id
+    # cached weak labels of one split are never reused for another split's texts
+    from scalable_elicitation.data import load_task
+    from scalable_elicitation.labelers.cache import weak_labels_key
+    other = load_task(sweep.config.task, seed=1, n_test=sweep.config.n_test,
+                      **sweep.task_options)
+    assert weak_labels_key(sweep.labeler, sweep.task(), 1) != \
+        weak_labels_key(sweep.labeler, other, 1)
 
 
 def test_one_compile_per_shape_across_runs(smoke_sweep, tmp_path):
@@ -155,6 +185,11 @@ def test_bad_config_values_fail_before_loading(tmp_path):
     with pytest.raises(ValueError, match="config.group_sharding: 'runs' .* model must fit one "
                                          "device: set mesh.fsdp and mesh.tensor to 1"):
         R.Sweep(smoke_config(group_sharding="runs", **{"mesh.tensor": 2}), tmp_path)
+    with pytest.raises(ValueError, match="config.train.small_stage_val: 'last'; allowed: "
+                                         "previous, none"):
+        R.Sweep(smoke_config(**{"train.small_stage_val": "last"}), tmp_path)
+    with pytest.raises(ValueError, match="config.train.min_eval_visits: -1 must be >= 0"):
+        R.Sweep(smoke_config(**{"train.min_eval_visits": -1}), tmp_path)
     from scalable_elicitation import groups, planning  # validated without importing JAX
     assert planning.GROUP_SHARDINGS == groups.GROUP_SHARDINGS
 

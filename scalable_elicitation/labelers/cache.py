@@ -18,10 +18,13 @@ LABELS_VERSION = 2  # bump when a labeller's output for a given config changes
 
 
 def weak_labels_key(labeler: Labeler, task: Task, seed: int) -> str:
-    """Cache key of (task name + options, labeller config, seed)."""
-    payload = json.dumps({"task": task.key, "labeler": labeler.name,
-                          "config": labeler.config_dict(), "seed": seed,
-                          "version": LABELS_VERSION}, sort_keys=True, default=str)
+    """Cache key of (task name + options, its training split's seed, labeller config, seed).
+    The split's seed counts: a task's training split is fixed by `config.split_seed`, not by
+    the labeller's seed, and labels of another split's texts must never be reused."""
+    payload = json.dumps({"task": task.key, "split_seed": task.info.get("seed"),
+                          "labeler": labeler.name, "config": labeler.config_dict(),
+                          "seed": seed, "version": LABELS_VERSION}, sort_keys=True,
+                         default=str)
     return hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
 
 
