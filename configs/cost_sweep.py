@@ -70,6 +70,7 @@ def get_config(arg=None):
     # data axis as one run alone does; "runs" puts whole runs on devices (model on one device)
     c.group_sharding = "rows"
     c.checkpoint_interval_s = 60.0  # at most one mid-stage save per interval (0: every eval)
+    c.tensorboard = True  # per-step losses and per-run metrics in WORKDIR/tb (as launch.sweep)
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32

@@ -39,7 +39,11 @@ def run_sweep(config, workdir, points, *, dry_run=False, out=print) -> list[dict
             out(line)
         return []
     experiment.use_compilation_cache(sweep)
-    done = experiment.run_experiment(sweep, specs)
+    tracker = None
+    if config.get("tensorboard", True):  # per-step losses and per-run metrics, WORKDIR/tb
+        from scalable_elicitation.tracking import Tracker
+        tracker = Tracker(workdir, wandb=False)
+    done = experiment.run_experiment(sweep, specs, tracker=tracker)
     if jax.process_index() == 0:  # one report per sweep, from the records every process shares
         finish_sweep(workdir, out)
     return done.records

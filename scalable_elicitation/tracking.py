@@ -1,11 +1,10 @@
 """Scalars per run: TensorBoard event files (tensorboardX), and Weights & Biases when asked.
 
     tracker = Tracker(workdir, wandb=False)          # one per sweep process
-    with tracker.run(run_id, config=flat_config) as log:
+    with tracker.open(run_id, config=flat_config) as log:
         log.scalar("weak/loss", 0.69, step=1)         # during training
         log.scalars({"test/accuracy": 0.8}, step=0)
         log.summary(record)                            # the run's final numbers
-    tracker.scalar("weak/loss", 0.5, step=2)           # to the open run, from a callback
 
 Event files go to WORKDIR/tb/RUN_ID (point `tensorboard --logdir WORKDIR/tb` at them). wandb is
 imported only when enabled (flag, or SE_WANDB=1; project from SE_WANDB_PROJECT), one wandb run
@@ -34,7 +33,7 @@ def wandb_requested(env: Mapping[str, str] = os.environ) -> bool:
 
 
 class RunLog:
-    """The open log of one run; get one from `Tracker.run`."""
+    """The open log of one run; get one from `Tracker.open`."""
 
     def __init__(self, tracker: "Tracker", run_id: str, config: Mapping[str, Any] | None):
         self.run_id = run_id
@@ -114,26 +113,8 @@ class Tracker:
         self.wandb_project = wandb_project or os.environ.get("SE_WANDB_PROJECT",
                                                              "scalable_elicitation")
         self.wandb_entity = wandb_entity or os.environ.get("SE_WANDB_ENTITY") or None
-        self.current: RunLog | None = None
-
-    def run(self, run_id: str, config: Mapping[str, Any] | None = None) -> RunLog:
-        """Open the log of `run_id` (closing any open one); also the target of `scalar`."""
-        if self.current is not None:
-            self.current.close()
-        self.current = RunLog(self, run_id, config)
-        return self.current
 
     def open(self, run_id: str, config: Mapping[str, Any] | None = None) -> RunLog:
-        """A log of `run_id` that is not the open run: for runs trained together, each with
-        its own log at the same time (close it, or use it as a context)."""
+        """The log of `run_id`: runs trained together each have their own, open at the same
+        time (close it, or use it as a context)."""
         return RunLog(self, run_id, config)
-
-    def scalar(self, name: str, value, step: int) -> None:
-        """Log to the open run; a no-op when none is open (for callbacks inside the runner)."""
-        if self.current is not None:
-            self.current.scalar(name, value, step)
-
-    def close(self) -> None:
-        if self.current is not None:
-            self.current.close()
-            self.current = None

@@ -13,6 +13,7 @@ import pytest
 
 from launch import lock as lock_lib
 from launch.sweep import Shard, parse_shard
+from tb_events import read_scalars
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "cost_sweep.py")
@@ -290,34 +291,16 @@ def test_killed_worker_restarts_without_loss_or_duplicates(tmp_path):
 def test_tracker_writes_tensorboard_events(tmp_path):
     from scalable_elicitation.tracking import Tracker
     tracker = Tracker(tmp_path, wandb=False)
-    with tracker.run("abc123", config={"train.lr": 0.1}) as log:
+    with tracker.open("abc123", config={"train.lr": 0.1}) as log:
         log.scalar("weak/loss", 0.5, step=1)
-        tracker.scalar("weak/loss", 0.25, step=2)
+        log.scalar("weak/loss", 0.25, step=2)
         log.summary({"status": "ok", "cost": 4.0, "n_weak": 40, "n_oracle": 0, "wall_s": 1.0,
                      "metrics": {"accuracy": 0.75, "accuracy_ci": [0.5, 0.9]},
                      "stages": [{"source": "weak", "steps": 3, "val_metric": None}]})
-    tracker.scalar("ignored/after_close", 1.0, step=0)  # no open run: a no-op
+    log.scalar("ignored/after_close", 1.0, step=0)  # a closed log: a no-op
     events = list((tmp_path / "tb" / "abc123").glob("events.out.tfevents.*"))
     assert len(events) == 1
     scalars = read_scalars(events[0])
     assert {"weak/loss", "test/accuracy", "run/cost", "weak/steps"} <= set(scalars)
     assert "ignored/after_close" not in scalars and "test/accuracy_ci" not in scalars
     assert scalars["weak/loss"] == [(1, 0.5), (2, 0.25)]
-
-
-def read_scalars(path):
-    """{tag: [(step, value)]} from a TensorBoard event file (TFRecord framing, no tensorboard)."""
-    import struct
-
-    from tensorboardX.proto import event_pb2
-    out = {}
-    data = pathlib.Path(path).read_bytes()
-    pos = 0
-    while pos < len(data):
-        (length,) = struct.unpack("<Q", data[pos:pos + 8])
-        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-        pos += 12 + length + 4
-        for v in event.summary.value:
-            if v.HasField("simple_value"):
-                out.setdefault(v.tag, []).append((event.step, v.simple_value))
-    return out

@@ -91,6 +91,20 @@ def test_smoke_sweep_records_and_costs(smoke_sweep):
     assert any(s["val_borrowed"] for r in recs for s in r["stages"])  # the smoke grid has one
 
 
+def test_main_job_writes_tensorboard_losses_and_metrics(smoke_sweep):
+    from tb_events import read_scalars
+    _, workdir, recs = smoke_sweep
+    logs = sorted((workdir / "tb").iterdir())
+    assert {d.name for d in logs} == {r["run_id"] for r in recs}  # one log per run
+    for rec in recs:
+        (events,) = (workdir / "tb" / rec["run_id"]).glob("events.out.tfevents.*")
+        scalars = read_scalars(events)
+        assert scalars["test/accuracy"] == [(0, pytest.approx(rec["metrics"]["accuracy"]))]
+        for stage in rec["stages"]:  # every step's loss of every stage
+            losses = scalars[f"{stage['source']}/loss"]
+            assert [s for s, _ in losses] == list(range(1, stage["steps"] + 1))
+
+
 def test_rerun_skips_done_runs_and_matches(smoke_sweep):
     config, workdir, recs = smoke_sweep
     again = run_sweep(config, workdir, sweep_points(CONFIG, config), out=lambda *_: None)
