@@ -1,4 +1,5 @@
-"""Aggregate runs over seeds (SPEC section 9), with joint resamples of seeds and test examples.
+"""Aggregate runs over seeds (docs/design.md#cells), with joint resamples of seeds and test
+examples.
 
 A *cell* is (task, model, variant, weak_labeler, n_weak, n_oracle): everything but the seed (the
 variant carries every other config value that defines a run, see :mod:`analysis.records`). A

@@ -1,4 +1,5 @@
-"""Calibration of the regime call on synthetic surfaces whose answer is known (SPEC section 9).
+"""Calibration of the regime call on synthetic surfaces whose answer is known
+(docs/design.md#regimes, #decisions).
 
     python -m analysis.calibration [--replicates 4] [--n_boot 2000] [--seed 0]
 

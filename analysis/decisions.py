@@ -1,4 +1,5 @@
-"""A decision per budget (SPEC section 9): what to buy, what the choice can cost, what is ruled out.
+"""A decision per budget (docs/design.md#decisions): what to buy, what the choice can cost, what is
+ruled out.
 
 A regime name answers "which of three categories is strictly best", which three seeds can rarely
 settle at margins of 0.01-0.03. A user splitting a budget needs something else, and the same

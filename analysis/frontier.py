@@ -1,9 +1,9 @@
-"""Cost-accuracy frontiers (SPEC section 9).
+"""Cost-accuracy frontiers (docs/design.md#frontier).
 
 Two selections over points ``(cost, accuracy)``:
 
-* :func:`pareto_mask`: the points not dominated by any cheaper-or-equal point with higher
-  accuracy. Ties, as the SPEC words it: a point is dominated only by a *strictly* more accurate
+* :func:`pareto_mask`: the points not dominated by any cheaper-or-equal point with higher accuracy.
+  Ties, as docs/design.md#frontier words it: a point is dominated only by a *strictly* more accurate
   point at cost <= its own. So two points with equal cost and equal accuracy are both kept, a point
   at equal cost but lower accuracy is dropped, and a costlier point with exactly equal accuracy is
   kept (nothing beats it strictly). ``strict=True`` also drops that last kind: a point whose

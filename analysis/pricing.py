@@ -1,4 +1,4 @@
-"""Exact cost arithmetic (SPEC section 2): cost is a function of the label counts.
+"""Exact cost arithmetic (docs/design.md#cost-model): cost is a function of the label counts.
 
 Prices and budgets arrive as floats or strings; they are read as the decimal they print as
 (``0.1`` is 1/10, not the nearest binary float), so ``0.3 / 0.1`` is exactly 3, by the sweep's
@@ -46,7 +46,7 @@ def oracle_spend_fraction(n_weak: int, n_oracle: int, oracle_price, weak_price) 
 
 
 def grid_counts(budget, oracle_fraction, oracle_price, weak_price) -> tuple[int, int]:
-    """Labels a grid point buys (SPEC section 2), as ``(n_weak, n_oracle)``: the sweep's own
-    rule, :func:`scalable_elicitation.budget.labels_for`."""
+    """Labels a grid point buys (docs/design.md#cost-model), as ``(n_weak, n_oracle)``: the
+    sweep's own rule, :func:`scalable_elicitation.budget.labels_for`."""
     point = labels_for(budget, oracle_fraction, Prices.of(oracle_price, weak_price))
     return point.n_weak, point.n_oracle

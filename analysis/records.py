@@ -1,15 +1,15 @@
-"""Load results records (SPEC section 11) into a tidy pandas table.
+"""Load results records (docs/design.md#results-record) into a tidy pandas table.
 
 Every ``result.json`` under the given folders (recursively) and every ``*.jsonl`` file of records
 is read. A torn file, a truncated JSONL line or a record missing a required field is skipped with
 a :class:`CorruptRecordWarning` naming the file (and line); the rest still load.
 
-Cells (SPEC section 9) aggregate runs that differ only in seed. A run's *identity* is every value
-of its flattened config that defines it (:func:`config_identity`: everything except the seed, the
-grid, the prices it was priced at, execution details such as the mesh, and options that do not
-apply to its method). Runs whose method variant matches but whose identity differs are never
-merged: a :class:`VariantSplitWarning` names the differing keys and each identity becomes its own
-variant, e.g. ``seq_sft[trainable=lora]`` beside ``seq_sft[trainable=head]``.
+Cells (docs/design.md#cells) aggregate runs that differ only in seed. A run's *identity* is every
+value of its flattened config that defines it (:func:`config_identity`: everything except the seed,
+the grid, the prices it was priced at, execution details such as the mesh, and options that do not
+apply to its method). Runs whose method variant matches but whose identity differs are never merged:
+a :class:`VariantSplitWarning` names the differing keys and each identity becomes its own variant,
+e.g. ``seq_sft[trainable=lora]`` beside ``seq_sft[trainable=head]``.
 
 A run's per-example test scores (``scores.parquet`` beside its ``result.json``: id, label, score;
 prediction = score > 0) are found here and read by :mod:`analysis.resample`.
@@ -32,7 +32,8 @@ from scalable_elicitation import methods
 from scalable_elicitation.records import (REQUIRED_ALWAYS, REQUIRED_OK, STATUSES, flatten,
                                           variant_name)
 
-# Method-variant options (SPEC section 7), read from the flattened config by their last key part.
+# Method-variant options (docs/design.md#methods), read from the flattened config by their last key
+# part.
 OPTION_KEYS = {
     "loss": ("loss",),
     "oracle_selection": ("oracle_selection",),
@@ -42,8 +43,9 @@ OPTION_KEYS = {
 }
 # Methods whose runs show k shots: those identified by a shot source (methods.REGISTRY).
 SHOT_METHODS = tuple(name for name, m in methods.REGISTRY.items() if "shot_source" in m.keys)
-# The cell of an aggregate: everything but the seed (SPEC section 9). ``variant`` carries every
-# other config value that defines a run (see :func:`config_identity` and :func:`assign_variants`).
+# The cell of an aggregate: everything but the seed (docs/design.md#cells). ``variant`` carries
+# every other config value that defines a run (see :func:`config_identity` and
+# :func:`assign_variants`).
 CELL_KEYS = ("task", "model", "variant", "weak_labeler", "n_weak", "n_oracle")
 # Flattened config keys that do not define a run: seeds, the grid and its prices (cost is
 # re-priced from the counts), the counts themselves (cell keys), execution details, and the
@@ -127,7 +129,7 @@ def method_options(method: str, config: dict[str, Any]) -> dict[str, Any]:
     if method not in SHOT_METHODS:
         opts["k"] = opts["shot_source"] = None
     elif opts["shot_source"] is None and opts["k"] is not None:
-        opts["shot_source"] = "weak"  # SPEC section 7: weak shots by default
+        opts["shot_source"] = "weak"  # weak shots by default (docs/design.md#kshot_sft)
     return opts
 
 
@@ -165,7 +167,7 @@ def _check_record(rec: Any) -> str | None:
 
 
 def base_variant(rec: dict[str, Any]) -> str:
-    """The method-variant name of a record (method and options, SPEC section 9), before any
+    """The method-variant name of a record (method and options, docs/design.md#cells), before any
     suffix that :func:`assign_variants` adds to keep differing configs apart."""
     config = flatten(rec.get("config") or {})
     opts = method_options(rec["method"], config)

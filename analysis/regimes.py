@@ -1,4 +1,4 @@
-"""Regimes of a budget (SPEC section 9) and the budget boundaries between them.
+"""Regimes of a budget (docs/design.md#regimes) and the budget boundaries between them.
 
 At the sweep's own prices and budgets, the best cell of a budget is quantity-dominant if it
 bought no oracle labels, quality-dominant if it bought no weak labels and mixed otherwise. That

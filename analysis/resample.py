@@ -1,4 +1,4 @@
-"""Joint resampling of seeds and test examples (SPEC section 9).
+"""Joint resampling of seeds and test examples (docs/design.md#resampling).
 
 Every band, regime confidence, regret bound and ruled-out set the analysis prints comes from the
 matrix this module builds: for each cell (runs that differ only in seed) ``n_boot`` resampled mean

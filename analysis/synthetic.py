@@ -4,8 +4,8 @@
 
 The surface (``true_accuracy``) has the study's three regimes at weak price 1/10: weak labels help
 quickly but saturate near 0.72, oracle labels help slowly up to 0.95, and weak pre-training costs a
-little once oracle labels are plentiful. Records follow SPEC section 11, with counts from the grid
-(SPEC section 2) and Gaussian noise per seed.
+little once oracle labels are plentiful. Records follow docs/design.md#results-record, with
+counts from the grid (docs/design.md#cost-model) and Gaussian noise per seed.
 
 With ``per_example=True`` every ok record also carries its per-example test scores (``scores``:
 id, label, score; written as ``scores.parquet`` by :func:`write_runs`), drawn so that runs of a

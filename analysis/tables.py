@@ -1,7 +1,8 @@
 """Frontier and best-within-budget tables over a :class:`~analysis.aggregate.Surface`.
 
-Costs are re-priced from the counts at any (oracle price, weak price) (SPEC section 9), so one
-sweep serves every price ratio. Rows with ``method == "all"`` pool every method variant.
+Costs are re-priced from the counts at any (oracle price, weak price)
+(docs/design.md#re-pricing), so one sweep serves every price ratio. Rows with
+``method == "all"`` pool every method variant.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def frontier_table(surface: Surface, weak_prices, oracle_price=1, kind: str = "p
                    level: float = 0.9) -> pd.DataFrame:
     """Frontier points per weak price and method (plus ``all``).
 
-    ``kind`` is ``pareto`` (SPEC definition) or ``tolerance`` (the study's variant). Columns:
+    ``kind`` is ``pareto`` (docs/design.md#frontier) or ``tolerance`` (the study's variant).
+    Columns:
     weak_price, oracle_price, method, variant, n_weak, n_oracle, cost, accuracy, accuracy_std,
     accuracy_lo/hi (central ``level`` band of the cell mean over the resamples of
     :mod:`analysis.resample`: seeds and test examples), n_seeds, weak_fraction, and for

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The accelerator measurements of issue 12 (SPEC section 13) as one prepared command, for a
-# session lent a GPU machine (device tool): about 9 minutes on an H200.
+# The accelerator measurements of issue 12 (docs/design.md#many-runs-at-once) as one prepared
+# command, for a session lent a GPU machine (device tool): about 9 minutes on an H200.
 #
 #   once, here:  echo /.whl/ >> .git/info/exclude
 #                python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \

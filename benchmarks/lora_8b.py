@@ -1,5 +1,5 @@
 r"""LoRA on a Llama-3-8B-shaped model (random weights): the study's setting, one run at a time
-against many runs trained at once (SPEC section 13; issue 12, item 6).
+against many runs trained at once (docs/design.md#many-runs-at-once; issue 12, item 6).
 
   python benchmarks/lora_8b.py                   # the 8B shape, sequence 512: an accelerator
   python benchmarks/lora_8b.py --layers=2 --hidden=128 --ffn=256 --heads=4 --kv_heads=2 \

@@ -1,4 +1,5 @@
-r"""The linear probe's train step, one run and a vmapped group of runs (SPEC section 13).
+r"""The linear probe's train step, one run and a vmapped group of runs
+(docs/design.md#many-runs-at-once).
 
   python benchmarks/probe_step.py [--groups=1,8,32] [--steps=2000] [--dim=576]
 

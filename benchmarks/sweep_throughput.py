@@ -1,4 +1,5 @@
-r"""Runs of a sweep one at a time against together (SPEC section 13), side by side.
+r"""Runs of a sweep one at a time against together (docs/design.md#many-runs-at-once), side by
+side.
 
   python benchmarks/sweep_throughput.py [--setups=probe,tiny_lora,smollm2_lora]
       [--cache_from=WORKDIR] [--parallel=1,0] [--group_sharding=rows|runs]

@@ -1,4 +1,4 @@
-r"""Elicitation methods on the cost grid (SPEC section 7): seq_sft and its +log-conf and
+r"""Elicitation methods on the cost grid (docs/design.md#methods): seq_sft and its +log-conf and
 +uncertainty variants, k-shot-prompted SFT, in-context learning, mixture SFT.
 
   python -m scalable_elicitation.main --config=configs/methods.py --workdir=w_methods

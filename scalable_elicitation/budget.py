@@ -1,4 +1,4 @@
-"""Cost model (SPEC section 2), in exact arithmetic.
+"""Cost model (docs/design.md#cost-model), in exact arithmetic.
 
 Prices are normalised so one oracle label costs 1. A grid point (budget B, oracle spending
 fraction f) buys n_oracle = floor(f B / p_oracle) oracle labels and spends the rest on weak ones:

@@ -1,4 +1,5 @@
-"""Metrics of scores and soft labels against ground truth (SPEC sections 4 and 8): accuracy,
+"""Metrics of scores and soft labels against ground truth (docs/design.md#evaluation):
+accuracy,
 AUROC, calibration, positive rate, and the intervals a record reports. NumPy only.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ def positive_rate(soft: np.ndarray) -> float:
 
 def expected_calibration_error(soft: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
     """ECE of soft labels read as P(y=1): over `n_bins` equal-width bins of P(y=1), the
-    size-weighted mean of |share of positives - mean P(y=1)| (SPEC section 11)."""
+    size-weighted mean of |share of positives - mean P(y=1)| (docs/design.md#weak-labels)."""
     soft, labels = np.asarray(soft, np.float64), np.asarray(labels, np.float64)
     if len(soft) == 0:
         return float("nan")

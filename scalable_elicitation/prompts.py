@@ -1,4 +1,4 @@
-"""Few-shot prompts (SPEC section 7.2-7.3), built at the token level.
+"""Few-shot prompts (docs/design.md#kshot_sft, #icl), built at the token level.
 
 A shot renders as `{text}\\n{0|1}`, shots are joined by blank lines, then the input `{text}`
 and `\\n`. The model's special tokens wrap the whole prompt exactly as they wrap a plain input

@@ -1,7 +1,7 @@
-"""The results record (SPEC section 11), one schema for the runner, `plots` and `analysis`:
-its fields (`Record`), statuses and required fields, stable run ids, `flatten`, the variant
-name of a run (SPEC section 9, the method's part asked of the method), and JSON written
-atomically. No JAX: `analysis` imports it.
+"""The results record (docs/design.md#results-record), one schema for the runner, `plots` and
+`analysis`: its fields (`Record`), statuses and required fields, stable run ids, `flatten`, the
+variant name of a run (docs/design.md#cells, the method's part asked of the method), and JSON
+written atomically. No JAX: `analysis` imports it.
 
 Paths go through `scalable_elicitation.paths`: a local folder or an object-store URI such as
 `gs://bucket/sweep`.
@@ -105,7 +105,7 @@ def not_ok(base: Record, status: str, error: str, traceback: str | None = None) 
 
 
 def variant_name(method: str, options: dict[str, Any]) -> str:
-    """Name of a method variant (SPEC section 9): the method's own part (`seq_sft`,
+    """Name of a method variant (docs/design.md#cells): the method's own part (`seq_sft`,
     `kshot_sft(k=2,weak)`; the plain name for a method this code does not know), then
     `+VALUE` for each of `loss`, `oracle_selection`, `schedule` that is not the default."""
     known = methods.REGISTRY.get(str(method))

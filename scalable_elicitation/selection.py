@@ -1,6 +1,6 @@
-"""Which oracle labels to buy (SPEC section 7.5): the pool's first ones (`random`: the pools are
-in seeded random order) or, with `oracle_selection: entropy`, those the weak-trained model is
-least sure of (uncertainty sampling). NumPy only; the runner scores the pool."""
+"""Which oracle labels to buy (docs/design.md#entropy-selection): the pool's first ones (`random`:
+the pools are in seeded random order) or, with `oracle_selection: entropy`, those the weak-trained
+model is least sure of (uncertainty sampling). NumPy only; the runner scores the pool."""
 from __future__ import annotations
 
 import numpy as np

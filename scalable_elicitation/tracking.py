@@ -71,7 +71,8 @@ class RunLog:
             self._wandb_run.log(clean, step=int(step))
 
     def summary(self, record: Mapping[str, Any]) -> None:
-        """A run's final numbers from its results record (SPEC section 11), at step 0:
+        """A run's final numbers from its results record
+        (docs/design.md#results-record), at step 0:
         test metrics, counts, cost, wall time, and per stage its steps and validation metric."""
         values = {"run/cost": record.get("cost"), "run/n_weak": record.get("n_weak"),
                   "run/n_oracle": record.get("n_oracle"), "run/wall_s": record.get("wall_s")}

@@ -1,5 +1,5 @@
 r"""Writes a small binary task of our own, in another domain than the tweets, as a JSONL file
-for `--config.task=file:PATH` (SPEC section 3: `text`, `label`).
+for `--config.task=file:PATH` (docs/design.md#tasks: `text`, `label`).
 
 The task: is the thing a sentence mentions alive (an animal or a plant, label 1) or made by
 people (label 0)? Sentences come from everyday templates, so the label is never in the template;

@@ -154,7 +154,7 @@ def test_pareto_ties_and_equal_costs():
     acc = [0.6, 0.6, 0.7, 0.65, 0.7, 0.8, 0.8]
     keep = pareto_mask(cost, acc)
     # equal cost+accuracy: both kept; equal cost lower acc: dropped; costlier equal acc: kept
-    # (SPEC: dominated only by a strictly more accurate cheaper-or-equal point).
+    # (docs/design.md#frontier: dominated only by a strictly more accurate cheaper-or-equal point).
     assert keep.tolist() == [True, True, True, False, True, True, True]
     strict = pareto_mask(cost, acc, strict=True)
     assert strict.tolist() == [True, True, True, False, False, True, True]

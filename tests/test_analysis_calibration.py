@@ -1,4 +1,5 @@
-"""The regime call on surfaces with a known answer, cell keys and grid membership (SPEC section 9).
+"""The regime call on surfaces with a known answer, cell keys and grid membership
+(docs/design.md#regimes, #cells).
 
 Run with ``-s`` to see the measured rates; ``python -m analysis.calibration --replicates 24``
 prints the same table on more budgets.

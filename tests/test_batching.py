@@ -1,4 +1,4 @@
-"""Batching (SPEC section 6): the one batched-inference loop and the atomic write."""
+"""Batching: the one batched-inference loop and the atomic write."""
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,5 +1,5 @@
-"""Config files as a package (STYLE items 2-3): one preset parser, every family's presets, and
-no `sys.path` edits to import a sibling config."""
+"""Config files as a package (docs/design.md#code-style): one preset parser, every family's
+presets, and no `sys.path` edits to import a sibling config."""
 import pathlib
 
 import pytest

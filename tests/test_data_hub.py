@@ -141,7 +141,7 @@ def _tag(ex, k):
 MC = {"hellaswag", "sciq", "cosmos_qa", "quail", "social_i_qa", "mmlu"}
 
 EXPECTED_ONE_ROW = {
-    # SPEC section 3's templates, written out for a hand-made row.
+    # The templates of docs/design.md#tasks, written out for a hand-made row.
     "boolq": ({"passage": "P.", "question": "q?", "answer": True}, "Passage: P.\nQuestion: q?", 1),
     "hellaswag": ({"ctx": "C", "endings": ["e0", "e1", "e2", "e3"], "label": "2"},
                   'Context:\nC\n\nContinuations:\n\ne0\ne1\ne2\ne3\n\nQ: Is "e2" the best '

@@ -15,7 +15,8 @@ def tweets():
 
 def test_tweet_sentiment(tweets):
     assert tweets.info["n_test"] == len(tweets.test) == 1000
-    assert 3000 < len(tweets.train) < 3600  # SPEC 12: ~4,300 balanced before the test set
+    # ~4,300 balanced before the test set (docs/design.md#offline-assets)
+    assert 3000 < len(tweets.train) < 3600
     for split in (tweets.train, tweets.test):
         assert np.mean(split["label"]) == 0.5
         assert len(set(split["id"])) == len(split)

@@ -1,5 +1,5 @@
-"""The package's shape (STYLE items 16-17): imports only go down the layers, with no cycle, counting
-function-local imports; planning needs no JAX. (A new method is one module and one registry
+"""The package's shape (docs/design.md#code-style): imports only go down the layers, with no cycle,
+counting function-local imports; planning needs no JAX. (A new method is one module and one registry
 line: tests/test_methods.py.)
 
     python -c "import sys; sys.path[:0] = ['tests']; import test_layout as t; \

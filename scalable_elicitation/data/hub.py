@@ -1,5 +1,5 @@
 """The study's Hugging Face tasks: one table of hub ids, configs, splits and schemas, and the
-templates of SPEC section 3.
+templates of docs/design.md#tasks.
 
 `build_hub_task` turns per-split tables (a `datasets.Dataset`, a pyarrow table or a dict of
 lists) into train and test splits; `load_hub_task` is a thin wrapper that fetches the hub splits
@@ -24,10 +24,10 @@ PARQUET_EXPORT = "refs/convert/parquet"  # the hub's parquet export of a script-
 
 def choose_answer(answers: Sequence[str], gold: int, coin: bool, pick: float,
                   force_wrong: bool = False) -> tuple[str, int] | None:
-    """SPEC's multiple-choice binarisation: the gold answer (label 1) when `coin`, else a wrong one
-    drawn uniformly by `pick` (label 0). Wrong answers are those whose text differs from the
-    gold text (a duplicated gold string would otherwise be a label-0 correct answer). None when
-    the gold index is invalid (hidden labels) or there is no wrong answer."""
+    """The multiple-choice binarisation of docs/design.md#tasks: the gold answer (label 1) when
+    `coin`, else a wrong one drawn uniformly by `pick` (label 0). Wrong answers are those whose text
+    differs from the gold text (a duplicated gold string would otherwise be a label-0 correct
+    answer). None when the gold index is invalid (hidden labels) or there is no wrong answer."""
     if not 0 <= gold < len(answers):
         return None
     gold_text = answers[gold]

@@ -1,4 +1,4 @@
-"""Weak and oracle pools (SPEC section 3, common random numbers).
+"""Weak and oracle pools (docs/design.md#pools, common random numbers).
 
 For each (task, seed), one seeded permutation of the training split, minus the weak labeller's
 own training examples, is cut into a weak pool and a disjoint oracle pool. The cut is stratified

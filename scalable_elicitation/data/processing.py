@@ -1,7 +1,7 @@
 """The one pipeline every loader runs: shuffle, format, drop empty and duplicate texts, balance.
 
 Loaders differ only in how they read raw rows (a pyarrow table) and in their `FormatFn`; the
-held-out rules of SPEC section 3 are in `build_splits`:
+held-out rules of docs/design.md#splits are in `build_splits`:
 - a task with a labelled held-out split: the test set is up to `n_test` balanced examples of that
   split, processed at seed 0;
 - a task without one (SciQ, MMLU, the tweets, a file without a `split` column): the whole pool is
@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from scalable_elicitation.data.split import Split, text_ids
 
-TEST_SEED = 0  # SPEC: the test set depends on the task only.
+TEST_SEED = 0  # the test set depends on the task only
 
 # format_fn(row, coin, pick) -> (text, label) or None to drop the row. `coin` (bool, P=1/2) says
 # whether a multiple-choice task shows its correct answer; `pick` (uniform in [0, 1)) picks the
@@ -117,7 +117,7 @@ def build_splits(format_fn: FormatFn, *, seed: int, n_test: int,
                  train_table: pa.Table | None = None, test_table: pa.Table | None = None,
                  pool_table: pa.Table | None = None, extra_columns: tuple[str, ...] = (),
                  max_train: int | None = None) -> tuple[Split, Split, dict]:
-    """Train and test splits under SPEC section 3's held-out rules (see the module docstring).
+    """Train and test splits under the held-out rules (see the module docstring).
 
     Pass either `train_table` and `test_table` (a labelled held-out split) or `pool_table` (hold
     out `n_test` balanced examples at seed 0). Returns (train, test, info).

@@ -121,7 +121,8 @@ def build_task_splits(name: str, *, seed: int, n_test: int, options: dict):
 
 def load_task(name: str = DEFAULT_TASK, *, seed: int = 0, n_test: int = 1000,
               cache_dir: str | os.PathLike | None = None, **task_options: Any) -> Task:
-    """Loads a task: balanced, deduplicated train and test splits with stable ids (SPEC 3).
+    """Loads a task: balanced, deduplicated train and test splits with stable ids
+    (docs/design.md#splits).
 
     The test set (up to `n_test` balanced held-out examples) depends on the task only; the
     training split's order, binarisation and undersampling on `seed`. With `cache_dir`, the

@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 REQUIRED_COLUMNS = ("id", "text", "label")
-ID_HEX_CHARS = 16  # 64-bit ids: the study's 32-bit ids collided (SPEC section 10).
+ID_HEX_CHARS = 16  # 64-bit ids: the study's 32-bit ids collided
+# (docs/decisions.md#32-bit-ids-collided).
 
 
 def text_id(text: str) -> str:

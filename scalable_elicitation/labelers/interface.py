@@ -1,4 +1,4 @@
-"""The weak-labeller interface (SPEC section 4).
+"""The weak-labeller interface (docs/design.md#weak-labels).
 
 A labeller turns a task (and a seed) into `WeakLabels`: soft `P(y=1)` for every training example
 it did not train on, plus the test set, with its accuracy and AUROC against ground truth. The

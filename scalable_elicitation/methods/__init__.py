@@ -1,4 +1,5 @@
-"""The methods (SPEC section 7), one module each; `REGISTRY` maps `config.method` to its method.
+"""The methods (docs/design.md#methods), one module each; `REGISTRY` maps `config.method` to
+its method.
 
 Adding a method: a module with a `Method` subclass (see `methods.base`) and one line below.
 """

@@ -1,5 +1,5 @@
-"""What a method is (SPEC section 7, STYLE item 17): its shots, its stage plan, the config keys
-that identify its runs and its variant name, together in one module per method. The runner asks
+"""What a method is (docs/design.md#methods, #code-style): its shots, its stage plan, the config
+keys that identify its runs and its variant name, together in one module per method. The runner asks
 the method; it never branches on a method's name.
 
 A method sees what its grid point bought (`Bought`: nested prefixes of the seed's weak and
@@ -104,5 +104,5 @@ class Method:
         return plan
 
     def variant_name(self, options: dict[str, Any]) -> str:
-        """The method's part of a variant name (SPEC section 9), from a run's options."""
+        """The method's part of a variant name (docs/design.md#cells), from a run's options."""
         return self.name

@@ -1,4 +1,4 @@
-"""In-context learning (SPEC section 7.3): no training; the causal LM scores
+"""In-context learning (docs/design.md#icl): no training; the causal LM scores
 `logit("1") - logit("0")` after a prompt of up to k bought labels, oracle first."""
 from __future__ import annotations
 

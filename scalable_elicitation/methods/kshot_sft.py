@@ -1,5 +1,5 @@
-"""Few-shot-prompted SFT (SPEC section 7.2): sequential SFT where every train and test input is
-prefixed with the same k bought shots of `shot_source`; the shots are not also trained on."""
+"""Few-shot-prompted SFT (docs/design.md#kshot_sft): sequential SFT where every train and test input
+is prefixed with the same k bought shots of `shot_source`; the shots are not also trained on."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,5 +1,5 @@
-"""Mixture SFT (SPEC section 7.6, beyond the study): one stage on the shuffled union of both
-sources, with a per-source loss weight (`mixture.weak_weight`, `mixture.oracle_weight`)."""
+"""Mixture SFT (docs/design.md#mixture_sft, beyond the study): one stage on the shuffled union
+of both sources, with a per-source loss weight (`mixture.weak_weight`, `mixture.oracle_weight`)."""
 from __future__ import annotations
 
 import numpy as np

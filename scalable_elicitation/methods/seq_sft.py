@@ -1,5 +1,5 @@
-"""Sequential SFT (SPEC section 7.1): a stage on the weak labels, then one on the oracle labels.
-An empty stage is skipped, so all-weak and all-oracle are its endpoints; +log-conf and
+"""Sequential SFT (docs/design.md#seq_sft): a stage on the weak labels, then one on the oracle
+labels. An empty stage is skipped, so all-weak and all-oracle are its endpoints; +log-conf and
 +uncertainty are its options `loss` and `oracle_selection`."""
 from scalable_elicitation.methods.base import Method
 

@@ -65,7 +65,8 @@ class ArchConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    """LoRA on the named projections (SPEC section 5: rank 8, alpha 8, dropout 0, all of them)."""
+    """LoRA on the named projections (docs/design.md#model: rank 8, alpha 8, dropout 0,
+    all of them)."""
 
     rank: int = 8
     alpha: float = 8.0

@@ -157,7 +157,8 @@ def pool(hidden, attention_mask, how: str):
 
 
 class ClassifierHead(nnx.Module):
-    """Linear head to `num_labels` classes, no bias; init N(0, 0.02) * 0.01 (SPEC section 5)."""
+    """Linear head to `num_labels` classes, no bias; init N(0, 0.02) * 0.01
+    (docs/design.md#model)."""
 
     def __init__(self, hidden: int, num_labels: int, rngs: nnx.Rngs):
         w = jax.random.normal(rngs.params(), (hidden, num_labels), jnp.float32)

@@ -56,7 +56,7 @@ REAL_SENTENCES = [
     "I love this movie, it was great!",
     "Weak labels are cheap but noisy.",
 ]
-SMOLLM2_FRANCE_IDS = [504, 3575, 282, 4649, 314]  # SPEC section 12
+SMOLLM2_FRANCE_IDS = [504, 3575, 282, 4649, 314]  # docs/design.md#offline-assets
 SMOLLM2_PAD_ID = 2
 VOCAB_SUBSET_SIZE = 512
 
