@@ -1,4 +1,5 @@
-r"""Stages of a sweep trained one at a time against together in groups (SPEC section 13).
+r"""Stages of a sweep trained one at a time against together in groups
+(docs/design.md#many-runs-at-once).
 
 The stages are those of the default grid (weak price 1/10, budgets 8-256, fractions 0-1, three
 seeds: every non-empty weak and oracle stage), as linear probes on synthetic standardised
@@ -22,9 +23,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from scalable_elicitation import budget as budget_lib  # noqa: E402
 from scalable_elicitation.batching import BatchSpec, Features, FeatureStats  # noqa: E402
-from scalable_elicitation.groups import Member, make_groups, run_stages_grouped  # noqa: E402
+from scalable_elicitation.groups import Member, run_stage, run_stages_grouped  # noqa: E402
 from scalable_elicitation.sharding import make_mesh  # noqa: E402
-from scalable_elicitation.stage import StageConfig, run_stage  # noqa: E402
+from scalable_elicitation.stage import StageConfig  # noqa: E402
 from scalable_elicitation.train import Steps  # noqa: E402
 
 BUDGETS = (8, 32, 64, 128, 256)
@@ -90,8 +91,9 @@ def main(argv=None):
             # groups form from stages of similar length (similar evaluation cadence)
             order = np.argsort([len(m.train) for m in ms], kind="stable")
             results = []
-            for group in make_groups(len(ms), g):
-                results += run_stages_grouped(steps, [ms[order[i]] for i in group], spec=spec)
+            for start in range(0, len(ms), g):
+                group = order[start:start + g]
+                results += run_stages_grouped(steps, [ms[i] for i in group], spec=spec)
         jax.block_until_ready(jax.tree.leaves(results[-1].params))
         wall = time.perf_counter() - t0
         visits = sum(r.record["visits"] for r in results)

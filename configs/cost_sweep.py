@@ -1,4 +1,5 @@
-r"""Cost sweep: budgets x oracle spending fractions x seeds, sequential SFT (SPEC sections 2, 6).
+r"""Cost sweep: budgets x oracle spending fractions x seeds, sequential SFT
+(docs/design.md#cost-model, #stages).
 
 The embedded offline default (2 CPU cores, about 10 minutes): SmolLM2-135M-Instruct as the
 strong model, trained as a linear probe on cached mean-pooled features; weak labels from a
@@ -34,7 +35,7 @@ def get_config(arg=None):
     c.task_options = ml_collections.ConfigDict({
         "min_confidence": ml_collections.config_dict.placeholder(float),
         "max_train": ml_collections.config_dict.placeholder(int)})
-    c.n_test = 1000  # test-set noise of a mean accuracy ~0.014 (binomial), SPEC's 1,000
+    c.n_test = 1000  # test-set noise of a mean accuracy ~0.014 (binomial), as the study's
     # the seed of the task's one balanced training split: fixed like the test set, so every
     # run seed draws its pools and labeller examples from the same texts (and their features)
     c.split_seed = 0
@@ -60,16 +61,21 @@ def get_config(arg=None):
     c.shot_max_length = 64  # tokens per shot's text; shots are never cut away
     c.mixture = ml_collections.ConfigDict({"weak_weight": 1.0, "oracle_weight": 1.0})
     # a quarter of the pool for oracle labels: the default's all-oracle points need at most
-    # 256, while all-weak at weak price 1/10 needs 10x the budget (SPEC 3: halves by default)
+    # 256, while all-weak at weak price 1/10 needs 10x the budget (the study: halves;
+    # docs/decisions.md#a-quarter-of-each-pool-for-oracle-labels)
     c.oracle_share = 0.25
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.checkpoint = True  # Orbax checkpoints at evaluations, so a killed run resumes exactly
-    # runs trained together (SPEC section 13): 0 = as many as fit the device, 1 = one at a time
+    # runs trained together (docs/design.md#many-runs-at-once): 0 = as many as fit the device,
+    # 1 = one at a time
     c.parallel_runs = 0
     # where a group trains on a multi-device mesh: "rows" splits each run's batch over the
     # data axis as one run alone does; "runs" puts whole runs on devices (model on one device)
     c.group_sharding = "rows"
-    c.checkpoint_interval_s = 60.0  # at most one mid-stage save per interval (0: every eval)
+    c.checkpoint_interval_s = 60.0  # at most one mid-stage save per interval (0: every check)
+    # training steps between the host's checks of a stage (losses, progress, checkpoints): the
+    # step loop stays on the device in between. Placement, like parallel_runs: not in run ids.
+    c.host_poll_steps = 512
     c.tensorboard = True  # per-step losses and per-run metrics in WORKDIR/tb (as launch.sweep)
 
     c.train = ml_collections.ConfigDict()
@@ -104,7 +110,8 @@ def get_config(arg=None):
     c.prices = ml_collections.ConfigDict({"oracle": "1", "weak": "0.1"})
     # every point fits the pools (about 2,400 weak and 800 oracle tweets) but all-weak at 256
     # (2,560 weak labels): 1 of 25 points infeasible. No 16: its all-oracle runs early-stop on
-    # 3 validation labels and kept the initial state in 1 of 3 seeds (README, "The default")
+    # 3 validation labels and kept the initial state in 1 of 3 seeds under the study's rules
+    # (docs/decisions.md#budgets-and-fractions)
     c.budgets = (8, 32, 64, 128, 256)
     c.fractions = ("0", "0.2", "0.5", "0.8", "1")
     c.seeds = 5
@@ -120,7 +127,7 @@ def get_config(arg=None):
         c.pooling = ""
         c.train.lr = STUDY_LORA_LR
         c.train.max_visits = 1024
-    if opts.study:  # the study's protocol (SPEC sections 2, 4-6); pinned by a test
+    if opts.study:  # the study's protocol (docs/decisions.md); pinned by a test
         c.budgets = (8, 16, 64, 256, 512, 1024, 4096, 8192)
         c.fractions = ("0", "0.05", "0.2", "0.4", "0.6", "0.8", "0.95", "1")
         c.seed_rule = "study"

@@ -1,4 +1,4 @@
-"""Examples to device batches (SPEC section 6): token ids and truncation, cached probe features
+"""Examples to device batches: token ids and truncation, cached probe features
 and their standardisation, fixed-shape padded batches in length buckets, global arrays over the
 mesh, and `batched_apply`, the one loop every inference pass (scores, features, in-context
 logits) runs through.
@@ -74,7 +74,7 @@ class Features:
 @dataclasses.dataclass(frozen=True)
 class FeatureStats:
     """Per-dimension mean and scale of pooled features over a task's unlabelled training texts
-    (SPEC section 5): the probe sees `(features - mean) / scale`. No labels are used."""
+    (docs/design.md#model): the probe sees `(features - mean) / scale`. No labels are used."""
 
     mean: np.ndarray  # [D]
     scale: np.ndarray  # [D]
@@ -104,7 +104,7 @@ class BatchSpec:
 def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     """The token ids the tokenizer adds before and after a text (BOS for the Llama family,
     [CLS] and [SEP] for BERT; none for SmolLM2's GGUF tokenizer). Plain inputs and k-shot/ICL
-    prompts both get exactly these (SPEC section 6)."""
+    prompts both get exactly these (docs/design.md#model)."""
     plain = list(tokenizer("a b", add_special_tokens=False)["input_ids"])
     full = list(tokenizer("a b", add_special_tokens=True)["input_ids"])
     for i in range(len(full) - len(plain) + 1):
@@ -167,22 +167,6 @@ def to_global(batch: dict[str, np.ndarray], mesh, leading: int = 0) -> dict[str,
                 v.shape, batch_sharding(mesh, v.ndim - leading, leading=leading),
                 lambda idx, v=v: v[idx])
             for k, v in batch.items()}
-
-
-def stack_batches(data, step_indices, targets, weights, spec: BatchSpec,
-                  chunk_steps: int) -> dict[str, np.ndarray]:
-    """The batches of consecutive steps stacked to [chunk_steps, B, ...] for one on-device
-    chunk. Token batches share the chunk's largest length bucket (padding is masked, so a
-    row's logits do not depend on it); slots past the real steps repeat the first batch with
-    weight 0 and are skipped by the step."""
-    if isinstance(data, Encoded):
-        longest = max((len(data.tokens[i]) for idx in step_indices for i in idx), default=1)
-        spec = dataclasses.replace(spec, buckets=(bucket_for(longest, spec.buckets),))
-    batches = [data.batch(idx, targets[idx], weights[idx], spec) for idx in step_indices]
-    filler = {k: v for k, v in batches[0].items()}
-    filler["weight"] = np.zeros_like(filler["weight"])
-    batches += [filler] * (chunk_steps - len(batches))
-    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
 def batched_apply(fn: Callable[[dict[str, jax.Array]], jax.Array], data, spec: BatchSpec, mesh,

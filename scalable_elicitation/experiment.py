@@ -121,8 +121,8 @@ def run_group(sweep, specs, *, claim: Callable[..., ContextManager[str]] | None 
 def run_experiment(sweep, specs, *, claim=None, tracker=None, out=None, prepare: bool = True,
                    desc: str = "runs", show_progress: bool = True) -> Done:
     """Every run of `specs` that is not done, in groups of `sweep.group_size(specs)` trained
-    together (SPEC section 13), then once more those a live worker held (it may have died
-    meanwhile, leaving a stale lock). Each seed's task and weak labels load first, so bad data
+    together (docs/design.md#many-runs-at-once), then once more those a live worker held (it
+    may have died meanwhile, leaving a stale lock). Each seed's task and weak labels load first, so bad data
     fails once, before any run (`prepare`). Summary lines go to `out` (default: above a
     progress bar on stderr)."""
     if prepare:
@@ -133,7 +133,7 @@ def run_experiment(sweep, specs, *, claim=None, tracker=None, out=None, prepare:
     out = out or (lambda msg: bar.write(msg, file=sys.stderr))
     sweep.progress = lambda msg: bar.set_postfix_str(msg, refresh=False)
     size = sweep.group_size(specs)
-    shapes = sweep.group_shapes(specs) if size > 1 else None
+    shapes = sweep.group_shapes(specs)  # one compiled shape for every group and lone stage
     # runs claimed and driven together: several groups' worth, so each stage group can be
     # formed from stages of similar length (runs of one budget and fraction differ by seed)
     chunk_size = size * RUNS_PER_GROUP_CLAIMED if size > 1 else 1

@@ -1,20 +1,21 @@
-"""Many stages at once (SPEC section 13): one compiled loop trains a group of runs' stages.
+"""The stage engine (docs/design.md#many-runs-at-once): one compiled loop trains a group of runs'
+stages, and a run alone is a group of one (`run_stage`), so early stopping, the validation
+metric, loss checks, progress, checkpoints and the stage record are written once.
 
 Each member of a group is one run's stage: its trainable parameters, labels, schedule and
 early-stopping state. Their train states are stacked on a leading run axis, and one jitted
 `lax.while_loop` advances every member a step at a time on the device: the batch of each member
 is gathered on the device from its own examples (the host computes each member's
-`stage.batch_order`, as `stage.run_stage` does), one
-`jax.vmap`-ed train step updates all members with the frozen base shared (read once per step for
-all runs), and a member whose evaluation falls due is scored on its validation examples on the
+`stage.batch_order`), one `jax.vmap`-ed train step updates all members with the frozen base
+shared (read once per step for all runs), and a member whose evaluation falls due is scored on its validation examples on the
 device (AUROC by ranks, or accuracy with one class) and its early-stopping state updated. A
 member that has finished (its steps done, or stopped early) is masked out until the group ends.
 The host sees the group only every `iters_per_call` steps: for non-finite losses, progress and
 checkpoints. Per-run learning-rate schedules, stage lengths, evaluation cadences, patience and
 thresholds are arrays, so a group of any mix of stages compiles once per padded shape.
 
-Each member's result equals `stage.run_stage` on it alone (same batches, schedule, evaluations,
-kept state; metrics within float tolerance), so a record does not depend on its group
+Each member's result equals its stage trained alone (same batches, schedule, evaluations, kept
+state; metrics within float tolerance), so a record does not depend on its group
 (`tests/test_groups.py`).
 """
 from __future__ import annotations
@@ -38,13 +39,13 @@ from scalable_elicitation.train import Steps
 ITERS_PER_CALL = 512  # loop steps per device call between host checks
 # float32 metrics: an improvement is `metric >= best + min_delta - TIE_TOL`. Distinct AUROCs
 # differ by at least 1 / (n_pos * n_neg) (> 1e-6 for validation sets up to ~2,000 labels),
-# so the tolerance only absorbs float32 rounding, as 1e-12 does for `EarlyStopping` in float64.
+# so the tolerance only absorbs float32 rounding.
 TIE_TOL = 5e-7
 
 
 @dataclasses.dataclass
 class Member:
-    """One run's stage in a group: what `stage.run_stage` takes for it, plus its checkpointer
+    """One run's stage in a group: what `run_stage` takes for it, plus its checkpointer
     (`checkpoint.StageCheckpointer`, restored on entry and saved as the group's clock allows)
     and `progress(step, total, loss)`, which sees every step's loss."""
     params: object
@@ -120,6 +121,20 @@ def device_val_metric(scores, labels, on):
     auc = wins / jnp.maximum(n_pos * n_neg, 1).astype(jnp.float32)
     acc = jnp.where(on, (scores > 0) == hard, False).sum() / jnp.maximum(on.sum(), 1)
     return jnp.where((n_pos > 0) & (n_neg > 0), auc, acc.astype(jnp.float32))
+
+
+def early_stopping(metric, due, best, bad, has_best, min_delta, patience):
+    """The early-stopping rule, the only one (docs/design.md#stages), for arrays of members:
+    an evaluation (`due`) improves when its metric is at least the best so far plus
+    `min_delta` (up to float32 rounding, `TIE_TOL`), or is the first; training stops after
+    `patience` evaluations without an improvement; the kept state is the best evaluation (the
+    highest metric seen, ties to the earliest), which need not be an improvement by
+    `min_delta`. Returns (keep this state, evaluations without improvement, stop)."""
+    first = ~has_best
+    improved = first | (metric >= best + min_delta - TIE_TOL)
+    better = due & (first | (metric > best))
+    bad = jnp.where(due, jnp.where(improved, 0, bad + 1), bad)
+    return better, bad, due & (bad >= patience)
 
 
 def _select(on, new, old):
@@ -237,11 +252,9 @@ def _group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None =
 
         metric = jax.lax.cond(due.any(), evaluate,
                               lambda p: jnp.zeros(on.shape, jnp.float32), st.params)
-        first = ~c["has_best"]
-        improved = first | (metric >= c["metric"] + k["min_delta"] - TIE_TOL)
-        better = due & (first | (metric > c["metric"]))
-        bad = jnp.where(due, jnp.where(improved, 0, c["bad"] + 1), c["bad"])
-        finished = (s1 >= k["total"]) | (due & (bad >= k["patience"]))
+        better, bad, stop = early_stopping(metric, due, c["metric"], c["bad"], c["has_best"],
+                                           k["min_delta"], k["patience"])
+        finished = (s1 >= k["total"]) | stop
         return {"state": st, "best": _select(better, st.params, c["best"]),
                 "metric": jnp.where(better, metric, c["metric"]),
                 "best_step": jnp.where(better, s1, c["best_step"]),
@@ -274,24 +287,23 @@ def _member(tree, g):
     return jax.tree.map(lambda x: x[g], tree)
 
 
-def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSpec,
-                       iters_per_call: int = ITERS_PER_CALL, checkpoint_interval_s: float = 60.0,
-                       return_errors: bool = False, shapes: Shapes = Shapes(),
-                       group_sharding: str = "rows") -> list:
-    """Train every member's stage together; returns one `StageResult` per member, in order.
-    All members must share `compatibility(member, spec)`. A member whose loss turns non-finite
-    gets a `FloatingPointError` (raised, or returned in its place with `return_errors`).
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """A group's padded shapes and placement: members G (padded to Gp), per-member schedules,
+    training rows N, validation rows M, steps T, the run axis and the batch spec."""
+    G: int
+    Gp: int
+    axis: str | None
+    plans: list
+    N: int
+    M: int
+    T: int
+    spec: BatchSpec
+    tokens: bool
 
-    Checkpoints (members with a `checkpoint`): each is restored on entry, so a member resumes
-    at its saved step; every member's state is saved when `checkpoint_interval_s` has passed
-    since the group started or last saved (a group shorter than that saves nothing, as the
-    record follows at once; the data order is a pure function of the step, so resuming from
-    any save reproduces an uninterrupted run).
 
-    `group_sharding` places the group on the mesh (`run_mesh_axis`): each run's rows over the
-    devices, or whole runs on devices."""
-    if not members:
-        return []
+def _layout(steps: Steps, members: Sequence[Member], spec: BatchSpec, shapes: Shapes,
+            group_sharding: str) -> _Layout:
     keys = {compatibility(m, spec) for m in members}
     if len(keys) != 1:
         raise ValueError(f"a group needs members of one loss kind, batch size and input kind; "
@@ -305,19 +317,21 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
     plans = [stage_schedule(len(m.train), len(m.val) if m.has_val else 0, m.cfg, bs)
              for m in members]
     tokens = isinstance(members[0].train, Encoded)
-    length = None
     if tokens:
         longest = max(max([len(t) for t in m.train.tokens] +
                           ([len(t) for t in m.val.tokens] if m.has_val else []) + [1])
                       for m in members)
-        length = bucket_for(longest, spec.buckets)
-    padded_spec = spec if length is None else dataclasses.replace(spec, buckets=(length,))
+        spec = dataclasses.replace(spec, buckets=(bucket_for(longest, spec.buckets),))
     N = _bucket(max([len(m.train) for m in members] + [shapes.rows]), bs)
     M = _bucket(max([len(m.val) if m.has_val else 1 for m in members] + [shapes.val_rows]), bs)
     M = -(-M // bs) * bs
     T = _bucket(max([p.total for p in plans] + [shapes.steps]), 64)
+    return _Layout(G, Gp, axis, plans, N, M, T, spec, tokens)
 
-    # -- states: fresh, or restored from each member's checkpoint
+
+def _initial_carry(steps: Steps, members: Sequence[Member], lay: _Layout,
+                   iters_per_call: int) -> dict:
+    """Fresh states, or each member's restored from its checkpoint, stacked and placed."""
     states, best, meta = [], [], []
     for m in members:
         state = steps.init_state(m.params, m.key)
@@ -332,7 +346,7 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
             has = b["params"] is not None
             best.append(b["params"] if has else state.params)
             meta.append((b["metric"], b["step"], b["bad"], has))
-    pad = Gp - G
+    pad = lay.Gp - lay.G
     has = np.asarray([x[3] for x in meta] + [False] * pad)
     carry = {
         "state": _stack(states + [states[0]] * pad),
@@ -340,15 +354,18 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
         "metric": np.where(has, [x[0] for x in meta] + [0.0] * pad, -np.inf).astype(np.float32),
         "best_step": np.asarray([x[1] for x in meta] + [0] * pad, np.int32),
         "bad": np.asarray([x[2] for x in meta] + [0] * pad, np.int32), "has_best": has,
-        "done": np.asarray([False] * G + [True] * pad),
-        "losses": np.full((iters_per_call, Gp), np.nan, np.float32),
+        "done": np.asarray([False] * lay.G + [True] * pad),
+        "losses": np.full((iters_per_call, lay.Gp), np.nan, np.float32),
         "it": np.zeros((), np.int32)}
-    where = _carry_shardings(steps, axis, carry)  # as the loop's outputs: one signature
-    carry = jax.device_put(carry, where)
+    return jax.device_put(carry, _carry_shardings(steps, lay.axis, carry))
 
-    # -- what each member trains and is evaluated on, padded to the group's shapes
+
+def _constants(steps: Steps, members: Sequence[Member], lay: _Layout) -> dict:
+    """What each member trains and is evaluated on, and its schedule, padded to the group's
+    shapes and stacked on the run axis (padding slots repeat the first member)."""
+    pad, bs, spec, plans = lay.Gp - lay.G, lay.spec.batch_size, lay.spec, lay.plans
+
     def stack_rows(fn):
-        """fn(member, plan) per member, stacked; padding slots repeat the first member's."""
         rows = [fn(m, p) for m, p in zip(members, plans)]
         return jax.tree.map(lambda *xs: np.stack(xs), *rows, *[rows[0]] * pad)
 
@@ -357,32 +374,41 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
         out[:len(values)] = values
         return out
 
-    order, real = stack_rows(
-        lambda m, p: _padded_order(len(m.train), p.total, bs, m.seed_path, T))
-    consts = {
-        "train": stack_rows(lambda m, p: _inputs(m.train, N, padded_spec)),
-        "target": stack_rows(lambda m, p: padded(m.targets, N)),
-        "weight": stack_rows(lambda m, p: padded(
-            np.ones(len(m.train)) if m.weights is None else m.weights, N)),
-        "order": order, "real": real,
-        "val": stack_rows(lambda m, p: _inputs(m.val if m.has_val else m.train.take([0]), M,
-                                               padded_spec)),
-        "val_y": stack_rows(lambda m, p: padded(m.val_labels if m.has_val else [], M)),
-        "val_on": stack_rows(lambda m, p: np.arange(M) < (len(m.val) if m.has_val else 0)),
-        "total": np.asarray([p.total for p in plans] + [1] * pad, np.int32),
-        "eval_every": np.asarray([p.eval_every for p in plans] + [1] * pad, np.int32),
-        "first_eval": np.asarray([p.first_eval for p in plans] + [1] * pad, np.int32),
-        "has_val": np.asarray([p.has_val for p in plans] + [False] * pad),
-        "patience": np.asarray([m.cfg.patience for m in members] + [1] * pad, np.int32),
-        "min_delta": np.asarray([m.cfg.min_delta for m in members] + [0.0] * pad, np.float32),
-        "hp": {k: np.asarray([p.hparams[k] for p in plans] + [plans[0].hparams[k]] * pad,
-                             np.float32) for k in plans[0].hparams},
-    }
-    consts = jax.device_put(consts, NamedSharding(steps.mesh, _spec(axis)))  # [run, ...]
-    loop = _group_loop(steps, members[0].cfg.loss, M if not tokens else bs, axis)
+    def per_member(values, fill, dtype):
+        return np.asarray(list(values) + [fill] * pad, dtype)
 
+    order, real = stack_rows(
+        lambda m, p: _padded_order(len(m.train), p.total, bs, m.seed_path, lay.T))
+    consts = {
+        "train": stack_rows(lambda m, p: _inputs(m.train, lay.N, spec)),
+        "target": stack_rows(lambda m, p: padded(m.targets, lay.N)),
+        "weight": stack_rows(lambda m, p: padded(
+            np.ones(len(m.train)) if m.weights is None else m.weights, lay.N)),
+        "order": order, "real": real,
+        "val": stack_rows(lambda m, p: _inputs(m.val if m.has_val else m.train.take([0]),
+                                               lay.M, spec)),
+        "val_y": stack_rows(lambda m, p: padded(m.val_labels if m.has_val else [], lay.M)),
+        "val_on": stack_rows(lambda m, p: np.arange(lay.M) < (len(m.val) if m.has_val else 0)),
+        "total": per_member((p.total for p in plans), 1, np.int32),
+        "eval_every": per_member((p.eval_every for p in plans), 1, np.int32),
+        "first_eval": per_member((p.first_eval for p in plans), 1, np.int32),
+        "has_val": per_member((p.has_val for p in plans), False, bool),
+        "patience": per_member((m.cfg.patience for m in members), 1, np.int32),
+        "min_delta": per_member((m.cfg.min_delta for m in members), 0.0, np.float32),
+        "hp": {k: per_member((p.hparams[k] for p in plans), plans[0].hparams[k], np.float32)
+               for k in plans[0].hparams},
+    }
+    return jax.device_put(consts, NamedSharding(steps.mesh, _spec(lay.axis)))  # [run, ...]
+
+
+def _drive(loop, carry, consts, steps: Steps, members: Sequence[Member], lay: _Layout,
+           iters_per_call: int, checkpoint_interval_s: float):
+    """Call the loop until every member is done, reading losses, progress and non-finite
+    losses on the host between calls and saving checkpoints on the group's clock. Returns
+    (carry, each member's step, each member's losses, errors by member)."""
+    where = _carry_shardings(steps, lay.axis, carry)
     errors: dict[int, Exception] = {}
-    reported = np.asarray(jax.device_get(carry["state"].step))[:G].astype(np.int64)
+    reported = np.asarray(jax.device_get(carry["state"].step))[:lay.G].astype(np.int64)
     losses = [[] for _ in members]  # every step's loss, per member
     last_save = time.monotonic()
     while True:
@@ -390,7 +416,7 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
         carry = loop(carry, steps.frozen, consts, carry["it"] + iters_per_call)
         done, step, log, it = jax.device_get((carry["done"], carry["state"].step,
                                               carry["losses"], carry["it"]))
-        ran = log[:int(it) - before, :G]  # [loop steps of this call, member]
+        ran = log[:int(it) - before, :lay.G]  # [loop steps of this call, member]
         newly_bad = False
         for g, m in enumerate(members):
             seen = ran[:int(step[g] - reported[g]), g]  # a member steps while unfinished
@@ -403,21 +429,25 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
                 newly_bad = True
             if m.progress is not None and g not in errors:
                 for t, value in enumerate(seen):
-                    m.progress(int(reported[g]) + t + 1, plans[g].total, float(value))
+                    m.progress(int(reported[g]) + t + 1, lay.plans[g].total, float(value))
             reported[g] = step[g]
         if newly_bad:  # a failed member stops here; the others go on
             carry["done"] = jax.device_put(
-                np.asarray(done) | np.isin(np.arange(Gp), list(errors)), where["done"])
+                np.asarray(done) | np.isin(np.arange(lay.Gp), list(errors)), where["done"])
             done = np.asarray(jax.device_get(carry["done"]))
         if done.all():
-            break
+            return carry, step, losses, errors
         if time.monotonic() - last_save >= checkpoint_interval_s:
             _save_all(members, carry, errors)
             last_save = time.monotonic()
 
+
+def _results(carry, step, losses, errors, members: Sequence[Member], lay: _Layout,
+             return_errors: bool) -> list:
+    """Each member's `StageResult` (kept params and record), or its error."""
     results: list = []
     fetched = jax.device_get({k: carry[k] for k in ("metric", "best_step", "has_best")})
-    for g, (m, p) in enumerate(zip(members, plans)):
+    for g, (m, p) in enumerate(zip(members, lay.plans)):
         if g in errors:
             if not return_errors:
                 raise errors[g]
@@ -430,9 +460,54 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
         results.append(StageResult(params, stage_record(
             m.source, n_train, len(m.val) if p.has_val else 0, p, m.cfg, steps=taken,
             best_step=int(fetched["best_step"][g]), val_metric=float(fetched["metric"][g]),
-            truncated=truncated, batch_size=bs,
+            truncated=truncated, batch_size=lay.spec.batch_size,
             final_loss=float(losses[g][-1]) if losses[g] else float("nan"))))
     return results
+
+
+def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSpec,
+                       iters_per_call: int = ITERS_PER_CALL, checkpoint_interval_s: float = 60.0,
+                       return_errors: bool = False, shapes: Shapes = Shapes(),
+                       group_sharding: str = "rows") -> list:
+    """Train every member's stage together; returns one `StageResult` per member, in order.
+    All members must share `compatibility(member, spec)`. A member whose loss turns non-finite
+    gets a `FloatingPointError` (raised, or returned in its place with `return_errors`).
+
+    Checkpoints (members with a `checkpoint`): each is restored on entry, so a member resumes
+    at its saved step; every member's state is saved when `checkpoint_interval_s` has passed
+    since the group started or last saved, checked every `iters_per_call` steps (a group
+    shorter than that saves nothing, as the record follows at once; the data order is a pure
+    function of the step, so resuming from any save reproduces an uninterrupted run).
+
+    `group_sharding` places the group on the mesh (`run_mesh_axis`): each run's rows over the
+    devices, or whole runs on devices."""
+    if not members:
+        return []
+    lay = _layout(steps, members, spec, shapes, group_sharding)
+    carry = _initial_carry(steps, members, lay, iters_per_call)
+    consts = _constants(steps, members, lay)
+    loop = _group_loop(steps, members[0].cfg.loss, lay.M if not lay.tokens else
+                       spec.batch_size, lay.axis)
+    carry, step, losses, errors = _drive(loop, carry, consts, steps, members, lay,
+                                         iters_per_call, checkpoint_interval_s)
+    return _results(carry, step, losses, errors, members, lay, return_errors)
+
+
+def run_stage(steps: Steps, params, train, targets: np.ndarray, val, val_labels, cfg: StageConfig,
+              *, seed_path: Sequence[int], key, spec: BatchSpec, source: str,
+              weights: np.ndarray | None = None, progress: Callable | None = None,
+              checkpoint=None, iters_per_call: int = ITERS_PER_CALL,
+              checkpoint_interval_s: float = 60.0, shapes: Shapes = Shapes()) -> StageResult:
+    """Train one stage from `params` with a fresh optimizer and schedule: a group of one, so
+    one engine (early stopping, validation metric, loss checks, progress, checkpoints, record)
+    serves a run alone, a group of runs and the weak labeller. Returns the kept parameters
+    (the best evaluation, or the final state without validation) and the stage's record.
+    `progress(step, total, loss)` sees every step's loss; `checkpoint` (a
+    `checkpoint.StageCheckpointer`) is restored on entry and saved on the group's clock."""
+    member = Member(params, train, targets, val, val_labels, cfg, seed_path, key, source,
+                    weights, checkpoint, progress)
+    return run_stages_grouped(steps, [member], spec=spec, iters_per_call=iters_per_call,
+                              checkpoint_interval_s=checkpoint_interval_s, shapes=shapes)[0]
 
 
 def _save_all(members, carry, errors) -> None:
@@ -490,10 +565,3 @@ def auto_group_size(learner, largest_stage: int, n_runs: int, *, memory_share: f
         import os
         free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     return int(max(1, min(cap, n_runs, memory_share * free // per_run)))
-
-
-def make_groups(n_runs: int, parallel_runs: int) -> list[range]:
-    """Consecutive groups of at most `parallel_runs` of `n_runs` runs."""
-    if parallel_runs < 1:
-        raise ValueError(f"parallel_runs must be >= 1, got {parallel_runs}")
-    return [range(i, min(n_runs, i + parallel_runs)) for i in range(0, n_runs, parallel_runs)]

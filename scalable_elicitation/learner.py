@@ -78,7 +78,7 @@ class Learner:
             self.steps = Steps.for_probe(self.bundle.config.hidden_size, 2, mesh)
             how = self.bundle.config.pooling
             # pooled over `pool_mask`: the input's own tokens (a k-shot prompt's shots are
-            # context for them, not part of the pooled feature; SPEC section 7.2)
+            # context for them, not part of the pooled feature; docs/design.md#kshot_sft)
             self._features_fn = _replicated_jit(
                 self.bundle,
                 lambda m, ids, mask, pool_mask: L.pool(m.hidden(ids, mask), pool_mask, how))
@@ -134,7 +134,7 @@ class Learner:
 
     def feature_stats(self, ids, texts) -> FeatureStats:
         """Per-dimension statistics of these (unlabelled) examples' features, for a probe's
-        standardisation (SPEC section 5); the features are cached like any other."""
+        standardisation (docs/design.md#model); the features are cached like any other."""
         if not self.probe:
             raise ValueError("feature statistics are for a linear probe (trainable='head')")
         return FeatureStats.of(self.data(ids, texts).features)
@@ -168,8 +168,8 @@ class Learner:
         return self.icl_scores_many([builder], ids, texts)[0]
 
     def icl_scores_many(self, builders, ids, texts) -> list[np.ndarray]:
-        """`icl_scores` of several runs' prompts on the same inputs (SPEC section 13): each
-        prefix is encoded once, and the runs whose prefixes pad to the same length are scored
+        """`icl_scores` of several runs' prompts on the same inputs
+        (docs/design.md#many-runs-at-once): each prefix is encoded once, and the runs whose prefixes pad to the same length are scored
         together, their KV caches stacked on a run axis, one batch of inputs for all."""
         model = self.bundle.model
         if not hasattr(model, "encode_prefix"):

@@ -1,5 +1,6 @@
-"""Planning a sweep, without JAX (SPEC sections 2 and 11): config validation, grid points to
-run specs, per-point overrides, the config that identifies a run, run ids and their status.
+"""Planning a sweep, without JAX (docs/design.md#cost-model, #results-record): config validation,
+grid points to run specs, per-point overrides, the config that identifies a run, run ids and their
+status.
 
     planner = Planner(config, workdir)
     specs = planner.plan(points)        # points from the config file's sweep(add, config)
@@ -88,6 +89,9 @@ def validate(config) -> None:
     need(config.n_test >= 2, "n_test", f"{config.n_test} must be >= 2")
     need(config.train.lr > 0, "train.lr", f"{config.train.lr} must be > 0")
     need(config.train.max_visits >= 1, "train.max_visits", "must be >= 1")
+    need(isinstance(config.get("host_poll_steps", 512), int)
+         and config.get("host_poll_steps", 512) >= 1, "host_poll_steps",
+         f"{config.get('host_poll_steps')!r} must be a whole number >= 1")
     need(config.train.get("min_eval_visits", 0) >= 0, "train.min_eval_visits",
          f"{config.train.get('min_eval_visits')} must be >= 0 (0: evaluate from the first step)")
     need(config.train.get("small_stage_val", "none") in SMALL_STAGE_VALIDATION,

@@ -1,4 +1,4 @@
-"""The sweep runner: one run of a planned sweep -> one record (SPEC sections 2, 6, 7, 11).
+"""The sweep runner: one run of a planned sweep -> one record (docs/design.md).
 
     sweep = Sweep(config, workdir)   # a `planning.Planner` plus the per-seed caches
     for spec in sweep.plan(points): sweep.run(spec)
@@ -33,7 +33,7 @@ from scalable_elicitation.metrics import auroc, bootstrap_auroc, wilson
 from scalable_elicitation.methods import STREAMS, Bought, InfeasibleRun
 from scalable_elicitation.planning import Planner, RunSpec
 from scalable_elicitation.prompts import PromptBuilder, make_shots
-from scalable_elicitation.stage import predict, run_stage, split_validation, stage_schedule
+from scalable_elicitation.stage import predict, split_validation, stage_schedule
 from scalable_elicitation.train import Steps
 
 PROMPT_STATS_SIZE = 256  # unlabelled training texts whose prompted features standardise a probe
@@ -55,14 +55,18 @@ class Sweep(Planner):
     config (a point may override the model, lengths or batch size) the learner, i.e. loaded
     weights and compiled steps, and a probe's feature statistics and test inputs."""
 
-    def __init__(self, config, workdir: str | os.PathLike, *, progress=None):
+    def __init__(self, config, workdir: str | os.PathLike, *, progress=None,
+                 learners: dict | None = None):
+        """`learners`: a learner cache to share (by `LearnerConfig`), e.g. between sweeps of
+        one process, so a model loads and its steps compile once."""
         super().__init__(config, workdir)
         self.progress = progress  # progress(message), e.g. a progress bar's postfix
         self._task = None
         self._weak: dict[int, Any] = {}
         self._pools: dict[int, Any] = {}
         self._stats: dict[tuple, FeatureStats] = {}
-        self._learners: dict[LearnerConfig, Learner] = {}
+        self._learners: dict[LearnerConfig, Learner] = {} if learners is None else learners
+        self._planned: list[RunSpec] = []  # the last plan: its shapes serve every stage
         self._tests: dict[tuple, Any] = {}
 
     # -- shared, built lazily --------------------------------------------------------------
@@ -105,7 +109,7 @@ class Sweep(Planner):
 
     def feature_stats(self, learner: Learner | None = None) -> FeatureStats | None:
         """A probe's per-dimension feature statistics over the task's unlabelled training
-        texts (SPEC section 5); None when the model is finetuned."""
+        texts (docs/design.md#model); None when the model is finetuned."""
         learner = self.learner if learner is None else learner
         if not learner.probe:
             return None
@@ -114,6 +118,11 @@ class Sweep(Planner):
             train = self.task().train
             self._stats[key] = learner.feature_stats(train["id"], train["text"])
         return self._stats[key]
+
+    def plan(self, points: list[dict]) -> list[RunSpec]:
+        specs = super().plan(points)
+        self._planned = specs
+        return specs
 
     def group_size(self, specs) -> int:
         """How many runs train together: `config.parallel_runs`, or with 0 as many as fit the
@@ -159,13 +168,17 @@ class Sweep(Planner):
     def run_group(self, specs, logs=None, *, together: bool = True,
                   shapes: groups.Shapes | None = None) -> list[records.Record]:
         """Run these grid points, returning their records in order (finished ones are read
-        back, not rerun). With `together`, their stages train as groups (SPEC section 13): every
-        run advances to its next stage, the pending stages that share a model and shapes train
-        in one `groups.run_stages_grouped` call, and each run continues with its own result (a
-        selection between stages is the run's own step). Else each stage trains alone with
-        `stage.run_stage`. A record does not depend on the runs it trained with; `shapes`
-        (`group_shapes` of the whole sweep) keeps every group at one compiled shape."""
-        shapes = shapes or groups.Shapes()
+        back, not rerun). With `together`, their stages train as groups
+        (docs/design.md#many-runs-at-once): every run advances to its next stage, the pending
+        stages that share a model and shapes train in one `groups.run_stages_grouped` call, and
+        each run continues with its own result (a selection between stages is the run's own
+        step). Else each stage trains alone, as a group of one. A record does not depend on
+        the runs it trained with; `shapes`
+        (`group_shapes` of the whole sweep, by default of the last `plan`) keeps every group,
+        and every stage trained alone, at one compiled shape."""
+        shapes = shapes or self.group_shapes(self._planned or specs)
+        if not together:  # lone stages: groups of one, not padded to the group size
+            shapes = dataclasses.replace(shapes, members=1)
         logs = list(logs) if logs is not None else [None] * len(specs)
         recs: list[records.Record | None] = [None] * len(specs)
         live: dict[int, _Live] = {}
@@ -186,14 +199,14 @@ class Sweep(Planner):
                 jobs = [pending[i] for i in batch]
                 if isinstance(jobs[0], IclJob):
                     results = _or_errors(lambda: _icl_scores(jobs), len(jobs))
-                elif together:
+                else:  # a group, or one run alone: a group of one, on the same engine
                     results = _or_errors(lambda: groups.run_stages_grouped(
                         jobs[0].steps, [j.member for j in jobs], spec=jobs[0].spec,
                         checkpoint_interval_s=jobs[0].checkpoint_interval_s,
+                        iters_per_call=self.config.get("host_poll_steps",
+                                                       groups.ITERS_PER_CALL),
                         return_errors=True, shapes=shapes,
                         group_sharding=self.config.get("group_sharding", "rows")), len(jobs))
-                else:
-                    results = [_or_errors(lambda: [_run_alone(j)], 1)[0] for j in jobs]
                 took = time.time() - t0
                 for i, result in zip(batch, results):
                     self._advance(live, recs, i, result, took)
@@ -453,15 +466,6 @@ def _or_errors(fn, n: int) -> list:
         raise
     except Exception as err:  # noqa: BLE001 - the runs' own failure, recorded per run
         return [err] * n
-
-
-def _run_alone(job: StageJob | IclJob):
-    if isinstance(job, IclJob):
-        return _icl_scores([job])[0]
-    m = job.member
-    return run_stage(job.steps, m.params, m.train, m.targets, m.val, m.val_labels, m.cfg,
-                     seed_path=m.seed_path, key=m.key, spec=job.spec, source=m.source,
-                     weights=m.weights, progress=m.progress, checkpoint=m.checkpoint)
 
 
 @dataclasses.dataclass

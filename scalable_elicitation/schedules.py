@@ -1,6 +1,6 @@
-"""A stage's schedule (SPEC section 6): the default (validation carve-out, early stopping, the
-visit cap, the sweep's batch size) or, with `schedule: api`, the fine-tuning APIs' rule (no
-validation, batch size and epochs from the stage's size)."""
+"""A stage's schedule (docs/design.md#stages): the default (validation carve-out, early
+stopping, the visit cap, the sweep's batch size) or, with `schedule: api`, the fine-tuning APIs'
+rule (no validation, batch size and epochs from the stage's size)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +11,8 @@ from scalable_elicitation.sharding import data_parallel_size
 from scalable_elicitation.stage import StageConfig
 
 def api_batch_size(n: int) -> int:
-    """API-style batch size (SPEC section 6): 1 if n < 1024, 2 if n < 4096, else 8."""
+    """API-style batch size (docs/design.md#api-style-schedule): 1 if n < 1024, 2 if
+    n < 4096, else 8."""
     return 1 if n < 1024 else 2 if n < 4096 else 8
 
 
@@ -33,7 +34,8 @@ def stage_config(config, source: str, n: int) -> StageConfig:
     return StageConfig(
         lr=t.lr, max_visits=t.max_visits, small_stage_visits=t.small_stage_visits,
         eval_every=t.eval_every, patience=t.patience, min_delta=t.min_delta,
-        min_eval_visits=t.get("min_eval_visits", 0), use_validation=not api, epochs=api_epochs(n, api_batch_size(n)) if api else None,
+        min_eval_visits=t.get("min_eval_visits", 0), use_validation=not api,
+        epochs=api_epochs(n, api_batch_size(n)) if api else None,
         loss=config.loss if source == "weak" else "xent")
 
 

@@ -1,6 +1,7 @@
-"""Pure, sharded training and evaluation steps, and one training stage (SPEC section 6).
+"""Pure, sharded training and evaluation steps (docs/design.md#stages); the engine that runs
+them over a stage, for one run or many, is `groups`.
 
-The step functions are functions of arrays: `train_step(state, frozen, batch, hparams)`.
+The step functions are functions of arrays: `step_fn(loss)(state, frozen, batch, hparams)`.
 Per-run hyperparameters (peak learning rate, warmup and total steps, loss ramps) are arrays in
 `hparams`, never Python constants, so one compiled step serves a whole sweep; shapes come from
 a fixed batch size and a few length buckets, so a sweep compiles once per bucket.
@@ -17,7 +18,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from scalable_elicitation.models import ModelBundle
-from scalable_elicitation.sharding import batch_sharding, state_shardings
+from scalable_elicitation.sharding import state_shardings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,7 +41,7 @@ def soft_cross_entropy(logits, targets, weights):
 
 
 def logconf_targets(logits, y, weights, stage_step, ramp_steps=200.0, max_coef=0.5):
-    """Burns et al.'s log-confidence targets (SPEC section 7.4).
+    """Burns et al.'s log-confidence targets (docs/design.md#logconf).
 
     `p0` is the model's probability of class 0; padding rows (weight 0) are excluded from the
     batch quantile. Threshold t = quantile(p0, mean(y)); hard self-label h = onehot(0 if p0 >= t
@@ -76,7 +77,7 @@ def learning_rate(step, peak, warmup, total):
 
 
 def warmup_steps(steps_per_epoch: int) -> int:
-    """SPEC: max(2, min(40, steps_per_epoch))."""
+    """The warmup steps of a stage: max(2, min(40, steps_per_epoch)) (docs/design.md#stages)."""
     return max(2, min(40, steps_per_epoch))
 
 
@@ -90,8 +91,8 @@ def _key_name(entry) -> str:
 
 
 def decay_mask(params):
-    """Weight decay on matrices only: not on norms and biases (SPEC section 6). Decided by the
-    parameter's name, since stacked layers make a bias 2-D ([layers, dim])."""
+    """Weight decay on matrices only: not on norms and biases (docs/design.md#stages). Decided
+    by the parameter's name, since stacked layers make a bias 2-D ([layers, dim])."""
     def one(path, v):
         names = [_key_name(p) for p in path if _key_name(p) != "value"]
         leaf = names[-1] if names else ""
@@ -134,7 +135,6 @@ class Steps:
             step=replicated, params=self.params_sharding,
             opt_state=_match_opt_sharding(abstract.opt_state, self.params_sharding, replicated),
             key=replicated)
-        self._train = {}
         self._eval = None
         self._init = None
 
@@ -154,8 +154,8 @@ class Steps:
         """Head-only training on cached features: batches carry `features` [B, D].
 
         The features arrive standardised per dimension with statistics of the task's unlabelled
-        training texts (`stage.FeatureStats`, SPEC section 5). A frozen base cannot move the
-        decision threshold, so the probe has a bias; the finetuned head has none. (Standardising
+        training texts (`batching.FeatureStats`, docs/design.md#model). A frozen base cannot
+        move the decision threshold, so the probe has a bias; the finetuned head has none. (Standardising
         each example's vector instead leaves a component shared by all examples that acts as a
         hidden bias, and early-stopped probes then predict one class for every input.)
         """
@@ -226,48 +226,6 @@ class Steps:
         """The pure one-run train step `(state, frozen, batch, hp) -> (state, metrics)`, for
         callers that compose it (a group of runs under `jax.vmap`, `groups.py`)."""
         return functools.partial(self._train_step, loss_kind)
-
-    def train_step(self, state, batch, hp, loss_kind="xent"):
-        if loss_kind not in self._train:
-            batch_sh = {k: batch_sharding(self.mesh, v.ndim) for k, v in batch.items()}
-            self._train[loss_kind] = jax.jit(
-                functools.partial(self._train_step, loss_kind),
-                in_shardings=(self.state_sharding, self.frozen_sharding, batch_sh, None),
-                out_shardings=(self.state_sharding, None),
-                donate_argnums=(0,))
-        return self._train[loss_kind](state, self.frozen, batch, hp)
-
-    def _train_chunk(self, loss_kind, state: TrainState, frozen, batches, active, hp):
-        """T train steps under one `lax.scan`, so the step loop stays on the device
-        (no host round trip per step). `batches` are stacked [T, B, ...]; a step whose `active`
-        is False is skipped (state unchanged, loss NaN), so one compiled chunk serves every
-        stage length."""
-        def body(state, xs):
-            batch, on = xs
-
-            def run(s):
-                new, metrics = self._train_step(loss_kind, s, frozen, batch, hp)
-                return new, metrics["loss"]
-
-            def skip(s):
-                return s, jnp.full((), jnp.nan, jnp.float32)
-
-            return jax.lax.cond(on, run, skip, state)
-
-        return jax.lax.scan(body, state, (batches, active))
-
-    def train_chunk(self, state, batches, active, hp, loss_kind="xent"):
-        """Run the active steps of a stacked chunk of batches; returns (state, losses [T])."""
-        key = ("chunk", loss_kind)
-        if key not in self._train:
-            batch_sh = {k: batch_sharding(self.mesh, v.ndim - 1, leading=1)
-                        for k, v in batches.items()}
-            self._train[key] = jax.jit(
-                functools.partial(self._train_chunk, loss_kind),
-                in_shardings=(self.state_sharding, self.frozen_sharding, batch_sh, None, None),
-                out_shardings=(self.state_sharding, None),
-                donate_argnums=(0,))
-        return self._train[key](state, self.frozen, batches, active, hp)
 
     def _eval_step(self, params, frozen, batch):
         self.compiles["eval"] += 1

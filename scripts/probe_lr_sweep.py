@@ -1,4 +1,5 @@
-r"""The small learning-rate sweep that chose the default probe's rate (SPEC section 5).
+r"""The small learning-rate sweep that chose the default probe's rate
+(docs/decisions.md#probe-learning-rate-001).
 
 Trains the default's probe (early-stopped, as a sweep run trains it) on n oracle labels at each
 rate and scores it on *validation* examples: the tail of the oracle pool, which no grid point of
@@ -22,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 from configs import cost_sweep  # noqa: E402
 from scalable_elicitation import runner as R  # noqa: E402
 from scalable_elicitation.metrics import auroc  # noqa: E402
-from scalable_elicitation.stage import StageConfig, predict, run_stage, split_validation  # noqa: E402
+from scalable_elicitation.groups import run_stage  # noqa: E402
+from scalable_elicitation.stage import StageConfig, predict, split_validation  # noqa: E402
 
 N_VALIDATION = 400
 

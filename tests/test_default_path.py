@@ -20,7 +20,8 @@ def default_config():
 @pytest.fixture(scope="module")
 def default_records(tmp_path_factory):
     config = default_config()
-    sweep = R.Sweep(config, tmp_path_factory.mktemp("default"))
+    learners = {}
+    sweep = R.Sweep(config, tmp_path_factory.mktemp("default"), learners=learners)
     # all-weak, a mix, and all-oracle at 8 labels (trained for the fixed small-stage visits):
     # a stage of 10-20 labels early-stops on 2-4 validation labels and may keep its initial
     # state (README, "The default"), which is the study's rule, not a collapse
@@ -29,11 +30,11 @@ def default_records(tmp_path_factory):
               {"budget": 8, "fraction": "1", "seed": 0}]
     specs = sweep.plan(points)
     sweep.prepare(s.seed for s in specs)
-    return sweep, [sweep.run(s) for s in specs]
+    return sweep, [sweep.run(s) for s in specs], learners
 
 
 def test_default_records_carry_weak_label_quality(default_records):
-    sweep, records = default_records
+    sweep, records, _ = default_records
     assert [r["status"] for r in records] == ["ok"] * 3
     for rec in records:
         assert 0.4 <= rec["weak_label_positive_rate"] <= 0.6  # balanced pool, balanced calls
@@ -66,18 +67,17 @@ def test_default_stages_make_their_visits(default_records):
 
 
 def test_default_records_do_not_depend_on_the_group(default_records, tmp_path):
-    """The same runs trained together as one group (SPEC section 13) give the records the
-    one-at-a-time runs gave: counts and stage lengths exactly, metrics within 1e-4."""
+    """The same runs trained together as one group (docs/design.md#many-runs-at-once) give the
+    records the one-at-a-time runs gave: counts and stage lengths exactly, metrics within 1e-4."""
     import shutil
 
-    sweep, alone = default_records
+    sweep, alone, learners = default_records
     shutil.copytree(sweep.workdir / "cache", tmp_path / "cache")  # features, weak labels
     config = default_config()
     config.parallel_runs = 3
-    grouped = R.Sweep(config, tmp_path)
     # the same loaded models and compiled steps (the learner does not depend on
     # parallel_runs): loading SmolLM2 and MiniLM again would cost the suite ~20 s
-    grouped._learners = sweep._learners
+    grouped = R.Sweep(config, tmp_path, learners=learners)
     specs = grouped.plan([{"budget": 16, "fraction": "0", "seed": 0},
                           {"budget": 16, "fraction": "0.5", "seed": 0},
                           {"budget": 8, "fraction": "1", "seed": 0}])

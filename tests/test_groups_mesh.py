@@ -1,14 +1,14 @@
-"""A group of finetuning runs on a sharded mesh (SPEC section 13): the stacked LoRA states keep
-the mesh's (data, fsdp, tensor) shardings behind the run axis, or whole runs go on devices; each
-member gets what the run gets alone."""
+"""A group of finetuning runs on a sharded mesh (docs/design.md#many-runs-at-once): the stacked LoRA
+states keep the mesh's (data, fsdp, tensor) shardings behind the run axis, or whole runs go on
+devices; each member gets what the run gets alone."""
 import jax
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from scalable_elicitation.groups import Member, run_stages_grouped
+from scalable_elicitation.groups import Member, run_stage, run_stages_grouped
 from scalable_elicitation.learner import Learner, LearnerConfig
-from scalable_elicitation.stage import StageConfig, predict, run_stage
+from scalable_elicitation.stage import StageConfig, predict
 
 SPLIT = (("data", 2), ("fsdp", 2), ("tensor", 2))
 

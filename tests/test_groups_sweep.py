@@ -1,4 +1,5 @@
-"""Sweeps trained in groups give the records of one-at-a-time sweeps (SPEC section 13): every
+"""Sweeps trained in groups give the records of one-at-a-time sweeps
+(docs/design.md#many-runs-at-once): every
 method and option of `:smoke`, and a killed group's resume. (Split from test_groups.py so the
 two test workers share the slow sweeps.)"""
 import numpy as np
@@ -48,8 +49,7 @@ def test_methods_sweep_records_do_not_depend_on_the_group(tmp_path):
         c.fractions = ("0.5",)
         c.mesh.data = 1  # schedule=api trains batches of 1
         c.parallel_runs = parallel
-        s = runner.Sweep(c, tmp_path / f"p{parallel}")
-        s._learners = learners
+        s = runner.Sweep(c, tmp_path / f"p{parallel}", learners=learners)
         points = experiment.sweep_points("configs/methods.py", c)
         points.append({**points[0], "schedule": "api"})
         specs = s.plan(points)
@@ -73,11 +73,10 @@ def test_killed_group_resumes_every_run_with_the_records_of_an_uninterrupted_swe
     import shutil
 
     from configs import cost_sweep
-    from scalable_elicitation import groups, runner
+    from scalable_elicitation import runner
 
-    monkeypatch.setattr(groups.run_stages_grouped, "__kwdefaults__",  # a host check (and
-                        {**groups.run_stages_grouped.__kwdefaults__, "iters_per_call": 2})  # save)
     c = cost_sweep.get_config("smoke")
+    c.host_poll_steps = 2  # a host check (and save) every two steps
     c.mesh.data = 1 if placement == "rows" else 4
     c.group_sharding = placement
     c.train.max_visits = 640  # stages of 20 steps, so the kill lands mid-stage

@@ -17,8 +17,8 @@ from scalable_elicitation.learner import Learner, LearnerConfig
 from scalable_elicitation.metrics import auroc
 from scalable_elicitation.prompts import PromptBuilder, make_shots
 from scalable_elicitation.sharding import make_mesh
-from scalable_elicitation.stage import (EarlyStopping, StageConfig, predict, run_stage,
-                                        steps_for_visits, visits_through)
+from scalable_elicitation.groups import early_stopping, run_stage
+from scalable_elicitation.stage import StageConfig, predict, steps_for_visits, visits_through
 from scalable_elicitation.train import Steps, decay_mask
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -111,25 +111,32 @@ def test_small_stage_visit_counts_match_spec():
 
 # 5. early stopping --------------------------------------------------------------------------
 def _early_stop(metrics, min_delta=0.01, patience=4):
-    es = EarlyStopping(min_delta, patience)
-    for step, m in enumerate(metrics, start=1):
-        if es.update(m, step, {"w": jnp.float32(step)}):
-            return es, step
-    return es, len(metrics)
+    """The engine's rule (`groups.early_stopping`, float32 as on the device) over a sequence of
+    evaluations: (kept evaluation, evaluations without improvement, stopping evaluation)."""
+    best, bad, has, kept = np.float32(-np.inf), np.int32(0), False, 0
+    for step, m in enumerate(np.asarray(metrics, np.float32), start=1):
+        better, bad, stop = early_stopping(m, np.bool_(True), best, bad, np.bool_(has),
+                                           np.float32(min_delta), patience)
+        if bool(better):
+            best, kept = m, step
+        has = True
+        if bool(stop):
+            return kept, int(bad), step
+    return kept, int(bad), len(metrics)
 
 
 def test_an_improvement_of_exactly_min_delta_counts():
-    es, stopped = _early_stop([0.50, 0.51, 0.52, 0.53, 0.54, 0.55])
-    assert es.bad == 0 and stopped == 6
+    _, bad, stopped = _early_stop([0.50, 0.51, 0.52, 0.53, 0.54, 0.55])
+    assert bad == 0 and stopped == 6
 
 
 def test_restores_the_best_evaluation_not_the_last_improvement():
     # 0.605 is no improvement (< 0.61) but is the highest metric seen: it is kept
-    es, stopped = _early_stop([0.60, 0.605, 0.58, 0.58, 0.58, 0.9])
+    kept, _, stopped = _early_stop([0.60, 0.605, 0.58, 0.58, 0.58, 0.9])
     assert stopped == 5  # four evaluations without an improvement
-    assert es.step == 2 and float(es.params["w"]) == 2.0
-    tie, _ = _early_stop([0.7, 0.7, 0.7, 0.7, 0.7])
-    assert tie.step == 1  # ties go to the earliest
+    assert kept == 2
+    tie, _, _ = _early_stop([0.7, 0.7, 0.7, 0.7, 0.7])
+    assert tie == 1  # ties go to the earliest
 
 
 # 6. presets ---------------------------------------------------------------------------------

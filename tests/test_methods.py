@@ -1,4 +1,5 @@
-"""Elicitation methods (SPEC section 7): shots, ICL prefix cache, entropy selection, mixture."""
+"""Elicitation methods (docs/design.md#methods): shots, ICL prefix cache, entropy selection,
+mixture."""
 import json
 import pathlib
 
@@ -68,7 +69,7 @@ def test_icl_prefix_cache_equals_full_prompt():
 
 def test_icl_scores_of_many_runs_at_once_equal_each_alone():
     """Runs' prompts scored together (KV caches stacked on a run axis, prefixes of two padded
-    lengths) give each run's own scores (SPEC section 13)."""
+    lengths) give each run's own scores (docs/design.md#many-runs-at-once)."""
     learner = Learner(LearnerConfig("tiny:llama", trainable="lora", buckets=(32, 64),
                                     max_length=32, mesh=(("data", 1),)))
     texts = ["what a movie", "no", "somewhat longer input text here"]
@@ -144,7 +145,7 @@ def test_mixture_weights_change_the_loss():
     def loss(weights):
         state = steps.init_state(params, jax.random.key(1))
         batch = to_global(make_batch(toks, y, weights, 4, (16,), 256), steps.mesh)
-        return float(steps.train_step(state, batch, hp)[1]["loss"])
+        return float(jax.jit(steps.step_fn("xent"))(state, steps.frozen, batch, hp)[1]["loss"])
 
     for w in ([1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 2.0, 2.0]):
         w = np.asarray(w)

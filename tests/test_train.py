@@ -236,7 +236,7 @@ class _Kill(KeyboardInterrupt):
 
 
 def test_killed_run_resumes_mid_stage_with_identical_record(tmp_path):
-    config = smoke_config(checkpoint_interval_s=0.0)
+    config = smoke_config(checkpoint_interval_s=0.0, host_poll_steps=1)
     points = [{"budget": 8, "fraction": "0.5", "seed": 0}]  # weak stage 40 labels, oracle 4
     reference = R.Sweep(config, tmp_path / "ref")
     (spec,) = reference.plan(points)

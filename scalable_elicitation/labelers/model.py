@@ -14,8 +14,8 @@ from scalable_elicitation.labelers.interface import (TRAIN_SPLIT_SALT, WeakLabel
 @dataclasses.dataclass
 class ModelLabeler:
     """A small model finetuned on `n_train` ground-truth training examples (excluded from the
-    pools it then labels), whose soft P(y=1) is the weak label (SPEC section 4; the study used
-    Qwen1.5-0.5B, the embedded default MiniLM). `epochs` passes at batch `batch_size`;
+    pools it then labels), whose soft P(y=1) is the weak label (docs/design.md#weak-labels; the
+    study used Qwen1.5-0.5B, the embedded default MiniLM). `epochs` passes at batch `batch_size`;
     `trainable="head"` trains a linear probe on cached pooled features."""
     source: str = "minilm"
     n_train: int = 64
@@ -46,8 +46,9 @@ class ModelLabeler:
         # and must not load JAX; the learner sits below this module, so this is no cycle
         import jax
 
+        from scalable_elicitation.groups import run_stage
         from scalable_elicitation.learner import Learner, LearnerConfig
-        from scalable_elicitation.stage import StageConfig, predict, run_stage
+        from scalable_elicitation.stage import StageConfig, predict
 
         learner = Learner(LearnerConfig(
             self.source, trainable=self.trainable, dtype=self.dtype,
