@@ -141,12 +141,12 @@ def recommendation_paragraph(regimes: pd.DataFrame, bounds: pd.DataFrame,
                          "from the differences between neighbouring configurations, so every "
                          "call is conservative; more seeds (e.g. `--config.seeds=3`) sharpen "
                          "them.")
-    sentences += _best_method_sentences(bwb)
+    sentences += best_method_sentences(bwb)
     sentences.append("For another budget or price pair, run `python -m analysis.recommend`.")
     return " ".join(sentences)
 
 
-def _best_method_sentences(bwb: pd.DataFrame) -> list[str]:
+def best_method_sentences(bwb: pd.DataFrame) -> list[str]:
     """Which method wins the best-within-budget cells, and the selection bias of those entries.
 
     "Best method in k of n cells" is only said of scopes where two or more methods were run:

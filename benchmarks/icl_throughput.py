@@ -46,10 +46,10 @@ def main():
     rows = []
 
     t0 = time.perf_counter()
-    cached = learner.icl_scores(builder, task.test["id"][:a.n], texts)
+    cached = learner.icl_scores_many([builder], task.test["id"][:a.n], texts)[0]
     first_cached = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cached = learner.icl_scores(builder, task.test["id"][:a.n], texts)
+    cached = learner.icl_scores_many([builder], task.test["id"][:a.n], texts)[0]
     dt_cached = time.perf_counter() - t0
 
     # without the cache: the whole prompt per input, through the same jitted model
@@ -57,13 +57,13 @@ def main():
     full = Encoded([np.asarray(builder.prefix() + builder.suffix(t)[0], np.int32)
                     for t in texts], np.zeros(len(texts), bool))
     compiles = {"n": 0}
-    from scalable_elicitation.learner import _replicated_jit
+    from scalable_elicitation.learner import replicated_jit
 
     def last(m, ids, mask):
         compiles["n"] += 1
         return m.last_lm_logits(ids, mask)
 
-    fn = _replicated_jit(learner.bundle, last)
+    fn = replicated_jit(learner.bundle, last)
 
     def run_full():
         out = np.zeros(len(texts), np.float32)

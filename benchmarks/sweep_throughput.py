@@ -70,18 +70,19 @@ def warm(sweep, specs) -> None:
     """Build everything the runs share and a sweep caches (task, weak labels, probe features
     of the training and test texts), so only the runs are timed."""
     sweep.prepare(s.seed for s in specs)
-    learner = sweep.learner
-    stats = sweep.feature_stats(learner)
+    learner = sweep.data.learner
+    stats = sweep.data.feature_stats(learner)
     if learner.probe:
-        sweep.test_inputs(learner, stats)
+        sweep.data.test_inputs(learner, stats)
 
 
 def mean_tokens(sweep, specs) -> float | None:
-    if sweep.learner.probe:
+    if sweep.data.learner.probe:
         return None
     from scalable_elicitation.batching import encode
-    train = sweep.task().train
-    enc = encode(sweep.learner.tokenizer, list(train["text"][:256]), sweep.config.max_length)
+    train = sweep.data.task().train
+    enc = encode(sweep.data.learner.tokenizer, list(train["text"][:256]),
+                 sweep.config.max_length)
     return float(enc.lengths().mean())
 
 
@@ -103,7 +104,7 @@ def run(name: str, parallel: int, cache_from: str | None, workroot: pathlib.Path
     specs = sweep.plan(experiment.sweep_points(str(ROOT / "configs" / "cost_sweep.py"), config))
     warm(sweep, specs)
     shutil.rmtree(workdir / "runs", ignore_errors=True)  # fresh runs, shared caches
-    steps = sweep.learner.steps
+    steps = sweep.data.learner.steps
     before = steps.compiles["train"]
     t0 = time.perf_counter()
     done = experiment.run_experiment(sweep, specs, prepare=False, out=lambda m: None,
@@ -117,8 +118,8 @@ def run(name: str, parallel: int, cache_from: str | None, workroot: pathlib.Path
     kind, peak = chip_peak()
     mfu = "n/a"
     if tokens is not None and peak:
-        cfg = sweep.learner.bundle.config
-        params = sum(x.size for x in jax.tree.leaves(sweep.learner.steps.frozen))
+        cfg = sweep.data.learner.bundle.config
+        params = sum(x.size for x in jax.tree.leaves(sweep.data.learner.steps.frozen))
         flops = 2 * forward_flops(cfg, params - cfg.vocab_size * cfg.hidden_size,
                                   int(visits * tokens), config.max_length)
         mfu = f"{flops / wall / peak:.1%}"

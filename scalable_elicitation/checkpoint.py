@@ -49,7 +49,7 @@ class StageCheckpointer:
         self._opened = None
 
     @property
-    def _manager(self):
+    def manager(self):
         """The Orbax manager, made on first use (making one costs tens of milliseconds, and
         most stages of a fast sweep never save)."""
         if self._opened is None:
@@ -75,22 +75,22 @@ class StageCheckpointer:
                 "best_params": best["params"] if has_best else state.params}
         meta = {"kind": "mid", "step": int(step), "best_metric": float(best["metric"]),
                 "best_step": int(best["step"]), "bad": int(best["bad"]), "has_best": has_best}
-        self._manager.save(int(step), args=ocp.args.Composite(
+        self.manager.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)), force=True)
-        self._manager.wait_until_finished()
+        self.manager.wait_until_finished()
 
     def restore(self, template_state):
         """(state, best, step) from the latest mid-stage checkpoint, or None."""
         if self._empty():
             return None
-        step = self._manager.latest_step()
+        step = self.manager.latest_step()
         if step is None or step == DONE_STEP:
             return None
         template = {"step": template_state.step, "params": template_state.params,
                     "opt_state": template_state.opt_state,
                     "key": jax.random.key_data(template_state.key),
                     "best_params": template_state.params}
-        got = self._manager.restore(step, args=ocp.args.Composite(
+        got = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(template)), meta=ocp.args.JsonRestore()))
         tree, meta = got["state"], got["meta"]
         state = template_state.replace(step=tree["step"], params=tree["params"],
@@ -103,18 +103,18 @@ class StageCheckpointer:
 
     # -- end of stage ------------------------------------------------------------------------
     def save_done(self, params, record: dict) -> None:
-        self._manager.save(DONE_STEP, args=ocp.args.Composite(
+        self.manager.save(DONE_STEP, args=ocp.args.Composite(
             state=ocp.args.StandardSave({"params": params}),
             meta=ocp.args.JsonSave({"kind": "done", "record": record})), force=True)
-        self._manager.wait_until_finished()
+        self.manager.wait_until_finished()
 
     def restore_done(self, template_params):
         """(kept params, stage record) if the stage finished, else None."""
         if self._empty():
             return None
-        if DONE_STEP not in self._manager.all_steps():
+        if DONE_STEP not in self.manager.all_steps():
             return None
-        got = self._manager.restore(DONE_STEP, args=ocp.args.Composite(
+        got = self.manager.restore(DONE_STEP, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract({"params": template_params})),
             meta=ocp.args.JsonRestore()))
         return got["state"]["params"], got["meta"]["record"]

@@ -20,8 +20,9 @@ import pathlib
 import sys
 from typing import Callable, ContextManager
 
+from scalable_elicitation.grouping import RUNS_PER_GROUP_CLAIMED
+
 RUN, SKIPPED, BUSY = "run", "skipped", "busy"  # what a claim decides about a run
-RUNS_PER_GROUP_CLAIMED = 4  # a worker claims (and drives) this many groups' runs at once
 
 
 def sweep_points(config_path: str, config) -> list[dict]:
@@ -40,7 +41,7 @@ def sweep_points(config_path: str, config) -> list[dict]:
 
 def feasibility(sweep, spec) -> str | None:
     """Why a run cannot be bought from its seed's pools (None when it can)."""
-    pools = sweep.pools(spec.seed)
+    pools = sweep.data.pools(spec.seed)
     for source, n in (("weak", spec.n_weak), ("oracle", spec.n_oracle)):
         size = pools.size(source)
         if n > size:
@@ -96,9 +97,9 @@ def use_compilation_cache(sweep) -> str:
     return path
 
 
-def run_group(sweep, specs, *, claim: Callable[..., ContextManager[str]] | None = None,
-              tracker=None, out: Callable[[str], None] = print, together: bool = True,
-              shapes=None) -> list[tuple[str, dict | None]]:
+def run_claimed(sweep, specs, *, claim: Callable[..., ContextManager[str]] | None = None,
+                tracker=None, out: Callable[[str], None] = print, together: bool = True,
+                shapes=None) -> list[tuple[str, dict | None]]:
     """Run planned runs together (`Sweep.run_group`; one at a time when not `together`),
     each under `claim(spec)` (a context that yields RUN, SKIPPED or BUSY and holds whatever it
     took until the group's records are written); with a tracker, each run's per-step losses
@@ -121,9 +122,9 @@ def run_group(sweep, specs, *, claim: Callable[..., ContextManager[str]] | None 
 def run_experiment(sweep, specs, *, claim=None, tracker=None, out=None, prepare: bool = True,
                    desc: str = "runs", show_progress: bool = True) -> Done:
     """Every run of `specs` that is not done, in groups of `sweep.group_size(specs)` trained
-    together (docs/design.md#many-runs-at-once), then once more those a live worker held (it
-    may have died meanwhile, leaving a stale lock). Each seed's task and weak labels load first, so bad data
-    fails once, before any run (`prepare`). Summary lines go to `out` (default: above a
+    together (docs/design.md#many-runs-at-once), then once more those a live worker held (it may
+    have died meanwhile, leaving a stale lock). Each seed's task and weak labels load first, so bad
+    data fails once, before any run (`prepare`). Summary lines go to `out` (default: above a
     progress bar on stderr)."""
     if prepare:
         sweep.prepare(s.seed for s in specs)
@@ -143,8 +144,8 @@ def run_experiment(sweep, specs, *, claim=None, tracker=None, out=None, prepare:
         left = []
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start:start + chunk_size]
-            got = run_group(sweep, chunk, claim=claim, tracker=tracker, out=out,
-                            together=size > 1, shapes=shapes)
+            got = run_claimed(sweep, chunk, claim=claim, tracker=tracker, out=out,
+                              together=size > 1, shapes=shapes)
             for spec, (decision, rec) in zip(chunk, got):
                 left += [spec] if decision == BUSY else []
                 records.extend([rec] if rec is not None else [])

@@ -4,15 +4,15 @@ metric, loss checks, progress, checkpoints and the stage record are written once
 
 Each member of a group is one run's stage: its trainable parameters, labels, schedule and
 early-stopping state. Their train states are stacked on a leading run axis, and one jitted
-`lax.while_loop` advances every member a step at a time on the device: the batch of each member
-is gathered on the device from its own examples (the host computes each member's
-`stage.batch_order`), one `jax.vmap`-ed train step updates all members with the frozen base
-shared (read once per step for all runs), and a member whose evaluation falls due is scored on its validation examples on the
-device (AUROC by ranks, or accuracy with one class) and its early-stopping state updated. A
-member that has finished (its steps done, or stopped early) is masked out until the group ends.
-The host sees the group only every `iters_per_call` steps: for non-finite losses, progress and
-checkpoints. Per-run learning-rate schedules, stage lengths, evaluation cadences, patience and
-thresholds are arrays, so a group of any mix of stages compiles once per padded shape.
+`lax.while_loop` advances every member a step at a time on the device: the batch of each member is
+gathered on the device from its own examples (the host computes each member's `stage.batch_order`),
+one `jax.vmap`-ed train step updates all members with the frozen base shared (read once per step for
+all runs), and a member whose evaluation falls due is scored on its validation examples on the
+device (AUROC by ranks, or accuracy with one class) and its early-stopping state updated. A member
+that has finished (its steps done, or stopped early) is masked out until the group ends. The host
+sees the group only every `iters_per_call` steps: for non-finite losses, progress and checkpoints.
+Per-run learning-rate schedules, stage lengths, evaluation cadences, patience and thresholds are
+arrays, so a group of any mix of stages compiles once per padded shape.
 
 Each member's result equals its stage trained alone (same batches, schedule, evaluations, kept
 state; metrics within float tolerance), so a record does not depend on its group
@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from scalable_elicitation import grouping
 from scalable_elicitation.batching import BatchSpec, Encoded, Features, bucket_for
 from scalable_elicitation.sharding import batch_sharding
 from scalable_elicitation.stage import (StageConfig, StageResult, batch_order, stage_record,
@@ -143,9 +144,6 @@ def _select(on, new, old):
         lambda a, b: jnp.where(on.reshape(on.shape + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
-GROUP_SHARDINGS = ("rows", "runs")
-
-
 def run_mesh_axis(mesh, mode: str = "rows") -> str | None:
     """The mesh axis a group's run axis is split over, or None.
 
@@ -157,14 +155,11 @@ def run_mesh_axis(mesh, mode: str = "rows") -> str | None:
     but the group's "all done?"; a member's numbers then equal the run alone on one device
     (data-parallel training on several devices sums its batch in another order, a rounding
     difference). It needs a model that fits one device: mesh fsdp = tensor = 1."""
-    if mode not in GROUP_SHARDINGS:
-        raise ValueError(f"group_sharding={mode!r}; allowed: {', '.join(GROUP_SHARDINGS)}")
+    error = grouping.placement_error(mode, dict(mesh.shape))
+    if error is not None:
+        raise ValueError(f"group_sharding={error}")
     if mode == "rows":
         return None
-    if mesh.shape.get("fsdp", 1) * mesh.shape.get("tensor", 1) > 1:
-        raise ValueError(f"group_sharding='runs' puts whole runs on devices, so the model must "
-                         f"fit one device (mesh fsdp = tensor = 1); the mesh is "
-                         f"{dict(mesh.shape)}. Use 'rows'")
     return "data" if mesh.shape.get("data", 1) > 1 else None
 
 
@@ -197,7 +192,7 @@ def _constrain(tree, shardings):
 
 
 @functools.lru_cache(maxsize=None)
-def _group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None = None):
+def group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None = None):
     """jit(carry, frozen, consts, limit) -> carry: loop steps of every unfinished member until
     all are done or `carry['it']` reaches `limit`. `eval_rows` is how many validation rows one
     forward pass scores (all of them for a probe; the batch size for a transformer). `axis`:
@@ -486,7 +481,7 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
     lay = _layout(steps, members, spec, shapes, group_sharding)
     carry = _initial_carry(steps, members, lay, iters_per_call)
     consts = _constants(steps, members, lay)
-    loop = _group_loop(steps, members[0].cfg.loss, lay.M if not lay.tokens else
+    loop = group_loop(steps, members[0].cfg.loss, lay.M if not lay.tokens else
                        spec.batch_size, lay.axis)
     carry, step, losses, errors = _drive(loop, carry, consts, steps, members, lay,
                                          iters_per_call, checkpoint_interval_s)
@@ -525,43 +520,13 @@ def _save_all(members, carry, errors) -> None:
         m.checkpoint.save(int(state.step), state, best, force=True)
 
 
-# The largest automatic group per (platform, learner is a probe). On CPU a member's step costs
-# about the same inside a group as alone (no idle units to fill), so a group only saves host
-# and per-call work, and long groups idle their finished members. Measured on 2 cores
-# (benchmarks/RESULTS.md): probes in groups of 8 trained the default grid as fast as one at a
-# time (16 and 64 were slower), which keeps the group engine in use on the default; a
-# transformer's group loop compiles for 5-9 s (tiny LoRA: 0.7x), so finetuning goes one at a
-# time there. An accelerator reads the shared frozen base once per step for all members.
-MAX_AUTO_GROUP = {("cpu", True): 8, ("cpu", False): 1}
-MAX_AUTO_GROUP_ACCELERATOR = 64
-
-
-def auto_group_size(learner, largest_stage: int, n_runs: int, *, memory_share: float = 0.5,
-                    cap: int | None = None, devices: int = 1) -> int:
-    """A group size whose stacked states, data and activations take at most `memory_share` of
-    the free memory of one device, times `devices` when whole runs are spread over that many
-    devices (`run_mesh_axis`); on CPU a quarter of the host's RAM, which every (fake) device
-    shares, so `devices` adds nothing there. Per run it counts the trainable
-    parameters five times (params, two Adam moments, best params, gradients), the largest
-    stage's inputs (train and validation) and one batch's activations through the model."""
-    cfg = learner.cfg
-    trainable = sum(int(np.prod(x.shape)) * 4 for x in jax.tree.leaves(
-        jax.eval_shape(learner.steps.fresh_params, jax.random.key(0))))
-    model = learner.bundle.config
-    if learner.probe:
-        data = 2 * largest_stage * model.hidden_size * 4
-        acts = cfg.batch_size * model.hidden_size * 16
-    else:
-        data = 2 * largest_stage * cfg.max_length * 8
-        acts = cfg.batch_size * cfg.max_length * model.hidden_size * model.num_layers * 40
-    per_run = 5 * trainable + data + acts
+def device_memory(devices: int = 1) -> tuple[str, int]:
+    """(platform, free bytes) of this host's devices for groups: a device's own free memory
+    times `devices` when whole runs spread over that many (`run_mesh_axis`), or a quarter of
+    the host's RAM, one pool that every (fake CPU) device shares."""
     device = jax.local_devices()[0]
-    cap = cap or MAX_AUTO_GROUP.get((device.platform, learner.probe),
-                                    MAX_AUTO_GROUP_ACCELERATOR)
     stats = device.memory_stats() or {}
     if "bytes_limit" in stats:  # each device's own memory: the devices' add up
-        free = devices * (stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    else:  # the host's RAM, one pool for all its devices
-        import os
-        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    return int(max(1, min(cap, n_runs, memory_share * free // per_run)))
+        return device.platform, devices * (stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    import os
+    return device.platform, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4

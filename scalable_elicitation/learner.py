@@ -79,7 +79,7 @@ class Learner:
             how = self.bundle.config.pooling
             # pooled over `pool_mask`: the input's own tokens (a k-shot prompt's shots are
             # context for them, not part of the pooled feature; docs/design.md#kshot_sft)
-            self._features_fn = _replicated_jit(
+            self._features_fn = replicated_jit(
                 self.bundle,
                 lambda m, ids, mask, pool_mask: L.pool(m.hidden(ids, mask), pool_mask, how))
         else:
@@ -162,15 +162,11 @@ class Learner:
         paths.atomic_write(self._cache_path, buf.getvalue())
 
     # -- in-context learning ----------------------------------------------------------------
-    def icl_scores(self, builder, ids, texts) -> np.ndarray:
-        """logit("1") - logit("0") at each input's last position after the shared k-shot
-        prefix, which is encoded once; its KV cache serves every batch."""
-        return self.icl_scores_many([builder], ids, texts)[0]
-
     def icl_scores_many(self, builders, ids, texts) -> list[np.ndarray]:
-        """`icl_scores` of several runs' prompts on the same inputs
-        (docs/design.md#many-runs-at-once): each prefix is encoded once, and the runs whose prefixes pad to the same length are scored
-        together, their KV caches stacked on a run axis, one batch of inputs for all."""
+        """logit("1") - logit("0") at each input's last position after each run's k-shot prefix, for
+        several runs' prompts on the same inputs (docs/design.md#many-runs-at-once): each prefix is
+        encoded once, and the runs whose prefixes pad to the same length are scored together, their
+        KV caches stacked on a run axis, one batch of inputs for all."""
         model = self.bundle.model
         if not hasattr(model, "encode_prefix"):
             raise ValueError(f"method icl needs a causal decoder; {self.cfg.source!r} is an "
@@ -178,8 +174,8 @@ class Learner:
         id0, id1 = label_token_ids(self.tokenizer)
         if not hasattr(self, "_icl_fns"):
             self._icl_fns = (
-                _replicated_jit(self.bundle, lambda m, i, k: m.encode_prefix(i, k)),
-                _replicated_jit(self.bundle, lambda m, i, k, pre: jax.vmap(
+                replicated_jit(self.bundle, lambda m, i, k: m.encode_prefix(i, k)),
+                replicated_jit(self.bundle, lambda m, i, k, pre: jax.vmap(
                     lambda p: m.last_lm_logits(i, k, prefix=p))(pre)))
         encode_fn, score_fn = self._icl_fns
         by_length: dict[int, list[int]] = {}
@@ -247,7 +243,7 @@ def feature_progress(source: str, n_texts: int):
               f"({tokens[0] / max(took, 1e-9):,.0f} tokens/s)", file=sys.stderr, flush=True)
 
 
-def _replicated_jit(bundle, fn):
+def replicated_jit(bundle, fn):
     """jit `fn(model, *args)` over the bundle's current weights with a replicated output, so
     every process (multi-host) can read the whole result."""
     graphdef, state = nnx.split(bundle.model)

@@ -16,12 +16,10 @@ from fractions import Fraction
 from typing import Any
 
 from scalable_elicitation import budget as budget_lib
-from scalable_elicitation import labelers, methods, records, selection
+from scalable_elicitation import grouping, labelers, methods, records, selection
 from scalable_elicitation.data.registry import resolve_options, task_kind
 from scalable_elicitation.paths import as_path
 
-# `groups.GROUP_SHARDINGS`, named here because planning imports no JAX (tests pin the two equal)
-GROUP_SHARDINGS = ("rows", "runs")
 
 POINT_KEYS = ("budget", "fraction", "seed")
 LOSSES = ("xent", "logconf")
@@ -81,11 +79,8 @@ def validate(config) -> None:
          "parallel_runs", f"{config.get('parallel_runs')!r}; allowed: 0 (as many as fit the "
          "device), 1 (one at a time) or more")
     placement, mesh = config.get("group_sharding", "rows"), dict(config.get("mesh", {}))
-    need(placement in GROUP_SHARDINGS, "group_sharding",
-         f"{placement!r}; allowed: {', '.join(GROUP_SHARDINGS)}")
-    need(placement != "runs" or (mesh.get("fsdp", 1) == 1 and mesh.get("tensor", 1) == 1), "group_sharding",
-         f"'runs' puts whole runs on devices, so the model must fit one device: set mesh.fsdp "
-         f"and mesh.tensor to 1 (mesh is {mesh}) or use 'rows'")
+    error = grouping.placement_error(placement, mesh)
+    need(error is None, "group_sharding", error)
     need(config.n_test >= 2, "n_test", f"{config.n_test} must be >= 2")
     need(config.train.lr > 0, "train.lr", f"{config.train.lr} must be > 0")
     need(config.train.max_visits >= 1, "train.max_visits", "must be >= 1")

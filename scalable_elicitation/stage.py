@@ -101,8 +101,8 @@ def visits_through(n_train: int, steps: int, batch_size: int) -> int:
 
 
 def steps_for_visits(n_train: int, visits: int, batch_size: int) -> int:
-    """The fewest steps whose batches make at least `visits` example visits
-    (docs/design.md#stages): a step visits min(batch_size, n_train) examples, so 3,000 visits of 16 labels take 188 steps
+    """The fewest steps whose batches make at least `visits` example visits (docs/design.md#stages):
+    a step visits min(batch_size, n_train) examples, so 3,000 visits of 16 labels take 188 steps
     (not ceil(3000 / 32) = 94), and epoch-final short batches count as one step each."""
     if n_train < 1 or visits < 1:
         return 1

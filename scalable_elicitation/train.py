@@ -154,8 +154,8 @@ class Steps:
         """Head-only training on cached features: batches carry `features` [B, D].
 
         The features arrive standardised per dimension with statistics of the task's unlabelled
-        training texts (`batching.FeatureStats`, docs/design.md#model). A frozen base cannot
-        move the decision threshold, so the probe has a bias; the finetuned head has none. (Standardising
+        training texts (`batching.FeatureStats`, docs/design.md#model). A frozen base cannot move
+        the decision threshold, so the probe has a bias; the finetuned head has none. (Standardising
         each example's vector instead leaves a component shared by all examples that acts as a
         hidden bias, and early-stopped probes then predict one class for every input.)
         """

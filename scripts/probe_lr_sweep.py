@@ -38,7 +38,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = cost_sweep.get_config()
     sweep = R.Sweep(config, args.workdir)
-    learner = sweep.learner
+    learner = sweep.data.learner
     print("| lr | " + " | ".join(f"n={n} acc (auroc)" for n in args.ns.split(",")) + " |")
     print("|---|" + "---|" * len(args.ns.split(",")))
     for lr in (float(x) for x in args.lrs.split(",")):
@@ -46,7 +46,7 @@ def main(argv=None):
         for n in (int(x) for x in args.ns.split(",")):
             accs, aucs = [], []
             for seed in range(args.seeds):
-                pools, stats = sweep.pools(seed), sweep.feature_stats()
+                pools, stats = sweep.data.pools(seed), sweep.data.feature_stats()
                 oracle = pools.take("oracle", pools.size("oracle"))
                 train, val = oracle.take(np.arange(n)), oracle.take(
                     np.arange(len(oracle) - N_VALIDATION, len(oracle)))

@@ -23,11 +23,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 @pytest.fixture
 def group_loop_spy(monkeypatch):
     """The shardings of the stacked trainable parameters going into each call of the group
-    loop (`groups._group_loop`) and coming out of it: a list of (in, out) trees."""
+    loop (`groups.group_loop`) and coming out of it: a list of (in, out) trees."""
     import jax
 
     from scalable_elicitation import groups
-    seen, real = [], groups._group_loop
+    seen, real = [], groups.group_loop
 
     def spy(*args):
         loop = real(*args)
@@ -39,5 +39,5 @@ def group_loop_spy(monkeypatch):
             return out
         return call
 
-    monkeypatch.setattr(groups, "_group_loop", spy)
+    monkeypatch.setattr(groups, "group_loop", spy)
     return seen

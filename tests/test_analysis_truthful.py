@@ -68,7 +68,7 @@ def test_selection_bias_is_positive_on_a_surface_of_equal_cells():
     # and it grows with the number of configurations picked among
     assert several.sort_values("n_candidates")["selection_bias"].iloc[-1] > \
         several.sort_values("n_candidates")["selection_bias"].iloc[0]
-    sentence = report._best_method_sentences(table)[-1]
+    sentence = report.best_method_sentences(table)[-1]
     assert sentence.startswith("Picking the best of") and "accuracy points" in sentence
 
 

@@ -40,7 +40,7 @@ def test_default_records_carry_weak_label_quality(default_records):
         assert 0.4 <= rec["weak_label_positive_rate"] <= 0.6  # balanced pool, balanced calls
         assert 0.0 <= rec["weak_label_ece"] <= 0.2  # lr 0.1 gave 0.23-0.24, saturated
         assert 0.6 <= rec["weak_label_accuracy"] <= 0.85  # a weak, not a useless, labeller
-    soft = sweep.weak_labels(0).soft
+    soft = sweep.data.weak_labels(0).soft
     # soft labels, not 0/1: the old labeller's median was 0.001 and its q10/q90 were 0 and 1
     assert np.mean((soft > 0.05) & (soft < 0.95)) >= 0.5
 

@@ -118,21 +118,22 @@ def test_auto_group_size_follows_memory_and_the_platform_rule(monkeypatch):
     """The default group size: probes group on CPU (capped by the measured rule), finetuned
     transformers go one at a time there; a memory budget smaller than one run still gives 1,
     and more memory never gives a smaller group."""
-    from scalable_elicitation import groups
+    from scalable_elicitation import grouping, groups
     from scalable_elicitation.learner import Learner, LearnerConfig
+    from scalable_elicitation.runner import auto_group_size
     probe = Learner(LearnerConfig("tiny:llama", trainable="head", max_length=32, buckets=(32,),
                                   mesh=(("data", 1),)))
     lora = Learner(LearnerConfig("tiny:llama", trainable="lora", max_length=32, buckets=(32,),
                                  mesh=(("data", 1),)))
     assert jax.local_devices()[0].platform == "cpu"
-    assert groups.auto_group_size(probe, 256, 75) == groups.MAX_AUTO_GROUP[("cpu", True)] > 1
-    assert groups.auto_group_size(probe, 256, 3) == 3  # never more than the runs
-    assert groups.auto_group_size(lora, 256, 75) == groups.MAX_AUTO_GROUP[("cpu", False)] == 1
-    sizes = [groups.auto_group_size(probe, 256, 75, memory_share=s, cap=64)
+    assert auto_group_size(probe, 256, 75) == grouping.MAX_AUTO_GROUP[("cpu", True)] > 1
+    assert auto_group_size(probe, 256, 3) == 3  # never more than the runs
+    assert auto_group_size(lora, 256, 75) == grouping.MAX_AUTO_GROUP[("cpu", False)] == 1
+    sizes = [auto_group_size(probe, 256, 75, memory_share=s, cap=64)
              for s in (1e-12, 1e-6, 1e-4, 0.5)]
     assert sizes[0] == 1 and sizes == sorted(sizes) and sizes[-1] == 64
     # whole runs spread over a CPU's 8 fake devices: one host RAM, no bigger group
-    size = functools.partial(groups.auto_group_size, probe, 256, 10**6, cap=10**6)
+    size = functools.partial(auto_group_size, probe, 256, 10**6, cap=10**6)
     assert size(memory_share=1e-3, devices=8) == size(memory_share=1e-3) >= 2
 
     class Accelerator:  # a device with its own memory, as a GPU reports it

@@ -105,7 +105,7 @@ def test_checkpoints_on_gs_keep_the_uri_and_are_removed_there(gcs, tmp_path, mon
 
     monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", Manager)
     run = "gs://bucket/sweep/runs/abc"
-    checkpoint.StageCheckpointer(paths.as_path(run) / "ckpt" / "stage0")._manager  # made lazily
+    checkpoint.StageCheckpointer(paths.as_path(run) / "ckpt" / "stage0").manager  # made lazily
     assert [str(d) for d in given] == [f"{run}/ckpt/stage0"] and paths.is_uri(given[0])
     ckpt = tmp_path / "bucket-root" / "bucket" / "sweep" / "runs" / "abc" / "ckpt" / "stage0"
     ckpt.mkdir(parents=True)

@@ -16,7 +16,7 @@ PACKAGES = ("scalable_elicitation", "analysis", "launch", "configs")
 
 # Layers of scalable_elicitation, bottom first: a module may import its own layer or lower ones.
 LAYERS = (
-    ("paths", "sharding", "budget", "assets", "tracking"),
+    ("paths", "sharding", "budget", "assets", "tracking", "grouping"),
     ("data",),
     ("batching", "metrics", "prompts"),
     ("models",),
@@ -25,6 +25,8 @@ LAYERS = (
     ("learner", "groups"),
     ("labelers", "methods", "selection"),
     ("records", "planning", "schedules"),
+    ("shared",),
+    ("run_program",),
     ("runner",),
     ("experiment",),
     ("plots", "main", "data.__main__"),

@@ -57,7 +57,7 @@ def test_icl_prefix_cache_equals_full_prompt():
     builder = PromptBuilder(learner.tokenizer, shots, shot_max_length=16, input_max_length=32,
                             seed=0)
     texts = ["what a movie", "no", "somewhat longer input text here"]
-    cached = learner.icl_scores(builder, ["1", "2", "3"], texts)
+    cached = learner.icl_scores_many([builder], ["1", "2", "3"], texts)[0]
     id0, id1 = label_token_ids(learner.tokenizer)
     model = learner.bundle.model
     for text, got in zip(texts, cached):
@@ -82,8 +82,8 @@ def test_icl_scores_of_many_runs_at_once_equal_each_alone():
     assert len({len(b.prefix()) > 64 for b in builders}) == 2  # two prefix length buckets
     together = learner.icl_scores_many(builders, ["1", "2", "3"], texts)
     for builder, got in zip(builders, together):
-        np.testing.assert_allclose(got, learner.icl_scores(builder, ["1", "2", "3"], texts),
-                                   atol=1e-5)
+        alone = learner.icl_scores_many([builder], ["1", "2", "3"], texts)[0]
+        np.testing.assert_allclose(got, alone, atol=1e-5)
     assert not np.allclose(together[0], together[1])  # the shots matter
 
 
@@ -115,8 +115,8 @@ def test_weak_shots_show_weak_labels_never_ground_truth(tmp_path):
     config = smoke(method="kshot_sft", k=4)
     config.labeler.rate = 1.0  # every weak label is wrong
     sweep = R.Sweep(config, tmp_path)
-    weak = sweep.weak_labels(0)
-    pools = sweep.pools(0)
+    weak = sweep.data.weak_labels(0)
+    pools = sweep.data.pools(0)
     bought = methods.Bought(pools.take("weak", 10), pools.take("oracle", 2))
     after = methods.get("kshot_sft").take_shots(config, weak, bought)
     shots = make_shots(after.shots.split["id"], after.shots.split["text"], after.shots.shown)

@@ -177,7 +177,7 @@ def test_llamacpp_permute_roundtrip():
     n_heads, hd, d = 3, 8, 5
     w = rng.normal(size=(n_heads * hd, d))
     permuted = w.reshape(n_heads, 2, hd // 2, d).swapaxes(1, 2).reshape(w.shape)
-    np.testing.assert_array_equal(W._undo_llamacpp_permute(permuted, n_heads), w)
+    np.testing.assert_array_equal(W.undo_llamacpp_permute(permuted, n_heads), w)
 
 
 def test_missing_asset_prints_pip_command(monkeypatch):

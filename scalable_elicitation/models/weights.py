@@ -78,7 +78,7 @@ def llama_hf_map(cfg: ArchConfig) -> tuple[list[Mapping], list[str]]:
     return m, unused
 
 
-def _undo_llamacpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+def undo_llamacpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
     """llama.cpp's converter interleaves the two rotary halves of each head's rows; undo it.
 
     Rows of head j are stored as pairs (i, i + hd/2) side by side; we want halves again.
@@ -95,12 +95,12 @@ def llama_gguf_map(cfg: ArchConfig, arch: str) -> tuple[list[Mapping], list[str]
 
     def qk(n):
         if permuted:
-            return lambda x: _undo_llamacpp_permute(x, n).T.reshape(d, n, hd)
+            return lambda x: undo_llamacpp_permute(x, n).T.reshape(d, n, hd)
         return lambda x: x.T.reshape(d, n, hd)
 
     def qk_bias(n):
         if permuted:
-            return lambda x: _undo_llamacpp_permute(x, n).reshape(n, hd)
+            return lambda x: undo_llamacpp_permute(x, n).reshape(n, hd)
         return lambda x: x.reshape(n, hd)
 
     m = [Mapping("token_embd.weight", "embed", None, lambda x: x),
