@@ -77,6 +77,9 @@ def get_config(arg=None):
     # step loop stays on the device in between. Placement, like parallel_runs: not in run ids.
     c.host_poll_steps = 512
     c.tensorboard = True  # per-step losses and per-run metrics in WORKDIR/tb (as launch.sweep)
+    # auto | cpu | gpu | tpu: a run asked for a GPU or TPU refuses to start on another backend
+    # (launch/gpu_slurm.sbatch and launch/tpu_vm.sh ask); placement only, not in run ids
+    c.platform = "auto"
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32

@@ -197,8 +197,17 @@ def main(argv):
                      jax.device_count())
 
     from scalable_elicitation import runner as runner_lib
+    from scalable_elicitation.planning import validate
+    from scalable_elicitation.sharding import check_platform
 
     config = FLAGS.config
+    if not FLAGS.dry_run:
+        try:
+            validate(config)
+            check_platform(config.get("platform", "auto"))
+        except ValueError as err:  # a GPU/TPU job on a CPU-only install: say so, run nothing
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     points = experiment.sweep_points(FLAGS["config"].config_filename, config)
     if not points:
         raise app.UsageError("the config file defines no sweep(add, config)")

@@ -166,7 +166,7 @@ if [[ -n "$archive" ]]; then
 fi
 
 args=""
-for arg in "$@"; do args+=" $(printf '%q' "$arg")"; done
+for arg in "$@" --config.platform=tpu; do args+=" $(printf '%q' "$arg")"; done
 log="sweep-$(date +%Y%m%d-%H%M%S).log"
 # setsid + nohup + redirections: the sweep outlives the ssh session; it writes its own pid
 run="set -e; $busy; cd $rdir; mkdir -p logs; ln -sfn $log logs/latest.log"

@@ -27,6 +27,7 @@ SCHEDULES = ("default", "api")
 # train.small_stage_val: a stage too small for a carve-out validates on the previous stage's
 # carve-out ("previous") or not at all ("none", the study's rule); `schedules.borrows_validation`
 SMALL_STAGE_VALIDATION = ("previous", "none")
+PLATFORMS = ("auto", "cpu", "gpu", "tpu")  # config.platform (`sharding.check_platform`)
 # Config keys (top-level blocks) that everything a sweep shares per seed depends on: the task,
 # the test set, the weak labels, the pools, the prices and the grid. A sweep point may not
 # override them (a separate sweep may); every other key, the learner's included, it may.
@@ -81,6 +82,8 @@ def validate(config) -> None:
     placement, mesh = config.get("group_sharding", "rows"), dict(config.get("mesh", {}))
     error = grouping.placement_error(placement, mesh)
     need(error is None, "group_sharding", error)
+    need(config.get("platform", "auto") in PLATFORMS, "platform",
+         f"{config.get('platform')!r}; allowed: {', '.join(PLATFORMS)}")
     need(config.n_test >= 2, "n_test", f"{config.n_test} must be >= 2")
     need(config.train.lr > 0, "train.lr", f"{config.train.lr} must be > 0")
     need(config.train.max_visits >= 1, "train.max_visits", "must be >= 1")

@@ -137,3 +137,18 @@ def data_parallel_size(mesh: Mesh, rules=DEFAULT_RULES) -> int:
     target = dict(rules)["batch"]
     targets = (target,) if isinstance(target, str) else tuple(target or ())
     return int(np.prod([mesh.shape.get(t, 1) for t in targets]))
+
+
+def check_platform(wanted: str) -> str:
+    """The backend JAX runs on (`jax.default_backend()`), after checking it is the one a run
+    asked for (`config.platform`: auto, cpu, gpu or tpu). A GPU or TPU job on an install whose
+    jaxlib only has the CPU backend would otherwise train on the CPU, silently and for days:
+    a ValueError says so, with the install that fixes it."""
+    found = jax.default_backend()
+    if wanted in ("auto", found):
+        return found
+    raise ValueError(
+        f"config.platform={wanted!r}, but JAX runs on {found!r} (jax {jax.__version__}; "
+        f"devices: {', '.join(sorted({d.platform for d in jax.devices()}))}). Install JAX for "
+        f"{wanted} (SE_EXTRAS={wanted},analysis bash scripts/bootstrap.sh, i.e. pip install "
+        f"'.[{wanted}]'), or pass --config.platform=auto to run on {found!r}")

@@ -177,6 +177,7 @@ def test_slurm_two_nodes_of_eight_gpus_use_all_sixteen(tmp_path, monkeypatch, ho
     seen = []
     for task in tasks:
         assert task["SE_MULTIHOST"] == "1" and "-m launch.sweep --config=c.py" in task["ARGV"]
+        assert task["ARGV"].endswith(" --config.platform=gpu")  # no silent CPU training
         pid, count, ids = _jax_view(task, monkeypatch)
         assert count == n_proc and pid == int(task["SLURM_PROCID"])
         visible = task["CUDA_VISIBLE_DEVICES"].split(",")
@@ -376,7 +377,9 @@ def test_tpu_install_gets_python311_tpu_extra_and_assets_then_runs_detached(tmp_
     while record() is None and time.time() < deadline:
         time.sleep(0.1)
     rec = record() or {}
-    assert rec["SE_MULTIHOST"] == "1" and rec["ARGV"].endswith(" ".join(ARGS))
+    # the sweep is asked for the TPU backend: a CPU-only jaxlib refuses it at start-up
+    assert rec["SE_MULTIHOST"] == "1"
+    assert rec["ARGV"].endswith(" ".join(ARGS) + " --config.platform=tpu")
     assert rec["PWD"] == str(tmp_path / "worker" / "scalable_elicitation")
     logs = tmp_path / "worker" / "scalable_elicitation" / "logs"
     assert os.readlink(logs / "latest.log").startswith("sweep-")

@@ -1,6 +1,7 @@
 """The sweep on the smoke config (tiny random model): records, reruns, seeds, compiles,
 infeasible points, overrides, config errors, the command line, resume and TensorBoard."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -203,6 +204,24 @@ def test_cli_rejects_unknown_override_and_prints_dry_run(tmp_path):
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.strip().splitlines()
     assert len(lines) == 6 and all(line.split()[-1] == "todo" for line in lines)
+
+
+def test_a_gpu_job_on_a_cpu_only_install_exits_2_before_writing_anything(tmp_path):
+    for module in ("scalable_elicitation.main", "launch.sweep"):
+        workdir = tmp_path / module
+        run = subprocess.run(
+            [sys.executable, "-m", module, f"--config={CONFIG}:smoke", f"--workdir={workdir}",
+             "--config.platform=gpu"], capture_output=True, text=True, cwd=ROOT,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        assert run.returncode == 2, (module, run.stderr[-2000:])
+        assert "error: config.platform='gpu', but JAX runs on 'cpu'" in run.stderr
+        assert "SE_EXTRAS=gpu" in run.stderr and "Traceback" not in run.stderr
+        assert not (workdir / "runs").exists()
+    bad = subprocess.run([sys.executable, "-m", "scalable_elicitation.main",
+                          f"--config={CONFIG}:smoke", f"--workdir={tmp_path / 'w'}",
+                          "--config.platform=cuda"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "config.platform: 'cuda'; allowed: auto, cpu, gpu, tpu" \
+        in bad.stderr
 
 
 class _Kill(KeyboardInterrupt):
