@@ -119,16 +119,7 @@ def is_leader() -> bool:
 
 
 def broadcast_int(value: int) -> int:
-    """Process 0's `value`, on every process (a collective: every process must call it, the
-    same number of times in the same order; the others' `value` is ignored)."""
-    import jax
-    if jax.process_count() == 1:
-        return int(value)
-    import numpy as np
-    from jax.experimental import multihost_utils
-    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
-
-
-def broadcast_flag(value: bool) -> bool:
-    """Process 0's `value`, on every process (a collective, as `broadcast_int`)."""
-    return bool(broadcast_int(1 if value else 0))
+    """Process 0's `value`, on every process (`sharding.broadcast_int`, imported here lazily:
+    this module loads before JAX may start)."""
+    from scalable_elicitation.sharding import broadcast_int as broadcast
+    return broadcast(value)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import jax
 import numpy as np
@@ -35,17 +34,12 @@ def _abstract(tree):
 
 
 class StageCheckpointer:
-    """Mid-stage and end-of-stage checkpoints of one stage of one run. `save` writes at most
-    once per `min_interval_s`, counted from when the checkpointer was made (the stage's
-    start); `force=True` always writes."""
+    """Mid-stage and end-of-stage checkpoints of one stage of one run. When to save is the
+    engine's decision (`groups`: on process 0's clock, the same on every process, since Orbax
+    expects every process to call the manager); a checkpointer writes when asked."""
 
-    def __init__(self, directory: str | os.PathLike, *, min_interval_s: float = 0.0):
+    def __init__(self, directory: str | os.PathLike):
         self.directory = as_path(directory)
-        self.min_interval_s = min_interval_s
-        # the interval runs from the stage's start: a stage shorter than it never saves
-        # mid-way (its first evaluation used to save at once, an Orbax save of ~70 ms for
-        # every short stage: half of a fast one-at-a-time sweep's time)
-        self._last = time.monotonic()
         self._opened = None
 
     @property
@@ -64,11 +58,7 @@ class StageCheckpointer:
         return self._opened is None and not self.directory.exists()
 
     # -- mid-stage ---------------------------------------------------------------------------
-    def save(self, step: int, state, best: dict, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < self.min_interval_s:
-            return
-        self._last = now
+    def save(self, step: int, state, best: dict) -> None:
         has_best = best["params"] is not None
         tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state,
                 "key": jax.random.key_data(state.key),

@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from scalable_elicitation import grouping
 from scalable_elicitation.batching import BatchSpec, Encoded, Features, bucket_for
-from scalable_elicitation.sharding import batch_sharding
+from scalable_elicitation.sharding import batch_sharding, broadcast_flag
 from scalable_elicitation.stage import (StageConfig, StageResult, batch_order, stage_record,
                                         stage_schedule)
 from scalable_elicitation.train import Steps
@@ -432,7 +432,9 @@ def _drive(loop, carry, consts, steps: Steps, members: Sequence[Member], lay: _L
             done = np.asarray(jax.device_get(carry["done"]))
         if done.all():
             return carry, step, losses, errors
-        if time.monotonic() - last_save >= checkpoint_interval_s:
+        # process 0's clock decides for all: every process must call Orbax alike, or a save
+        # that one process starts and another skips hangs
+        if broadcast_flag(time.monotonic() - last_save >= checkpoint_interval_s):
             _save_all(members, carry, errors)
             last_save = time.monotonic()
 
@@ -517,7 +519,7 @@ def _save_all(members, carry, errors) -> None:
         best = {"metric": float(fetched["metric"][g]) if has else -np.inf,
                 "step": int(fetched["best_step"][g]), "bad": int(fetched["bad"][g]),
                 "params": _member(carry["best"], g) if has else None}
-        m.checkpoint.save(int(state.step), state, best, force=True)
+        m.checkpoint.save(int(state.step), state, best)
 
 
 def device_memory(devices: int = 1) -> tuple[str, int]:

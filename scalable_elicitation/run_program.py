@@ -27,6 +27,7 @@ from scalable_elicitation.methods import STREAMS, Bought, InfeasibleRun
 from scalable_elicitation.planning import RunSpec
 from scalable_elicitation.prompts import PromptBuilder, make_shots
 from scalable_elicitation.shared import SharedData
+from scalable_elicitation.sharding import broadcast_flag
 from scalable_elicitation.stage import predict, split_validation, stage_schedule
 from scalable_elicitation.train import Steps
 
@@ -223,9 +224,7 @@ class RunProgram:
             if log is not None:
                 log.scalar(f"{source}/loss", loss, step)
 
-        ckpt = (StageCheckpointer(out / "ckpt" / f"stage{index}",
-                                  min_interval_s=c.checkpoint_interval_s)
-                if c.checkpoint else None)
+        ckpt = StageCheckpointer(out / "ckpt" / f"stage{index}") if c.checkpoint else None
         try:
             done = ckpt.restore_done(params) if ckpt else None
             if done is not None:  # finished before an interruption: reuse its result
@@ -241,7 +240,8 @@ class RunProgram:
                 member, learner.steps, schedules.batch_spec(c, learner.spec, learner.steps.mesh,
                                                             n),
                 c.checkpoint_interval_s)
-            if ckpt and took >= c.checkpoint_interval_s:
+            # process 0's clock decides for all (`sharding.broadcast_flag`)
+            if ckpt and broadcast_flag(took >= c.checkpoint_interval_s):
                 ckpt.save_done(result.params, result.record)
             return result.params, result.record, own_val
         finally:

@@ -152,3 +152,18 @@ def check_platform(wanted: str) -> str:
         f"devices: {', '.join(sorted({d.platform for d in jax.devices()}))}). Install JAX for "
         f"{wanted} (SE_EXTRAS={wanted},analysis bash scripts/bootstrap.sh, i.e. pip install "
         f"'.[{wanted}]'), or pass --config.platform=auto to run on {found!r}")
+
+
+def broadcast_int(value: int) -> int:
+    """Process 0's `value`, on every process (a collective: every process must call it, the
+    same number of times in the same order; the others' `value` is ignored)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def broadcast_flag(value: bool) -> bool:
+    """Process 0's decision, on every process (a collective, as `broadcast_int`): decisions
+    made from a process's own clock (when to save) must not split between processes."""
+    return bool(broadcast_int(1 if value else 0))

@@ -132,3 +132,31 @@ def test_two_process_sweep_with_a_held_lock_finishes(tmp_path):
         rec = json.loads((workdir / "runs" / run_id / "result.json").read_text())
         assert rec["status"] == "ok", rec.get("error")
         assert len((workdir / "runs" / run_id / "starts.log").read_text().splitlines()) == 1
+
+
+_DECIDE = """
+import json, sys
+from launch import multihost
+assert multihost.maybe_initialize()
+from scalable_elicitation.sharding import broadcast_flag
+own = [bool(int(x)) for x in sys.argv[1].split(",")]
+print(json.dumps([broadcast_flag(x) for x in own]))
+"""
+
+
+def test_two_processes_save_together_whatever_their_own_clocks_say(tmp_path):
+    """Whether to save is process 0's call on every process (`sharding.broadcast_flag`, used by
+    the engine's saves): with clocks that disagree, both save or both skip, never one alone
+    (Orbax waits for every process, so a split decision hangs)."""
+    port = _free_port()
+    own = {0: "1,0,1,0", 1: "0,1,1,0"}  # each process's own clock: save now?
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", _DECIDE, own[i]], cwd=ROOT,
+        env=_env(1, SE_COORDINATOR_ADDRESS=f"localhost:{port}", SE_NUM_PROCESSES="2",
+                 SE_PROCESS_ID=str(i)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    decided = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert decided[0] == decided[1] == [True, False, True, False]  # process 0's clock
