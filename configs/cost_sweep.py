@@ -51,6 +51,10 @@ def get_config(arg=None):
     # with six buckets from 16 to 64 than with (32, 64) (one compile per bucket)
     c.length_buckets = (16, 24, 32, 48, 64)
     c.remat = False
+    # auto: jax.nn.dot_product_attention (cuDNN's fused kernel where it applies) on GPU/TPU,
+    # our einsum attention on CPU; einsum | fused force one. Equal within float tolerance,
+    # so not part of run ids
+    c.attention = "auto"
     c.method = "seq_sft"  # seq_sft | kshot_sft | icl | mixture_sft
     c.loss = "xent"  # xent | logconf (weak stage)
     c.oracle_selection = "random"  # random | entropy (uncertainty sampling)

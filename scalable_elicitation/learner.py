@@ -46,6 +46,7 @@ class LearnerConfig:
     mesh: tuple[tuple[str, int], ...] = (("data", -1),)
     remat: bool = False
     pooling: str | None = None  # None: the family's (decoders: last token; MiniLM: mean)
+    attention: str = "einsum"  # einsum | fused (`models.layers.attention`)
 
     def __post_init__(self):
         if self.max_length > max(self.buckets):
@@ -65,6 +66,7 @@ class Learner:
                 if cfg.trainable == "lora" else None)
         self.bundle = load_pretrained(cfg.source, dtype=cfg.dtype, lora=lora,
                                       trainable=cfg.trainable, mesh=mesh, remat=cfg.remat,
+                                      attention=cfg.attention,
                                       pooling=cfg.pooling)
         tok = self.bundle.tokenizer
         if tok is None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 from scalable_elicitation.batching import FeatureStats
 from scalable_elicitation.data import load_task, make_pools
 from scalable_elicitation.labelers import cached_weak_labels
@@ -17,13 +19,19 @@ from scalable_elicitation.learner import Learner, LearnerConfig
 
 
 def learner_config(config) -> LearnerConfig:
-    """The learner a (run's) config asks for: model, trainable scope, lengths, batch, mesh."""
+    """The learner a (run's) config asks for: model, trainable scope, lengths, batch, mesh,
+    attention (`auto`: fused on GPUs and TPUs, our einsum path on CPU, where it is the
+    reference the fused one is checked against)."""
     c = config
+    attention = c.get("attention", "einsum")
+    if attention == "auto":
+        attention = "einsum" if jax.default_backend() == "cpu" else "fused"
     return LearnerConfig(
         c.model, trainable=c.trainable, dtype=c.dtype, lora_rank=c.lora.rank,
         lora_alpha=c.lora.alpha, lora_dropout=c.lora.dropout, max_length=c.max_length,
         buckets=tuple(c.length_buckets), batch_size=c.train.batch_size,
-        mesh=tuple(c.mesh.items()), remat=c.remat, pooling=c.pooling or None)
+        mesh=tuple(c.mesh.items()), remat=c.remat, pooling=c.pooling or None,
+        attention=attention)
 
 
 class SharedData:

@@ -190,8 +190,10 @@ def load_pretrained(source: str | pathlib.Path, *, num_labels: int = 2,
                     dtype: str = "bfloat16", compute_dtype: str | None = None,
                     lora: LoraConfig | None = None, trainable: str = "lora", mesh=None,
                     rules=DEFAULT_RULES, pooling: str | None = None, seed: int = 0,
-                    remat: bool = False) -> ModelBundle:
-    """Build our model for `source` and load its weights strictly (see module docstring)."""
+                    remat: bool = False, attention: str | None = None) -> ModelBundle:
+    """Build our model for `source` and load its weights strictly (see module docstring).
+    `pooling` and `attention` (`ArchConfig.attention`) override the family's defaults."""
+    options = {k: v for k, v in (("pooling", pooling), ("attention", attention)) if v}
     kw = dict(num_labels=num_labels, dtype=dtype, compute_dtype=compute_dtype, lora=lora,
               trainable=trainable, mesh=mesh, rules=rules, seed=seed, remat=remat)
     src = str(source)
@@ -200,9 +202,7 @@ def load_pretrained(source: str | pathlib.Path, *, num_labels: int = 2,
         if name not in TINY_CONFIGS:
             raise ValueError(f"unknown tiny model {src!r}; allowed: "
                              f"{['tiny:' + k for k in TINY_CONFIGS]}")
-        cfg = TINY_CONFIGS[name]
-        if pooling:
-            cfg = dataclasses.replace(cfg, pooling=pooling)
+        cfg = dataclasses.replace(TINY_CONFIGS[name], **options)
         model, lora_cfg, mesh, args = build_model(cfg, **kw)
         return ModelBundle(model, byte_tokenizer(), cfg, src, trainable, lora_cfg, mesh,
                            build_args=args)
@@ -214,14 +214,14 @@ def load_pretrained(source: str | pathlib.Path, *, num_labels: int = 2,
     else:
         path = pathlib.Path(src).expanduser()
     if str(path).endswith(".gguf"):
-        return _load_gguf(path, pooling=pooling, **kw)
+        return _load_gguf(path, options=options, **kw)
     if not path.exists():
         if path.is_absolute() or src.startswith(".") or src.count("/") != 1:
             raise FileNotFoundError(f"model source {src!r}: no such file or folder (expected a "
                                     "Hugging Face folder, a .gguf file, a hub id 'org/name', "
                                     f"an asset name {sorted(assets.ASSETS)} or tiny:llama)")
         path = _download_hub(src)
-    return _load_hf_folder(path, pooling=pooling, **kw)
+    return _load_hf_folder(path, options=options, **kw)
 
 
 def _download_hub(repo_id: str) -> pathlib.Path:
@@ -237,10 +237,11 @@ def _download_hub(repo_id: str) -> pathlib.Path:
             "to a local folder and pass its path") from None
 
 
-def _load_hf_folder(path: pathlib.Path, *, pooling, **kw) -> ModelBundle:
+def _load_hf_folder(path: pathlib.Path, *, options, **kw) -> ModelBundle:
     from transformers import AutoTokenizer
 
-    cfg = W.hf_config_from_folder(path, pooling)
+    cfg = W.hf_config_from_folder(path, options.get("pooling"))
+    cfg = dataclasses.replace(cfg, **options)
     model, lora_cfg, mesh, args = build_model(cfg, **kw)
     family_map = W.llama_hf_map if cfg.family == "llama" else W.bert_hf_map
     mappings, unused_patterns = family_map(cfg)
@@ -254,15 +255,14 @@ def _load_hf_folder(path: pathlib.Path, *, pooling, **kw) -> ModelBundle:
                        unused, args)
 
 
-def _load_gguf(path: pathlib.Path, *, pooling, **kw) -> ModelBundle:
+def _load_gguf(path: pathlib.Path, *, options, **kw) -> ModelBundle:
     from scalable_elicitation.models.gguf_file import GGUFFile
 
     if not path.exists():
         raise FileNotFoundError(f"GGUF file {path} not found")
     reader = GGUFFile(path)
     cfg, arch = W.gguf_config(reader)
-    if pooling:
-        cfg = dataclasses.replace(cfg, pooling=pooling)
+    cfg = dataclasses.replace(cfg, **options)
     model, lora_cfg, mesh, args = build_model(cfg, **kw)
     mappings, unused_patterns = W.llama_gguf_map(cfg, arch)
     unused = _load_into(model, mappings, unused_patterns, W.GGUFSource(reader), str(path), mesh,

@@ -93,7 +93,8 @@ class BertModel(nnx.Module):
         def body(layer, x, key):
             ks = jax.random.split(key, 6) if key is not None else [None] * 6
             q, k, v = layer.q(x, ks[0]), layer.k(x, ks[1]), layer.v(x, ks[2])
-            attn = layer.o(L.attention(q, k, v, bias), ks[3])
+            attn = layer.o(L.attention(q, k, v, bias, fused=cfg.attention == "fused"),
+                           ks[3])
             x = L.layer_norm(x + attn, layer.attn_norm_scale.value, layer.attn_norm_bias.value,
                              cfg.norm_eps)
             ff = layer.down(act(layer.up(x, ks[4])), ks[5])

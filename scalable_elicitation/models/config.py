@@ -13,6 +13,7 @@ BERT_MODEL_TYPES = ("bert",)
 LLAMA_LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 BERT_LORA_TARGETS = ("q", "k", "v", "o", "up", "down")
 POOLINGS = ("last", "first", "mean")
+ATTENTIONS = ("einsum", "fused")
 TRAINABLE_SCOPES = ("lora", "full", "head")
 
 
@@ -44,12 +45,17 @@ class ArchConfig:
     hidden_act: str = "silu"
     pooling: str = "last"  # how the classifier pools: last (decoders), first (BERT CLS), mean
     pad_token_id: int | None = None
+    # "einsum": our XLA attention (float32 scores, any additive mask); "fused":
+    # jax.nn.dot_product_attention, which picks cuDNN's fused kernel where it applies
+    attention: str = "einsum"
 
     def __post_init__(self):
         if self.family not in ("llama", "bert"):
             raise ValueError(f"ArchConfig.family={self.family!r}; allowed: 'llama', 'bert'")
         if self.pooling not in POOLINGS:
             raise ValueError(f"ArchConfig.pooling={self.pooling!r}; allowed: {POOLINGS}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"ArchConfig.attention={self.attention!r}; allowed: {ATTENTIONS}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")

@@ -119,11 +119,16 @@ def apply_rope(x, positions, inv_freq):
     return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
-def attention(q, k, v, bias):
+def attention(q, k, v, bias, fused: bool = False):
     """Softmax attention with grouped KV heads.
 
     q: [B, Lq, H, hd]; k, v: [B, Lk, KV, hd]; bias: [B, Lq, Lk] additive (0 or NEG_INF).
+    `fused`: `jax.nn.dot_product_attention` (grouped KV heads natively; its implementation
+    chosen by JAX for the platform: cuDNN's fused kernel on GPUs where it applies, XLA
+    elsewhere), else our einsum path with float32 scores.
     """
+    if fused:
+        return jax.nn.dot_product_attention(q, k, v, bias=bias[:, None, :, :].astype(q.dtype))
     b, lq, h, hd = q.shape
     kv = k.shape[2]
     g = h // kv

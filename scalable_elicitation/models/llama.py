@@ -55,7 +55,7 @@ def _block(cfg: ArchConfig, inv_freq, layer: DecoderLayers, x, positions, bias, 
         pk, pv = prefix_kv
         k = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
         v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
-    attn = L.attention(q, k, v, bias)
+    attn = L.attention(q, k, v, bias, fused=cfg.attention == "fused")
     x = x + layer.o(attn, keys[3])
     h = L.rms_norm(x, layer.mlp_norm.value, cfg.norm_eps)
     act = jax.nn.silu(layer.gate(h, keys[4])) * layer.up(h, keys[5])
