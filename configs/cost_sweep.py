@@ -44,7 +44,11 @@ def get_config(arg=None):
     # "" keeps the family's pooling (last token for decoders, as the study's head). The CPU
     # probe mean-pools: on frozen SmolLM2 features it scored 0.80 vs 0.76 at 1,024 labels.
     c.pooling = "mean"
-    c.dtype = "float32"  # measured faster than bfloat16 on CPU; use bfloat16 on GPU/TPU
+    # auto: float32 on CPU (measured faster there than bfloat16), bfloat16 weights and compute
+    # on GPU/TPU (float32 kept for trainable weights, optimizer state, norms' statistics,
+    # softmax, LoRA products and the loss); resolved when the sweep starts, so records and
+    # run ids carry the dtype used
+    c.dtype = "auto"
     c.lora = ml_collections.ConfigDict({"rank": 8, "alpha": 8.0, "dropout": 0.0})
     c.max_length = 64
     # fine buckets for short tweets: feature extraction, the default's main cost, ran 1.7x faster

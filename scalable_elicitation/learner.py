@@ -64,7 +64,10 @@ class Learner:
                              f"data-parallel size {dp} of mesh {dict(mesh.shape)}")
         lora = (LoraConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
                 if cfg.trainable == "lora" else None)
+        # full finetuning keeps float32 master weights and computes in `dtype`
+        compute = cfg.dtype if cfg.trainable == "full" else None
         self.bundle = load_pretrained(cfg.source, dtype=cfg.dtype, lora=lora,
+                                      compute_dtype=compute,
                                       trainable=cfg.trainable, mesh=mesh, remat=cfg.remat,
                                       attention=cfg.attention,
                                       pooling=cfg.pooling)

@@ -82,6 +82,8 @@ def validate(config) -> None:
     placement, mesh = config.get("group_sharding", "rows"), dict(config.get("mesh", {}))
     error = grouping.placement_error(placement, mesh)
     need(error is None, "group_sharding", error)
+    need(config.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype",
+         f"{config.dtype!r}; allowed: auto, float32, bfloat16, float16")
     need(config.get("attention", "auto") in ("auto", "einsum", "fused"), "attention",
          f"{config.get('attention')!r}; allowed: auto, einsum, fused")
     need(config.get("platform", "auto") in PLATFORMS, "platform",

@@ -268,3 +268,19 @@ def test_bad_task_file_fails_once_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="one_class.jsonl"):
         run_sweep(config, tmp_path / "w", sweep_points(CONFIG, config), out=lambda *_: None)
     assert not (tmp_path / "w" / "runs").exists()  # no partial records
+
+
+def test_dtype_auto_is_float32_on_cpu_and_bfloat16_on_accelerators(tmp_path, monkeypatch):
+    """`dtype="auto"` is resolved when the sweep starts: the CPU default keeps float32 (the
+    same run ids and records as an explicit float32), a GPU or TPU gets bfloat16."""
+    assert cost_sweep.get_config().dtype == "auto"
+    auto = R.Sweep(smoke_config(dtype="auto"), tmp_path / "a")
+    explicit = R.Sweep(smoke_config(dtype="float32"), tmp_path / "b")
+    assert auto.config.dtype == "float32"
+    points = sweep_points(CONFIG, smoke_config())
+    assert [auto.run_id(s) for s in auto.plan(points)] == \
+        [explicit.run_id(s) for s in explicit.plan(points)]
+    monkeypatch.setattr(R.jax, "default_backend", lambda: "gpu")
+    assert R.resolve_auto_dtype(smoke_config(dtype="auto")).dtype == "bfloat16"
+    with pytest.raises(ValueError, match="config.dtype: 'fp8'; allowed: auto, float32"):
+        R.Sweep(smoke_config(dtype="fp8"), tmp_path / "c")
