@@ -32,12 +32,10 @@ from scalable_elicitation.learner import Learner, LearnerConfig
 from scalable_elicitation.metrics import auroc, bootstrap_auroc, wilson
 from scalable_elicitation.methods import STREAMS, Bought, InfeasibleRun
 from scalable_elicitation.planning import Planner, RunSpec
-from scalable_elicitation.prompts import PromptBuilder, make_shots
+from scalable_elicitation.prompt_inputs import SeedPrompts, make_builder, stats_sample
+from scalable_elicitation.prompts import PromptBuilder
 from scalable_elicitation.stage import predict, run_stage, split_validation, stage_schedule
 from scalable_elicitation.train import Steps
-
-PROMPT_STATS_SIZE = 256  # unlabelled training texts whose prompted features standardise a probe
-
 
 def learner_config(config) -> LearnerConfig:
     """The learner a (run's) config asks for: model, trainable scope, lengths, batch, mesh."""
@@ -64,6 +62,7 @@ class Sweep(Planner):
         self._stats: dict[tuple, FeatureStats] = {}
         self._learners: dict[LearnerConfig, Learner] = {}
         self._tests: dict[tuple, Any] = {}
+        self._prompts = SeedPrompts()  # issue 23: prompted-feature statistics, once per seed
 
     # -- shared, built lazily --------------------------------------------------------------
     def task(self):
@@ -258,27 +257,21 @@ class Sweep(Planner):
         bought = method.take_shots(c, weak, bought)
         shots = bought.shots
         shot_ids = shots.ids if shots is not None else []
-        builder = None
-        if shots is not None:
-            builder = PromptBuilder(
-                learner.tokenizer, make_shots(shots.split["id"], shots.split["text"], shots.shown),
-                shot_max_length=c.shot_max_length, input_max_length=c.max_length, seed=spec.seed)
+        # issue 23: a seed's runs share their shots (its pool's prefix), so their prompts,
+        # prompted features and the statistics standardising them (`prompt_inputs`)
+        builder = make_builder(learner, shots, c, spec.seed) if shots is not None else None
 
-        def raw_inputs(split, shuffle=True):
+        def raw_inputs(split):
             if builder is None:
                 return learner.data(split["id"], split["text"])
-            return learner.prepare(builder.encode(split["id"], split["text"], shuffle=shuffle))
+            return learner.prompted(builder, split["id"], split["text"])
 
         stats = self.feature_stats(learner)
         if stats is not None and builder is not None:
-            # prompted features differ from plain ones: standardise with the prompt's own
-            # statistics over a fixed sample of unlabelled training texts
-            sample = task.train.take(np.random.default_rng([spec.seed, STREAMS["data"], 7])
-                                     .permutation(len(task.train))[:PROMPT_STATS_SIZE])
-            stats = FeatureStats.of(raw_inputs(sample).features)
+            stats = self._prompts.stats(learner, builder, stats_sample(pools.weak, shot_ids))
 
-        def inputs(split, shuffle=True):
-            data = raw_inputs(split, shuffle)
+        def inputs(split):
+            data = raw_inputs(split)
             return stats.apply(data) if stats is not None else data
 
         # -- stages
