@@ -92,6 +92,7 @@ class Learner:
             self.steps = Steps.for_model(self.bundle)
         self._cache: dict[str, np.ndarray] = {}
         self._truncated: dict[str, bool] = {}  # per example id, once it was tokenised
+        self._icl_memo: dict[tuple, np.ndarray] = {}  # (prompt signature, inputs) -> scores
         self._cache_path = None
         if cache_dir is not None and self.probe:
             name = "".join(c if c.isalnum() else "_" for c in cfg.source)[-60:]
@@ -227,9 +228,26 @@ class Learner:
         return self.icl_scores_many([builder], ids, texts)[0]
 
     def icl_scores_many(self, builders, ids, texts) -> list[np.ndarray]:
-        """`icl_scores` of several runs' prompts on the same inputs (SPEC section 13): each
-        prefix is encoded once, and the runs whose prefixes pad to the same length are scored
-        together, their KV caches stacked on a run axis, one batch of inputs for all."""
+        """`icl_scores` of several runs' prompts on the same inputs (SPEC section 13). Runs
+        with equal prompts (`PromptBuilder.signature`: on a grid, every run of a seed with at
+        least k oracle labels shows the same k oracle shots) are scored once and their scores
+        kept for later runs: one encoded prefix and one pass per distinct prompt and inputs."""
+        inputs = hashlib.blake2b("\x00".join(f"{i}\x01{t}" for i, t in zip(ids, texts))
+                                 .encode(), digest_size=8).hexdigest()
+        keys = [(b.signature(), inputs) for b in builders]
+        todo = {}
+        for key, builder in zip(keys, builders):
+            if key not in self._icl_memo:
+                todo.setdefault(key, builder)
+        if todo:
+            for key, scores in zip(todo, self._icl_scores_of(list(todo.values()), texts)):
+                self._icl_memo[key] = scores
+        return [self._icl_memo[key] for key in keys]
+
+    def _icl_scores_of(self, builders, texts) -> list[np.ndarray]:
+        """Each builder's scores on `texts`: each prefix is encoded once, and the prompts whose
+        prefixes pad to the same length are scored together, their KV caches stacked on a run
+        axis, one batch of inputs for all."""
         model = self.bundle.model
         if not hasattr(model, "encode_prefix"):
             raise ValueError(f"method icl needs a causal decoder; {self.cfg.source!r} is an "
