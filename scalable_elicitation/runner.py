@@ -37,6 +37,7 @@ from scalable_elicitation.prompts import PromptBuilder
 from scalable_elicitation.stage import predict, run_stage, split_validation, stage_schedule
 from scalable_elicitation.train import Steps
 
+
 def learner_config(config) -> LearnerConfig:
     """The learner a (run's) config asks for: model, trainable scope, lengths, batch, mesh."""
     c = config
@@ -267,7 +268,8 @@ class Sweep(Planner):
             return learner.prompted(builder, split["id"], split["text"])
 
         stats = self.feature_stats(learner)
-        if stats is not None and builder is not None:
+        if stats is not None and builder is not None and not method.in_context:
+            # (an in-context run's LM scores read no features: no statistics to compute)
             stats = self._prompts.stats(learner, builder, stats_sample(pools.weak, shot_ids))
 
         def inputs(split):
