@@ -42,7 +42,7 @@ def get_config(arg=None):
         c.max_length = 48
         c.shot_max_length = 48
         # fine buckets for short inputs (plain tweets and a prompt's own tokens after its
-        # encoded prefix): with (64, 160) every tweet padded to 64 tokens, ~5x its length
+        # encoded prefix): with (64, 160) every tweet (about 30 tokens) padded to 64
         c.length_buckets = (16, 24, 32, 48, 64, 160)
     else:
         c.budgets = (8,)
