@@ -6,8 +6,9 @@
 Writes to OUT: decisions.csv (per budget: what to buy, its regret bound, what is ruled out;
 :mod:`analysis.decisions`), frontier.csv (Pareto, per method variant and ``all``),
 frontier_tolerance.csv (the study's variant), frontier_fit.csv, oracle_fraction_fit.csv,
-regimes.csv, regime_boundaries.csv, best_within_budget.csv and .md, figures as PNG and PDF, and
-report.md.
+regimes.csv, regime_boundaries.csv, best_within_budget.csv and .md, prompt_effect.csv (k-shot
+minus seq_sft per grid point where both ran; :mod:`analysis.prompt_effect`), figures as PNG and
+PDF, and report.md.
 Corrupt records are skipped with a warning; the exit status is 0 when some ok records exist.
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ from analysis.aggregate import Surface, build_surfaces
 from analysis.decisions import decision_lines, decision_table
 from analysis.resample import DEFAULT_N_BOOT
 from analysis.fits import frontier_fit
+from analysis.prompt_effect import (prompt_effect_figure, prompt_effect_sentence,
+                                    prompt_effect_table)
 from analysis.records import Records, load_records
 from analysis.regimes import (CONFIDENCE_MEANING, MIXED, QUALITY, QUANTITY, REGIME_COLUMNS,
                               UNDETERMINED, boundaries, regime_table)
@@ -238,7 +241,7 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
     surfaces = build_surfaces(ok, n_boot=n_boot, seed=seed, excluded=records.excluded)
     many = len(surfaces) > 1
     frontier, tolerance, regimes, bwb, fit_rows, frac_rows = [], [], [], [], [], []
-    decisions = []
+    decisions, effects = [], []
     written: dict[str, Path] = {}
     figs = []
     for s in surfaces:
@@ -250,6 +253,7 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
         frac_rows.extend(_fraction_fit_rows(s, ffits))
         regimes.append(regime_table(s, level))
         decisions.append(decision_table(s, level))
+        effects.append(prompt_effect_table(s, level))
         if budgets:
             bwb.append(best_within_budget(s, weak_prices, budgets, oracle_price, level))
         figs += _figures(s, out, _suffix(s, many), ffits, fr, tol, fits, weak_prices,
@@ -267,7 +271,10 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
               "regime_boundaries": bounds, "best_within_budget": bwb,
               "frontier_fit": pd.concat(fit_rows, ignore_index=True),
               "oracle_fraction_fit": pd.concat(frac_rows, ignore_index=True) if frac_rows else
-              pd.DataFrame(columns=["weak_price", "budget", "oracle_fraction", "fit", "lo", "hi"])}
+              pd.DataFrame(columns=["weak_price", "budget", "oracle_fraction", "fit", "lo", "hi"]),
+              "prompt_effect": pd.concat(effects, ignore_index=True)}
+    figs.append(("prompt_effect", prompt_effect_figure(tables["prompt_effect"],
+                                                       out / "prompt_effect")))
     for name, table in tables.items():
         written[f"{name}.csv"] = io.write_csv(out / f"{name}.csv", table)
     bwb_md = best_within_budget_markdown(bwb) if len(bwb) else "No budgets given or found.\n"
@@ -299,6 +306,20 @@ def _decisions_markdown(decisions: pd.DataFrame, level: float) -> list[str]:
     return lines + ([f"    {line}" for line in body] if body else ["(no budget)"]) + [""]
 
 
+def _prompt_effect_markdown(table: pd.DataFrame, level: float) -> list[str]:
+    """The report's section on the few-shot prompt's effect (:mod:`analysis.prompt_effect`);
+    nothing when no grid point ran both kshot_sft and seq_sft."""
+    if table.empty:
+        return []
+    return ["## The prompt's effect (k-shot minus seq_sft)", "",
+            prompt_effect_sentence(table, level) + " Each interval is the central "
+            f"{100 * level:.0f}% of the difference over the same paired resamples (seeds and "
+            "test examples drawn once for both methods). Table: `prompt_effect.csv`.", "",
+            _csv_table(table, ["weak_price", "budget", "oracle_fraction", "variant", "n_weak",
+                               "n_oracle", "seq_sft_accuracy", "kshot_accuracy", "difference",
+                               "difference_lo", "difference_hi", "n_seeds"]), ""]
+
+
 def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, figs, level,
                      paragraph: str) -> str:
     c = records.counts
@@ -307,6 +328,7 @@ def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, fi
              "## Recommendation", "",
              paragraph, "",
              *_decisions_markdown(tables["decisions"], level),
+             *_prompt_effect_markdown(tables["prompt_effect"], level),
              "## Records", "",
              f"{c['ok']} ok runs analysed; {c['infeasible']} infeasible and {c['failed']} failed "
              f"runs excluded; {c['skipped']} unreadable file(s)/line(s) skipped; "
@@ -364,6 +386,8 @@ def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, fi
         "oracle_fraction_fits": "per budget, the measured means (markers, 90% bars) joined by "
                                 "lines, with the 90% band of the same joined resamples shaded",
         "frontier_by_method": "Pareto frontier of each method variant vs cost",
+        "prompt_effect": "k-shot minus seq_sft accuracy vs budget, one line per oracle "
+                         "fraction, with 90% intervals of the paired difference",
         "frontier": "all configurations coloured by weak fraction, the overall frontier, the "
                     "study's tolerance frontier and a monotone curve through the frontier points "
                     "with its 90% band (the same curve through the same cells' resampled means); "

@@ -5,7 +5,16 @@ r"""Elicitation methods on the cost grid (docs/design.md#methods): seq_sft and i
   python -m scalable_elicitation.main --config=configs/methods.py:smoke --workdir=/tmp/m
 
 The default crosses seq_sft, kshot_sft (k=2, weak shots) and icl (k=2) on the embedded offline
-task over three budgets; `variants=all` adds logconf, entropy selection and mixture SFT.
+task over budgets 8, 64 and 256, fractions 0, 0.5 and 1, three seeds; `variants=all` adds
+logconf, entropy selection and mixture SFT. The few-shot prompt's effect (issue 23;
+`report/prompt_effect.csv`, k-shot minus seq_sft with paired 90% intervals) on its own:
+
+  python -m scalable_elicitation.main --config=configs/methods.py:variants=seq_sft+kshot_sft \
+      --workdir=w_prompt
+
+A seed's k-shot runs share their shots (the first k of its weak pool) and prompts, so their
+prompted features are computed once per seed, each shot order's prefix encoded once (README,
+"The few-shot prompt's effect").
 """
 from configs import cost_sweep
 from configs.common import parse_arg
@@ -26,13 +35,15 @@ def get_config(arg=None):
     with c.unlocked():
         c.variants = opts.variants
     if not opts.smoke:
-        c.budgets = (8, 64, 512)
+        c.budgets = (8, 64, 256)
         c.fractions = ("0", "0.5", "1")
-        c.seeds = 1
+        c.seeds = 3  # the prompt's effect is a paired difference: seeds are what settle it
         c.n_test = 300
         c.max_length = 48
         c.shot_max_length = 48
-        c.length_buckets = (64, 160)
+        # fine buckets for short inputs (plain tweets and a prompt's own tokens after its
+        # encoded prefix): with (64, 160) every tweet (about 30 tokens) padded to 64
+        c.length_buckets = (16, 24, 32, 48, 64, 160)
     else:
         c.budgets = (8,)
         c.length_buckets = (32, 128)

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import math
 import os
 import pathlib
 import sys
@@ -30,6 +31,11 @@ from scalable_elicitation.sharding import data_parallel_size, make_mesh
 from scalable_elicitation.train import Steps
 
 FEATURES_VERSION = 2  # bump when cached features change (v2: special tokens kept on truncation)
+# k-shot prompts with at most this many shot orders (k!) are featurised as one encoded prefix per
+# order plus the inputs' own tokens: a prompt's shots are 2-3x its input's tokens, so encoding
+# them once per order instead of once per input made prompted features as cheap as plain ones
+PREFIX_ORDERS_MAX = 6
+PREFIX_BUCKETS = tuple(64 * 2 ** i for i in range(12))  # padded lengths of an encoded prefix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +97,7 @@ class Learner:
             self.steps = Steps.for_model(self.bundle)
         self._cache: dict[str, np.ndarray] = {}
         self._truncated: dict[str, bool] = {}  # per example id, once it was tokenised
+        self._icl_memo: dict[tuple, np.ndarray] = {}  # (prompt signature, inputs) -> scores
         self._cache_path = None
         if cache_dir is not None and self.probe:
             name = "".join(c if c.isalnum() else "_" for c in cfg.source)[-60:]
@@ -137,6 +144,59 @@ class Learner:
                         np.zeros((0, self.bundle.config.hidden_size), np.float32),
                         enc.truncated)
 
+    def prompted(self, builder, ids, texts):
+        """Inputs for these examples behind `builder`'s k-shot prompt (shots in each input's
+        own order): token ids for finetuning; cached features for a probe, pooled over the
+        input's own tokens. Features depend only on the prompt's tokens, so every run of a seed
+        (same shots, same per-input orders) reuses them. On a causal decoder with at most
+        `PREFIX_ORDERS_MAX` shot orders, each order's prefix is encoded once and the inputs
+        continue it (`_prompted_by_prefix`); else each prompt is encoded whole."""
+        if (self.probe and hasattr(self.bundle.model, "encode_prefix")
+                and math.factorial(len(builder.shots)) <= PREFIX_ORDERS_MAX):
+            return self._prompted_by_prefix(builder, ids, texts)
+        return self.prepare(builder.encode(ids, texts))
+
+    def _prompted_by_prefix(self, builder, ids, texts) -> Features:
+        """Probe features of prompts as (prefix per shot order) + (input's own tokens), cached
+        under `prompt_key` (a namespace of its own: the numbers differ from a whole prompt's
+        by rounding, and a record must not depend on which path filled the cache)."""
+        orders = [tuple(int(j) for j in builder.order(i)) for i in ids]
+        prefixes = {o: builder.prefix(o) for o in set(orders)}
+        suffixes = [builder.suffix(t) for t in texts]
+        keys = [prompt_key(prefixes[o], s) for o, (s, _) in zip(orders, suffixes)]
+        self._truncated.update(zip(keys, (cut for _, cut in suffixes)))
+        missing = [n for n, k in enumerate(keys) if k not in self._cache]
+        if missing:
+            with feature_progress(self.cfg.source, len(missing)) as progress:
+                for order in sorted({orders[n] for n in missing}):
+                    rows = [n for n in missing if orders[n] == order]
+                    enc = Encoded([np.asarray(suffixes[n][0], np.int32) for n in rows],
+                                  np.zeros(len(rows), bool))
+                    for n, f in zip(rows, self._features_after(prefixes[order], enc, progress)):
+                        self._cache[keys[n]] = f
+            self._save_cache()
+        return Features(np.stack([self._cache[k] for k in keys]) if keys else
+                        np.zeros((0, self.bundle.config.hidden_size), np.float32),
+                        np.asarray([cut for _, cut in suffixes], bool))
+
+    def _features_after(self, prefix, enc: Encoded, progress=None) -> np.ndarray:
+        """[N, D] features of `enc`'s rows, each continuing `prefix` (encoded once, its keys
+        and values broadcast to every row), pooled over the rows' own tokens."""
+        if not hasattr(self, "_prefix_fns"):
+            how = self.bundle.config.pooling
+            self._prefix_fns = (
+                replicated_jit(self.bundle, lambda m, i, k: m.encode_prefix(i, k)),
+                replicated_jit(self.bundle, lambda m, i, k, pre: L.pool(
+                    m.hidden(i, k, prefix=pre), k, how)))
+        encode_fn, feature_fn = self._prefix_fns
+        p_ids, p_mask = _padded_prefix(prefix, self.spec.pad_id)
+        cache = encode_fn(p_ids, p_mask)
+        return batched_apply(
+            lambda b: feature_fn(b["input_ids"], b["attention_mask"], cache), enc, self.spec,
+            self.steps.mesh, prepare=lambda b, idx: {"input_ids": b["input_ids"],
+                                                     "attention_mask": b["attention_mask"]},
+            tail=(self.bundle.config.hidden_size,), progress=progress)
+
     def feature_stats(self, ids, texts) -> FeatureStats:
         """Per-dimension statistics of these (unlabelled) examples' features, for a probe's
         standardisation (docs/design.md#model); the features are cached like any other."""
@@ -168,10 +228,27 @@ class Learner:
 
     # -- in-context learning ----------------------------------------------------------------
     def icl_scores_many(self, builders, ids, texts) -> list[np.ndarray]:
-        """logit("1") - logit("0") at each input's last position after each run's k-shot prefix, for
-        several runs' prompts on the same inputs (docs/design.md#many-runs-at-once): each prefix is
-        encoded once, and the runs whose prefixes pad to the same length are scored together, their
-        KV caches stacked on a run axis, one batch of inputs for all."""
+        """logit("1") - logit("0") at each input's last position after each prompt, for several
+        runs' prompts on the same inputs (docs/design.md#many-runs-at-once). Runs with equal prompts
+        (`PromptBuilder.signature`: on a grid, every run of a seed with at least k oracle labels
+        shows the same k oracle shots) are scored once and their scores kept for later runs: one
+        encoded prefix and one pass per distinct prompt and inputs."""
+        inputs = hashlib.blake2b("\x00".join(f"{i}\x01{t}" for i, t in zip(ids, texts))
+                                 .encode(), digest_size=8).hexdigest()
+        keys = [(b.signature(), inputs) for b in builders]
+        todo = {}
+        for key, builder in zip(keys, builders):
+            if key not in self._icl_memo:
+                todo.setdefault(key, builder)
+        if todo:
+            for key, scores in zip(todo, self.icl_scores_uncached(list(todo.values()), texts)):
+                self._icl_memo[key] = scores
+        return [self._icl_memo[key] for key in keys]
+
+    def icl_scores_uncached(self, builders, texts) -> list[np.ndarray]:
+        """Each builder's scores on `texts`: each prefix is encoded once, and the prompts whose
+        prefixes pad to the same length are scored together, their KV caches stacked on a run
+        axis, one batch of inputs for all."""
         model = self.bundle.model
         if not hasattr(model, "encode_prefix"):
             raise ValueError(f"method icl needs a causal decoder; {self.cfg.source!r} is an "
@@ -186,14 +263,9 @@ class Learner:
         by_length: dict[int, list[int]] = {}
         caches = []
         for r, builder in enumerate(builders):
-            prefix = builder.prefix()
-            plen = bucket_for(len(prefix), [64 * 2 ** i for i in range(12)])
-            p_ids = np.full((1, plen), self.spec.pad_id, np.int32)
-            p_mask = np.zeros((1, plen), np.int32)
-            p_ids[0, :len(prefix)] = prefix
-            p_mask[0, :len(prefix)] = 1
+            p_ids, p_mask = _padded_prefix(builder.prefix(), self.spec.pad_id)
             caches.append(encode_fn(p_ids, p_mask))
-            by_length.setdefault(plen, []).append(r)
+            by_length.setdefault(p_ids.shape[1], []).append(r)
         # the input part of a prompt does not depend on the shots
         suffixes = [builders[0].suffix(t)[0] for t in texts]
         enc = Encoded([np.asarray(s, np.int32) for s in suffixes],
@@ -213,6 +285,25 @@ class Learner:
             for j, r in enumerate(runs):
                 out[r] = scores[:, j]
         return out
+
+
+def prompt_key(prefix, suffix) -> str:
+    """The feature-cache key of a prompt featurised as an encoded prefix plus the input's own
+    tokens: a hash of both token lists (18 characters, like the other keys)."""
+    digest = hashlib.blake2b(np.asarray(prefix, np.int32).tobytes() + b"|"
+                             + np.asarray(suffix, np.int32).tobytes(), digest_size=8)
+    return "p:" + digest.hexdigest()
+
+
+def _padded_prefix(prefix, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """A prefix's [1, P] token ids and mask, padded to a `PREFIX_BUCKETS` length (one compiled
+    shape per bucket; padding is masked out of every attention)."""
+    plen = bucket_for(len(prefix), PREFIX_BUCKETS)
+    p_ids = np.full((1, plen), pad_id, np.int32)
+    p_mask = np.zeros((1, plen), np.int32)
+    p_ids[0, :len(prefix)] = prefix
+    p_mask[0, :len(prefix)] = 1
+    return p_ids, p_mask
 
 
 FEATURE_PROGRESS_MIN = 256  # texts: fewer are featurised without a progress bar

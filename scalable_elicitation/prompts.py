@@ -70,6 +70,12 @@ class PromptBuilder:
         self._before, self._after = special_tokens(tokenizer)
         self.shot_truncations = sum(cut for _, cut in self._shot_tokens)
 
+    def signature(self) -> tuple:
+        """What a prompt depends on besides its input: the shots' tokens in drawn order, the
+        input's length limit and the order seed. Equal signatures give equal prompts for
+        every input, so whatever is computed from them (features, statistics) is shared."""
+        return (tuple(self.prefix()), self.input_max_length, self.seed)
+
     def order(self, example_id: str) -> np.ndarray:
         """The shots' order for one input: reshuffled per input, seeded by (seed, id)."""
         rng = np.random.default_rng([self.seed, _ORDER_SALT, int(str(example_id)[:15], 16)])

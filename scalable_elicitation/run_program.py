@@ -25,14 +25,12 @@ from scalable_elicitation.learner import Learner
 from scalable_elicitation.metrics import auroc, bootstrap_auroc, wilson
 from scalable_elicitation.methods import STREAMS, Bought, InfeasibleRun
 from scalable_elicitation.planning import RunSpec
-from scalable_elicitation.prompts import PromptBuilder, make_shots
+from scalable_elicitation.prompt_inputs import make_builder, stats_sample
+from scalable_elicitation.prompts import PromptBuilder
 from scalable_elicitation.shared import SharedData
 from scalable_elicitation.sharding import broadcast_flag
 from scalable_elicitation.stage import predict, split_validation, stage_schedule
 from scalable_elicitation.train import Steps
-
-PROMPT_STATS_SIZE = 256  # unlabelled training texts whose prompted features standardise a probe
-
 
 @dataclasses.dataclass
 class _Inputs:
@@ -42,14 +40,13 @@ class _Inputs:
     builder: PromptBuilder | None
     stats: FeatureStats | None
 
-    def raw(self, split, shuffle: bool = True):
+    def raw(self, split):
         if self.builder is None:
             return self.learner.data(split["id"], split["text"])
-        return self.learner.prepare(self.builder.encode(split["id"], split["text"],
-                                                        shuffle=shuffle))
+        return self.learner.prompted(self.builder, split["id"], split["text"])
 
-    def __call__(self, split, shuffle: bool = True):
-        data = self.raw(split, shuffle)
+    def __call__(self, split):
+        data = self.raw(split)
         return self.stats.apply(data) if self.stats is not None else data
 
 
@@ -91,7 +88,7 @@ class RunProgram:
         learner = self.data.learner_for(c)
         # shots (k-shot SFT, ICL): bought labels of their source, not also trained on
         bought = method.take_shots(c, weak, bought)
-        inputs = self._inputs(c, spec, learner, bought.shots)
+        inputs = self._inputs(c, spec, method, learner, bought.shots)
         ledger = {"weak": [], "oracle": [],
                   "shots": bought.shots.ids if bought.shots is not None else []}
         params, stages = yield from self._train_stages(c, spec, method, weak, bought, inputs,
@@ -118,21 +115,17 @@ class RunProgram:
                 "shot_truncated": inputs.builder.shot_truncations if inputs.builder else 0}
 
     # -- pieces of a run --------------------------------------------------------------------
-    def _inputs(self, c, spec: RunSpec, learner: Learner, shots) -> _Inputs:
-        """The run's input pipeline: plain, or with its shots' prompt; a probe's prompted
-        features are standardised with the prompt's own statistics over a fixed sample of
-        unlabelled training texts (prompted features differ from plain ones)."""
-        builder = None
-        if shots is not None:
-            builder = PromptBuilder(
-                learner.tokenizer, make_shots(shots.split["id"], shots.split["text"], shots.shown),
-                shot_max_length=c.shot_max_length, input_max_length=c.max_length, seed=spec.seed)
+    def _inputs(self, c, spec: RunSpec, method, learner: Learner, shots) -> _Inputs:
+        """The run's input pipeline: plain, or with its shots' prompt. A seed's runs share
+        their shots (its pool's prefix), so their prompts, prompted features and the
+        statistics that standardise a probe's prompted features (`prompt_inputs`: the seed's
+        weak-pool prefix, once per seed) are computed once. An in-context run reads no
+        features: no statistics."""
+        builder = make_builder(learner, shots, c, spec.seed) if shots is not None else None
         inputs = _Inputs(learner, builder, self.data.feature_stats(learner))
-        if inputs.stats is not None and builder is not None:
-            train = self.data.task().train
-            sample = train.take(np.random.default_rng([spec.seed, STREAMS["data"], 7])
-                                .permutation(len(train))[:PROMPT_STATS_SIZE])
-            inputs.stats = FeatureStats.of(inputs.raw(sample).features)
+        if inputs.stats is not None and builder is not None and not method.in_context:
+            inputs.stats = self.data.prompts.stats(
+                learner, builder, stats_sample(self.data.pools(spec.seed).weak, shots.ids))
         return inputs
 
     def _train_stages(self, c, spec, method, weak, bought, inputs, ledger, out, log):

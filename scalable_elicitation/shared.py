@@ -1,7 +1,7 @@
 """What the runs of a sweep share, built lazily and kept (docs/design.md#data-and-pools): the
 task (one training split and one test set, whatever the seed), per seed the weak labels and
-pools, per learner config the learner (loaded weights, compiled steps), and a probe's feature
-statistics and plain test inputs.
+pools, per learner config the learner (loaded weights, compiled steps), a probe's feature
+statistics and plain test inputs, and per seed the statistics of its prompted features.
 
     data = SharedData(planner)                 # a `planning.Planner`: config, caches, labeller
     data.pools(seed).take("weak", 80)
@@ -16,6 +16,7 @@ from scalable_elicitation.batching import FeatureStats
 from scalable_elicitation.data import load_task, make_pools
 from scalable_elicitation.labelers import cached_weak_labels
 from scalable_elicitation.learner import Learner, LearnerConfig
+from scalable_elicitation.prompt_inputs import SeedPrompts
 
 
 def learner_config(config) -> LearnerConfig:
@@ -50,6 +51,7 @@ class SharedData:
         self._stats: dict[LearnerConfig, FeatureStats] = {}
         self._learners: dict[LearnerConfig, Learner] = {} if learners is None else learners
         self._tests: dict[LearnerConfig, Any] = {}
+        self.prompts = SeedPrompts()  # a seed's prompted-feature statistics, once per seed
 
     def task(self):
         """The task's splits: one balanced training split, like the test set fixed by the task

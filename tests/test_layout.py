@@ -23,7 +23,7 @@ LAYERS = (
     ("train", "checkpoint"),
     ("stage",),
     ("learner", "groups"),
-    ("labelers", "methods", "selection"),
+    ("labelers", "methods", "selection", "prompt_inputs"),
     ("records", "planning", "schedules"),
     ("shared",),
     ("run_program",),

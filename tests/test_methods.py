@@ -81,10 +81,38 @@ def test_icl_scores_of_many_runs_at_once_equal_each_alone():
                                       shot_max_length=64, input_max_length=32, seed=r))
     assert len({len(b.prefix()) > 64 for b in builders}) == 2  # two prefix length buckets
     together = learner.icl_scores_many(builders, ["1", "2", "3"], texts)
-    for builder, got in zip(builders, together):
-        alone = learner.icl_scores_many([builder], ["1", "2", "3"], texts)[0]
-        np.testing.assert_allclose(got, alone, atol=1e-5)
+    for builder, got in zip(builders, together):  # alone: not from the kept scores
+        np.testing.assert_allclose(got, learner.icl_scores_uncached([builder], texts)[0], atol=1e-5)
     assert not np.allclose(together[0], together[1])  # the shots matter
+
+
+def test_icl_runs_with_equal_prompts_are_scored_once(monkeypatch):
+    """Runs of a seed that show the same shots (issue 23: on a grid, every run with at least k
+    oracle labels) share one encoded prefix and one scoring pass, within a call and across
+    calls; a different prompt or other inputs are scored anew."""
+    learner = Learner(LearnerConfig("tiny:llama", trainable="lora", buckets=(32, 64),
+                                    max_length=32, mesh=(("data", 1),)))
+    scored = []
+    original = Learner.icl_scores_uncached
+
+    def counting(self, builders, texts):
+        scored.append(len(builders))
+        return original(self, builders, texts)
+
+    monkeypatch.setattr(Learner, "icl_scores_uncached", counting)
+
+    def builder(shown, seed=0):
+        return PromptBuilder(learner.tokenizer, make_shots(["aa01", "bb02"], ["good", "bad"],
+                                                           shown),
+                             shot_max_length=16, input_max_length=32, seed=seed)
+
+    texts, ids = ["what a movie", "no"], ["1", "2"]
+    a, b = learner.icl_scores_many([builder([1, 0]), builder([1, 0])], ids, texts)
+    np.testing.assert_array_equal(a, b)
+    again = learner.icl_scores_many([builder([1, 0]), builder([0, 1])], ids, texts)
+    np.testing.assert_array_equal(again[0], a)
+    learner.icl_scores_many([builder([1, 0])], ["1"], texts[:1])
+    assert scored == [1, 1, 1]
 
 
 def test_prompts_render_and_truncate_inputs_not_shots():

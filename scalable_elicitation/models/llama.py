@@ -132,9 +132,10 @@ class LlamaModel(nnx.Module):
         x, kv = L.scan_layers(self.layers, body, x, (keys, prefix_kv), remat=self.remat)
         return L.rms_norm(x, self.final_norm.value, cfg.norm_eps), kv
 
-    def hidden(self, input_ids, attention_mask, *, dropout_key=None):
-        """Final hidden states after the final norm. [B, L, D]"""
-        return self._run(input_ids, attention_mask, dropout_key=dropout_key)[0]
+    def hidden(self, input_ids, attention_mask, *, dropout_key=None, prefix=None):
+        """Final hidden states after the final norm. [B, L, D]. With `prefix` (from
+        `encode_prefix`), the rows continue a shared prompt encoded once (k-shot features)."""
+        return self._run(input_ids, attention_mask, dropout_key=dropout_key, prefix=prefix)[0]
 
     def __call__(self, input_ids, attention_mask, *, dropout_key=None, prefix=None):
         """Class logits [B, num_labels], pooled as cfg.pooling says (default: last real
