@@ -96,6 +96,7 @@ class Learner:
         else:
             self.steps = Steps.for_model(self.bundle)
         self._cache: dict[str, np.ndarray] = {}
+        self.features_computed = 0  # texts run through the model for features (not cached)
         self._truncated: dict[str, bool] = {}  # per example id, once it was tokenised
         self._icl_memo: dict[tuple, np.ndarray] = {}  # (prompt signature, inputs) -> scores
         self._cache_path = None
@@ -153,49 +154,8 @@ class Learner:
         continue it (`_prompted_by_prefix`); else each prompt is encoded whole."""
         if (self.probe and hasattr(self.bundle.model, "encode_prefix")
                 and math.factorial(len(builder.shots)) <= PREFIX_ORDERS_MAX):
-            return self._prompted_by_prefix(builder, ids, texts)
+            return _prompted_by_prefix(self, builder, ids, texts)
         return self.prepare(builder.encode(ids, texts))
-
-    def _prompted_by_prefix(self, builder, ids, texts) -> Features:
-        """Probe features of prompts as (prefix per shot order) + (input's own tokens), cached
-        under `prompt_key` (a namespace of its own: the numbers differ from a whole prompt's
-        by rounding, and a record must not depend on which path filled the cache)."""
-        orders = [tuple(int(j) for j in builder.order(i)) for i in ids]
-        prefixes = {o: builder.prefix(o) for o in set(orders)}
-        suffixes = [builder.suffix(t) for t in texts]
-        keys = [prompt_key(prefixes[o], s) for o, (s, _) in zip(orders, suffixes)]
-        self._truncated.update(zip(keys, (cut for _, cut in suffixes)))
-        missing = [n for n, k in enumerate(keys) if k not in self._cache]
-        if missing:
-            with feature_progress(self.cfg.source, len(missing)) as progress:
-                for order in sorted({orders[n] for n in missing}):
-                    rows = [n for n in missing if orders[n] == order]
-                    enc = Encoded([np.asarray(suffixes[n][0], np.int32) for n in rows],
-                                  np.zeros(len(rows), bool))
-                    for n, f in zip(rows, self._features_after(prefixes[order], enc, progress)):
-                        self._cache[keys[n]] = f
-            self._save_cache()
-        return Features(np.stack([self._cache[k] for k in keys]) if keys else
-                        np.zeros((0, self.bundle.config.hidden_size), np.float32),
-                        np.asarray([cut for _, cut in suffixes], bool))
-
-    def _features_after(self, prefix, enc: Encoded, progress=None) -> np.ndarray:
-        """[N, D] features of `enc`'s rows, each continuing `prefix` (encoded once, its keys
-        and values broadcast to every row), pooled over the rows' own tokens."""
-        if not hasattr(self, "_prefix_fns"):
-            how = self.bundle.config.pooling
-            self._prefix_fns = (
-                replicated_jit(self.bundle, lambda m, i, k: m.encode_prefix(i, k)),
-                replicated_jit(self.bundle, lambda m, i, k, pre: L.pool(
-                    m.hidden(i, k, prefix=pre), k, how)))
-        encode_fn, feature_fn = self._prefix_fns
-        p_ids, p_mask = _padded_prefix(prefix, self.spec.pad_id)
-        cache = encode_fn(p_ids, p_mask)
-        return batched_apply(
-            lambda b: feature_fn(b["input_ids"], b["attention_mask"], cache), enc, self.spec,
-            self.steps.mesh, prepare=lambda b, idx: {"input_ids": b["input_ids"],
-                                                     "attention_mask": b["attention_mask"]},
-            tail=(self.bundle.config.hidden_size,), progress=progress)
 
     def feature_stats(self, ids, texts) -> FeatureStats:
         """Per-dimension statistics of these (unlabelled) examples' features, for a probe's
@@ -212,6 +172,7 @@ class Learner:
             return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                     "pool_mask": pool_mask}
 
+        self.features_computed += len(enc)
         with feature_progress(self.cfg.source, len(enc)) as progress:
             return batched_apply(
                 lambda b: self._features_fn(b["input_ids"], b["attention_mask"], b["pool_mask"]),
@@ -285,6 +246,50 @@ class Learner:
             for j, r in enumerate(runs):
                 out[r] = scores[:, j]
         return out
+
+
+def _prompted_by_prefix(learner: "Learner", builder, ids, texts) -> Features:
+    """Probe features of prompts as (prefix per shot order) + (input's own tokens), cached
+    under `prompt_key` (a namespace of its own: the numbers differ from a whole prompt's
+    by rounding, and a record must not depend on which path filled the cache)."""
+    orders = [tuple(int(j) for j in builder.order(i)) for i in ids]
+    prefixes = {o: builder.prefix(o) for o in set(orders)}
+    suffixes = [builder.suffix(t) for t in texts]
+    keys = [prompt_key(prefixes[o], s) for o, (s, _) in zip(orders, suffixes)]
+    learner._truncated.update(zip(keys, (cut for _, cut in suffixes)))
+    missing = [n for n, k in enumerate(keys) if k not in learner._cache]
+    if missing:
+        with feature_progress(learner.cfg.source, len(missing)) as progress:
+            for order in sorted({orders[n] for n in missing}):
+                rows = [n for n in missing if orders[n] == order]
+                enc = Encoded([np.asarray(suffixes[n][0], np.int32) for n in rows],
+                              np.zeros(len(rows), bool))
+                for n, f in zip(rows, _features_after(learner, prefixes[order], enc, progress)):
+                    learner._cache[keys[n]] = f
+        learner._save_cache()
+    return Features(np.stack([learner._cache[k] for k in keys]) if keys else
+                    np.zeros((0, learner.bundle.config.hidden_size), np.float32),
+                    np.asarray([cut for _, cut in suffixes], bool))
+
+
+def _features_after(learner: "Learner", prefix, enc: Encoded, progress=None) -> np.ndarray:
+    """[N, D] features of `enc`'s rows, each continuing `prefix` (encoded once, its keys
+    and values broadcast to every row), pooled over the rows' own tokens."""
+    if not hasattr(learner, "_prefix_fns"):
+        how = learner.bundle.config.pooling
+        learner._prefix_fns = (
+            replicated_jit(learner.bundle, lambda m, i, k: m.encode_prefix(i, k)),
+            replicated_jit(learner.bundle, lambda m, i, k, pre: L.pool(
+                m.hidden(i, k, prefix=pre), k, how)))
+    encode_fn, feature_fn = learner._prefix_fns
+    learner.features_computed += len(enc)
+    p_ids, p_mask = _padded_prefix(prefix, learner.spec.pad_id)
+    cache = encode_fn(p_ids, p_mask)
+    return batched_apply(
+        lambda b: feature_fn(b["input_ids"], b["attention_mask"], cache), enc, learner.spec,
+        learner.steps.mesh, prepare=lambda b, idx: {"input_ids": b["input_ids"],
+                                                 "attention_mask": b["attention_mask"]},
+        tail=(learner.bundle.config.hidden_size,), progress=progress)
 
 
 def prompt_key(prefix, suffix) -> str:
