@@ -50,6 +50,7 @@ def test_lora_group_on_a_mesh_equals_one_at_a_time(mesh, mode, lone_mesh, group_
         alone.append(run_stage(lone.steps, lone.steps.fresh_params(jax.random.key(50 + g)),
                                m.train, m.targets, m.val, m.val_labels, m.cfg,
                                seed_path=m.seed_path, key=m.key, spec=spec, source=m.source))
+    group_loop_spy.clear()  # the runs alone were groups of one: spy on the group only
     together = run_stages_grouped(learner.steps, members, spec=spec, group_sharding=mode)
     test = _members(learner, [16])[0].train
     for a, b in zip(alone, together):
