@@ -265,15 +265,15 @@ def group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None = 
     return jax.jit(loop, donate_argnums=(0,))
 
 
-@jax.jit
-def _stack_jit(trees):
+def _stack_trees(trees):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _stack(trees):
+def _stack(trees, shardings=None):
     """Trees stacked on a new leading axis, in one compiled call (eager stacking dispatches
-    one operation per leaf)."""
-    return _stack_jit(list(trees))
+    one operation per leaf), placed as `shardings` say: arrays already on a mesh that spans
+    processes can only be moved by a computation, not by `device_put`."""
+    return jax.jit(_stack_trees, out_shardings=shardings)(list(trees))
 
 
 @jax.jit
@@ -343,16 +343,19 @@ def _initial_carry(steps: Steps, members: Sequence[Member], lay: _Layout,
             meta.append((b["metric"], b["step"], b["bad"], has))
     pad = lay.Gp - lay.G
     has = np.asarray([x[3] for x in meta] + [False] * pad)
-    carry = {
-        "state": _stack(states + [states[0]] * pad),
-        "best": _stack(best + [best[0]] * pad),
+    host = {
         "metric": np.where(has, [x[0] for x in meta] + [0.0] * pad, -np.inf).astype(np.float32),
         "best_step": np.asarray([x[1] for x in meta] + [0] * pad, np.int32),
         "bad": np.asarray([x[2] for x in meta] + [0] * pad, np.int32), "has_best": has,
         "done": np.asarray([False] * lay.G + [True] * pad),
-        "losses": np.full((iters_per_call, lay.Gp), np.nan, np.float32),
+        # zeros, not NaN: every row is written before it is read, and a multi-process
+        # device_put checks that the processes' values are equal, which NaN never is
+        "losses": np.zeros((iters_per_call, lay.Gp), np.float32),
         "it": np.zeros((), np.int32)}
-    return jax.device_put(carry, _carry_shardings(steps, lay.axis, carry))
+    where = _carry_shardings(steps, lay.axis, {**host, "state": None, "best": None})
+    return {"state": _stack(states + [states[0]] * pad, where["state"]),
+            "best": _stack(best + [best[0]] * pad, where["best"]),
+            **jax.device_put(host, {k: where[k] for k in host})}
 
 
 def _constants(steps: Steps, members: Sequence[Member], lay: _Layout) -> dict:

@@ -39,6 +39,17 @@ def _env(devices, **extra):
     return env
 
 
+def _two_processes(cmd_of):
+    """Two processes of one jax.distributed job over localhost, `cmd_of(i)` the command of
+    process i (output captured)."""
+    port = _free_port()
+    return [subprocess.Popen(
+        cmd_of(i), cwd=ROOT,
+        env=_env(1, SE_COORDINATOR_ADDRESS=f"localhost:{port}", SE_NUM_PROCESSES="2",
+                 SE_PROCESS_ID=str(i)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
 def _metrics(workdir):
     out = {}
     for path in sorted(pathlib.Path(workdir, "runs").glob("*/result.json")):
@@ -71,12 +82,7 @@ def test_two_process_cpu_run_matches_single_process(tmp_path):
                             env=_env(1), capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    port = _free_port()
-    procs = [subprocess.Popen(
-        _worker_cmd(f"--workdir={tmp_path / 'two'}", *args), cwd=ROOT,
-        env=_env(1, SE_COORDINATOR_ADDRESS=f"localhost:{port}", SE_NUM_PROCESSES="2",
-                 SE_PROCESS_ID=str(i)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = _two_processes(lambda i: _worker_cmd(f"--workdir={tmp_path / 'two'}", *args))
     outs = [p.communicate(timeout=400) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
@@ -110,12 +116,7 @@ def test_two_process_sweep_with_a_held_lock_finishes(tmp_path):
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "time": 0}  # pytest: alive
     (held / "lock").write_text(json.dumps(holder))
 
-    port = _free_port()
-    procs = [subprocess.Popen(
-        _worker_cmd(f"--workdir={workdir}", *args), cwd=ROOT,
-        env=_env(1, SE_COORDINATOR_ADDRESS=f"localhost:{port}", SE_NUM_PROCESSES="2",
-                 SE_PROCESS_ID=str(i)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = _two_processes(lambda i: _worker_cmd(f"--workdir={workdir}", *args))
     try:
         outs = [p.communicate(timeout=400) for p in procs]  # a hang fails here
     finally:
@@ -148,13 +149,8 @@ def test_two_processes_save_together_whatever_their_own_clocks_say(tmp_path):
     """Whether to save is process 0's call on every process (`sharding.broadcast_flag`, used by
     the engine's saves): with clocks that disagree, both save or both skip, never one alone
     (Orbax waits for every process, so a split decision hangs)."""
-    port = _free_port()
     own = {0: "1,0,1,0", 1: "0,1,1,0"}  # each process's own clock: save now?
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", _DECIDE, own[i]], cwd=ROOT,
-        env=_env(1, SE_COORDINATOR_ADDRESS=f"localhost:{port}", SE_NUM_PROCESSES="2",
-                 SE_PROCESS_ID=str(i)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = _two_processes(lambda i: [sys.executable, "-c", _DECIDE, own[i]])
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
