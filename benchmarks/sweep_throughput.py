@@ -5,7 +5,8 @@ side.
       [--cache_from=WORKDIR] [--parallel=1,0] [--group_sharding=rows|runs]
 
 For each setup, the same planned runs are swept once per `parallel_runs` value (1: one at a
-time, `stage.run_stage`; 0: the default group size, `groups.run_stages_grouped`), each in a
+time, each stage a group of one; 0: the default group size), all on `groups.run_stages_grouped`,
+each in a
 fresh runs folder with the setup's caches (task, weak labels, features) built beforehand and
 not timed. Setups:
 
