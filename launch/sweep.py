@@ -197,14 +197,11 @@ def main(argv):
                      jax.device_count())
 
     from scalable_elicitation import runner as runner_lib
-    from scalable_elicitation.planning import validate
-    from scalable_elicitation.sharding import check_platform
 
     config = FLAGS.config
     if not FLAGS.dry_run:
         try:
-            validate(config)
-            check_platform(config.get("platform", "auto"))
+            experiment.check_start(config)
         except ValueError as err:  # a GPU/TPU job on a CPU-only install: say so, run nothing
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -81,6 +81,15 @@ class Done:
     busy: list[str]
 
 
+def check_start(config) -> None:
+    """Before anything is written or loaded: the config is valid, and JAX runs on the backend
+    the run asked for (`sharding.check_platform`). Raises ValueError naming the problem."""
+    from scalable_elicitation.planning import validate
+    from scalable_elicitation.sharding import check_platform
+    validate(config)
+    check_platform(config.get("platform", "auto"))
+
+
 def use_compilation_cache(sweep) -> str:
     """Keep XLA's compiled programs in WORKDIR/cache/xla (jax's persistent compilation cache):
     a rerun, or a killed sweep resuming, loads what it compiled before (on 2 CPU cores the

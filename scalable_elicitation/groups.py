@@ -237,7 +237,7 @@ def group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None = 
         losses = jax.lax.dynamic_update_index_in_dim(
             c["losses"], jnp.where(on, metrics["loss"], jnp.nan), row, 0)
         s1 = st.step
-        # `StageSchedule.next_evaluation`'s rule: multiples of eval_every from first_eval on
+        # `StageSchedule.first_eval`: multiples of eval_every from first_eval on
         due = on & k["has_val"] & (((s1 % k["eval_every"] == 0) & (s1 >= k["first_eval"]))
                                    | (s1 >= k["total"]))
 

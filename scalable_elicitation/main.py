@@ -29,14 +29,11 @@ def run_sweep(config, workdir, points, *, dry_run=False, out=print) -> list[dict
     returns this sweep's records."""
     import jax
 
-    from scalable_elicitation.planning import validate
     from scalable_elicitation.plots import finish_sweep
     from scalable_elicitation.runner import Sweep
-    from scalable_elicitation.sharding import check_platform
 
-    validate(config)
     if not dry_run:  # before anything is written or loaded
-        check_platform(config.platform)
+        experiment.check_start(config)
     sweep = Sweep(config, workdir)
     specs = sweep.plan(points)
     if dry_run:

@@ -120,15 +120,9 @@ class StageSchedule:
     total: int  # steps that make them
     eval_every: int  # min(eval_every, steps_per_epoch)
     hparams: dict  # per-run values the compiled step takes as arrays
-    first_eval: int = 1  # no evaluation before this step (but the last step's)
-
-    def next_evaluation(self, step: int) -> int:
-        """The step of the first evaluation after `step`: the next multiple of `eval_every`
-        at or after `first_eval`, or the last step. The group loop's `due` is the same rule."""
-        nxt = (step // self.eval_every + 1) * self.eval_every
-        if nxt < self.first_eval:
-            nxt = -(-self.first_eval // self.eval_every) * self.eval_every
-        return min(self.total, nxt)
+    # no evaluation before this step but the last one's: evaluations fall on the multiples of
+    # eval_every from first_eval on (`groups.group_loop`'s `due`)
+    first_eval: int = 1
 
 
 def stage_schedule(n_train: int, n_val: int, cfg: StageConfig, batch_size: int
