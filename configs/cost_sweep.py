@@ -91,6 +91,10 @@ def get_config(arg=None):
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32
+    # rows per device in one forward and backward pass; a step sums the gradients of its
+    # passes (0: the whole batch in one pass). Memory against passes: an 8B model at 512
+    # tokens needs small micro-batches (docs/design.md#stages). Not in run ids.
+    c.train.micro_batch = 0
     c.train.lr = 0.01  # probe lr, from scripts/probe_lr_sweep.py: README "Choosing the defaults"
     c.train.max_visits = 30000  # the study's example-visit cap per stage
     c.train.small_stage_visits = 3000
@@ -114,6 +118,7 @@ def get_config(arg=None):
     c.labeler.lr = 0.003  # calibrated soft labels (ECE ~0.06), see README "Choosing the defaults"
     c.labeler.epochs = 20.0  # the study's 3 epochs on 16 labels are 3 steps; see README
     c.labeler.batch_size = 32
+    c.labeler.micro_batch = 0  # as train.micro_batch
     c.labeler.max_length = 64
     c.labeler.rate = 0.3  # used when kind = noise
     c.labeler.soft = False
@@ -148,6 +153,7 @@ def get_config(arg=None):
         c.lora.rank, c.lora.alpha, c.lora.dropout = 8, 8.0, 0.0
         c.train.lr = STUDY_LORA_LR
         c.train.batch_size = 32
+        c.train.micro_batch = 1  # the study's: 32 passes of one sequence, gradients summed
         c.train.max_visits = 30000
         c.train.eval_every = 50
         c.train.patience = 4
@@ -159,6 +165,7 @@ def get_config(arg=None):
         c.labeler.lr = STUDY_LORA_LR
         c.labeler.epochs = 3.0
         c.labeler.batch_size = 32
+        c.labeler.micro_batch = 1
     if opts.smoke:
         c.model = "tiny:llama"
         c.trainable = "lora"

@@ -49,6 +49,9 @@ class LearnerConfig:
     max_length: int = 64
     buckets: tuple[int, ...] = (32, 64)
     batch_size: int = 32
+    # rows per device per forward and backward pass (0: the whole batch at once); a step sums
+    # the gradients of batch_size / (micro_batch x data-parallel devices) passes
+    micro_batch: int = 0
     mesh: tuple[tuple[str, int], ...] = (("data", -1),)
     remat: bool = False
     pooling: str | None = None  # None: the family's (decoders: last token; MiniLM: mean)
@@ -68,6 +71,11 @@ class Learner:
         if cfg.batch_size % dp:
             raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the "
                              f"data-parallel size {dp} of mesh {dict(mesh.shape)}")
+        micro = cfg.micro_batch * dp
+        if cfg.micro_batch < 0 or (micro and cfg.batch_size % micro):
+            raise ValueError(f"micro_batch={cfg.micro_batch} rows per device on {dp} "
+                             f"data-parallel devices must divide batch_size={cfg.batch_size} "
+                             "(0: the whole batch in one pass)")
         lora = (LoraConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
                 if cfg.trainable == "lora" else None)
         # full finetuning keeps float32 master weights and computes in `dtype`
@@ -94,7 +102,7 @@ class Learner:
                 self.bundle,
                 lambda m, ids, mask, pool_mask: L.pool(m.hidden(ids, mask), pool_mask, how))
         else:
-            self.steps = Steps.for_model(self.bundle)
+            self.steps = Steps.for_model(self.bundle, micro_batch=micro)
         self._cache: dict[str, np.ndarray] = {}
         self.features_computed = 0  # texts run through the model for features (not cached)
         self._truncated: dict[str, bool] = {}  # per example id, once it was tokenised

@@ -94,6 +94,11 @@ def validate(config) -> None:
     need(isinstance(config.get("host_poll_steps", 512), int)
          and config.get("host_poll_steps", 512) >= 1, "host_poll_steps",
          f"{config.get('host_poll_steps')!r} must be a whole number >= 1")
+    micro = config.train.get("micro_batch", 0)
+    need(isinstance(micro, int) and micro >= 0
+         and (micro == 0 or config.train.batch_size % micro == 0), "train.micro_batch",
+         f"{micro!r}: rows per device per pass, a whole number >= 0 that divides "
+         f"train.batch_size={config.train.batch_size} (0: the whole batch in one pass)")
     need(config.train.get("min_eval_visits", 0) >= 0, "train.min_eval_visits",
          f"{config.train.get('min_eval_visits')} must be >= 0 (0: evaluate from the first step)")
     need(config.train.get("small_stage_val", "none") in SMALL_STAGE_VALIDATION,
@@ -111,6 +116,10 @@ def validate(config) -> None:
 def set_options(config) -> dict:
     """The task options that are set (None means the task's default)."""
     return {k: v for k, v in config.task_options.items() if v is not None}
+
+
+# `train` keys that say how a step runs, not what it computes (float rounding aside)
+EXECUTION_KEYS = ("micro_batch",)
 
 
 class Planner:
@@ -184,7 +193,8 @@ class Planner:
                 "model": c.model, "trainable": c.trainable, "dtype": c.dtype,
                 "lora": dict(c.lora), "max_length": c.max_length, "pooling": c.pooling,
                 **method,
-                "train": dict(c.train),
+                # micro-batching changes how a step is computed, not what: not in the id
+                "train": {k: v for k, v in c.train.items() if k not in EXECUTION_KEYS},
                 "labeler": self.labeler.config_dict(), "oracle_share": c.oracle_share,
                 "prices": {"oracle": str(self.prices.oracle), "weak": str(self.prices.weak)},
                 "n_weak": spec.n_weak, "n_oracle": spec.n_oracle, "seed": spec.seed}

@@ -31,6 +31,7 @@ def learner_config(config) -> LearnerConfig:
         c.model, trainable=c.trainable, dtype=c.dtype, lora_rank=c.lora.rank,
         lora_alpha=c.lora.alpha, lora_dropout=c.lora.dropout, max_length=c.max_length,
         buckets=tuple(c.length_buckets), batch_size=c.train.batch_size,
+        micro_batch=c.train.get("micro_batch", 0),
         mesh=tuple(c.mesh.items()), remat=c.remat, pooling=c.pooling or None,
         attention=attention)
 

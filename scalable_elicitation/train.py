@@ -81,6 +81,16 @@ def warmup_steps(steps_per_epoch: int) -> int:
     return max(2, min(40, steps_per_epoch))
 
 
+def _targets(loss_kind, logits, batch, stage_step, hp):
+    """A batch's soft targets [B, 2]: the labels, or `logconf_targets` (which need the
+    logits of the whole batch)."""
+    y = batch["target"]
+    if loss_kind == "logconf":
+        return logconf_targets(logits, y, batch["weight"], stage_step, hp["logconf_ramp"],
+                               hp["logconf_coef"])
+    return jnp.stack([1.0 - y, y], axis=-1)
+
+
 def _key_name(entry) -> str:
     """The plain name of one pytree path entry: DictKey('bias') -> 'bias', GetAttrKey('value')
     -> 'value' (str() of an entry gives "['bias']", which no name test matches)."""
@@ -120,8 +130,12 @@ class Steps:
     traces of each step: one per shape bucket.
     """
 
-    def __init__(self, *, logits_fn, params, frozen, mesh, init_params, optimizer=None):
+    def __init__(self, *, logits_fn, params, frozen, mesh, init_params, optimizer=None,
+                 micro_batch: int = 0):
         self.mesh = mesh
+        # rows per forward and backward pass of a train step (0: the whole batch at once);
+        # the gradients of a batch's micro-batches are summed (`_accumulated`)
+        self.micro_batch = int(micro_batch)
         self._logits_fn = logits_fn
         self._init_params = init_params
         self.tx = optimizer or make_optimizer()
@@ -139,7 +153,7 @@ class Steps:
         self._init = None
 
     @classmethod
-    def for_model(cls, bundle: ModelBundle, optimizer=None) -> "Steps":
+    def for_model(cls, bundle: ModelBundle, optimizer=None, micro_batch: int = 0) -> "Steps":
         graphdef, params, frozen = bundle.split()
 
         def logits_fn(params, frozen, batch, dropout_key=None):
@@ -147,7 +161,8 @@ class Steps:
             return model(batch["input_ids"], batch["attention_mask"], dropout_key=dropout_key)
 
         return cls(logits_fn=logits_fn, params=params, frozen=frozen, mesh=bundle.mesh,
-                   init_params=bundle.init_trainable, optimizer=optimizer)
+                   init_params=bundle.init_trainable, optimizer=optimizer,
+                   micro_batch=micro_batch)
 
     @classmethod
     def for_probe(cls, hidden: int, num_labels: int, mesh, optimizer=None) -> "Steps":
@@ -204,23 +219,70 @@ class Steps:
     def _train_step(self, loss_kind, state: TrainState, frozen, batch, hp):
         self.compiles["train"] += 1  # runs at trace time only
         key = jax.random.fold_in(state.key, state.step)
+        stage_step = state.step.astype(jnp.float32)
+        rows = batch["weight"].shape[0]
+        if self.micro_batch and self.micro_batch < rows:
+            loss, grads = self._accumulated(loss_kind, state.params, frozen, batch, hp,
+                                            stage_step, key)
+        else:
+            def loss_fn(params):
+                logits = self.logits(params, frozen, batch, dropout_key=key)
+                targets = _targets(loss_kind, logits, batch, stage_step, hp)
+                return soft_cross_entropy(logits, targets, batch["weight"])
 
-        def loss_fn(params):
-            logits = self.logits(params, frozen, batch, dropout_key=key)
-            y, w = batch["target"], batch["weight"]
-            if loss_kind == "logconf":
-                targets = logconf_targets(logits, y, w, state.step.astype(jnp.float32),
-                                          hp["logconf_ramp"], hp["logconf_coef"])
-            else:
-                targets = jnp.stack([1.0 - y, y], axis=-1)
-            return soft_cross_entropy(logits, targets, w)
-
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+            loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         lr = learning_rate(state.step, hp["lr"], hp["warmup"], hp["total"])
         params = jax.tree.map(lambda p, u: p - (lr * u).astype(p.dtype), state.params, updates)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new, {"loss": loss, "lr": lr, "grad_norm": optax.global_norm(grads)}
+
+    def _accumulated(self, loss_kind, params, frozen, batch, hp, stage_step, key):
+        """(loss, grads) of the whole batch's weighted mean loss, taken `micro_batch` rows at a
+        time (rows strided, `split`) with the gradients summed in float32
+        (docs/design.md#stages): each micro-batch adds its rows' weighted loss over the whole
+        batch's weight, so the sum is the whole-batch mean. `logconf`'s self-labels need the whole batch's quantile, so its
+        targets come from a forward pass over every micro-batch first (no gradient). A
+        micro-batch with no real rows (a short batch's padding) is skipped when the step runs
+        alone (under `jax.vmap` both branches run)."""
+        micro = self.micro_batch
+        n = batch["weight"].shape[0] // micro
+
+        # micro-batch j takes rows j, n + j, 2n + j, ...: a batch split over the data-parallel
+        # devices in contiguous blocks then gives each micro-batch rows on every device
+        def split(v):
+            return jnp.swapaxes(v.reshape(micro, n, *v.shape[1:]), 0, 1)
+
+        chunks = jax.tree.map(split, batch)
+        keys = jax.random.split(key, n)
+        if loss_kind == "logconf":
+            logits = jax.lax.map(lambda a: self.logits(params, frozen, a[0], dropout_key=a[1]),
+                                 (chunks, keys))
+            logits = jnp.swapaxes(logits, 0, 1).reshape(n * micro, -1)  # rows in batch order
+            targets = _targets(loss_kind, logits, batch, stage_step, hp)
+        else:
+            targets = _targets(loss_kind, None, batch, stage_step, hp)
+        targets = split(targets)
+        total = jnp.maximum(batch["weight"].sum(), 1e-9)
+
+        def add(acc, x):
+            mb, tg, k = x
+
+            def loss_fn(p):
+                logits = self.logits(p, frozen, mb, dropout_key=k)
+                logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+                return (-(tg * logp).sum(-1) * mb["weight"]).sum() / total
+
+            loss, grads = jax.lax.cond(
+                mb["weight"].sum() > 0, lambda: jax.value_and_grad(loss_fn)(params),
+                lambda: (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params)))
+            return (acc[0] + loss,
+                    jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc[1], grads)), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        (loss, grads), _ = jax.lax.scan(add, (jnp.zeros((), jnp.float32), zeros),
+                                        (chunks, targets, keys))
+        return loss, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
     def step_fn(self, loss_kind: str = "xent"):
         """The pure one-run train step `(state, frozen, batch, hp) -> (state, metrics)`, for

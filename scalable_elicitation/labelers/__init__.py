@@ -19,6 +19,7 @@ def make_labeler(cfg, cache_dir) -> Labeler:
         return ModelLabeler(
             source=cfg.source, n_train=cfg.n_train, trainable=cfg.trainable, lr=cfg.lr,
             epochs=cfg.epochs, batch_size=cfg.batch_size, max_length=cfg.max_length,
+            micro_batch=cfg.get("micro_batch", 0),
             cache_dir=None if cache_dir is None else str(cache_dir))
     if cfg.kind == "noise":
         return NoiseLabeler(rate=cfg.rate, soft=cfg.get("soft", False))

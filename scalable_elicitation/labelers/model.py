@@ -25,11 +25,17 @@ class ModelLabeler:
     batch_size: int = 32
     max_length: int = 64
     dtype: str = "float32"
+    # rows per device per pass (`LearnerConfig.micro_batch`): how a step runs, not what it
+    # computes, so not in `config_dict` (the labeller's identity)
+    micro_batch: int = dataclasses.field(default=0, compare=False)
     cache_dir: str | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
         if self.n_train < 2:
             raise ValueError(f"ModelLabeler n_train must be >= 2, got {self.n_train}")
+        if self.micro_batch < 0 or (self.micro_batch and self.batch_size % self.micro_batch):
+            raise ValueError(f"labeler.micro_batch={self.micro_batch} must be >= 0 and divide "
+                             f"labeler.batch_size={self.batch_size} (0: the whole batch)")
 
     @property
     def name(self) -> str:
@@ -53,7 +59,7 @@ class ModelLabeler:
         learner = Learner(LearnerConfig(
             self.source, trainable=self.trainable, dtype=self.dtype,
             max_length=self.max_length, buckets=(self.max_length,),
-            batch_size=self.batch_size), cache_dir=self.cache_dir)
+            batch_size=self.batch_size, micro_batch=self.micro_batch), cache_dir=self.cache_dir)
         train = labeler_train_split(task, seed, self.n_train)
         # a probe sees features standardised with its task's unlabelled training texts
         stats = (learner.feature_stats(task.train["id"], task.train["text"])
