@@ -91,9 +91,11 @@ def _padded_order(n_train: int, total: int, batch_size: int, key_seed: Sequence[
 
 @dataclasses.dataclass(frozen=True)
 class Shapes:
-    """Least padded sizes of a group: training rows, validation rows, steps and members. A
-    sweep passes the sizes of its largest stage, so every group of the sweep has one shape and
-    the loop compiles once (XLA compiles per shape; on 2 CPU cores about a second each)."""
+    """Least padded sizes of a group: training rows, validation rows and steps, and the
+    group size (`members`: the scheduler cuts groups to it; members are not padded to it). A
+    sweep passes the sizes of its largest stage, so its groups of one size have one shape and
+    the loop compiles once per group size (XLA compiles per shape; on 2 CPU cores about a
+    second each for a probe)."""
     rows: int = 0
     val_rows: int = 0
     steps: int = 0
@@ -144,8 +146,8 @@ def _select(on, new, old):
         lambda a, b: jnp.where(on.reshape(on.shape + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
-def run_mesh_axis(mesh, mode: str = "rows") -> str | None:
-    """The mesh axis a group's run axis is split over, or None.
+def run_mesh_axis(mesh, mode: str = "rows", members: int = 1) -> str | None:
+    """The mesh axis a group of `members` runs has its run axis split over, or None.
 
     "rows" (the default): every member on every device, each member's batch rows split over
     the data-parallel axes and its parameters sharded as the mesh says, exactly as a lone run's
@@ -154,11 +156,12 @@ def run_mesh_axis(mesh, mode: str = "rows") -> str | None:
     share of the members with its own copy of the frozen model and no communication per step
     but the group's "all done?"; a member's numbers then equal the run alone on one device
     (data-parallel training on several devices sums its batch in another order, a rounding
-    difference). It needs a model that fits one device: mesh fsdp = tensor = 1."""
+    difference). It needs a model that fits one device: mesh fsdp = tensor = 1. "auto": one
+    or the other by the group's size (`grouping.placement`)."""
     error = grouping.placement_error(mode, dict(mesh.shape))
     if error is not None:
         raise ValueError(f"group_sharding={error}")
-    if mode == "rows":
+    if grouping.placement(mode, dict(mesh.shape), members) == "rows":
         return None
     return "data" if mesh.shape.get("data", 1) > 1 else None
 
@@ -216,6 +219,32 @@ def group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None = 
 
         return jax.lax.map(one, chunks).reshape(rows)
 
+    def member_metric(params, frozen, val, val_y, val_on, is_due):
+        """A member's validation metric and 1 if it is due, else (0, 0) without scoring."""
+        def score():
+            return device_val_metric(member_scores(params, frozen, val), val_y, val_on), 1
+        return jax.lax.cond(is_due, score, lambda: (jnp.zeros((), jnp.float32), 0))
+
+    def evaluate_due(params, frozen, k, due):
+        """Each due member scored on its validation rows, one member after another, and no
+        other (a member due every step does not make the group score all of its members):
+        (metric, evaluated) per member. With whole runs on devices, each device goes through
+        its own members."""
+        def members(frozen, params, val, val_y, val_on, due):
+            return jax.lax.map(lambda x: member_metric(x[0], frozen, *x[1:]),
+                               (params, val, val_y, val_on, due))
+
+        args = (params, k["val"], k["val_y"], k["val_on"], due)
+        if axis is None:
+            return members(frozen, *args)
+        run = P(axis)
+        specs = lambda tree: jax.tree.map(lambda s: s.spec, tree)  # noqa: E731
+        local = jax.shard_map(
+            members, mesh=steps.mesh, out_specs=(run, run), check_vma=False,
+            in_specs=(specs(steps.frozen_sharding),
+                      specs(_stacked(steps.params_sharding, axis)), run, run, run, run))
+        return local(frozen, *args)
+
     def body(c, frozen, k):
         st, on = c["state"], ~c["done"]
         width = k["order"].shape[1]
@@ -241,19 +270,14 @@ def group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None = 
         due = on & k["has_val"] & (((s1 % k["eval_every"] == 0) & (s1 >= k["first_eval"]))
                                    | (s1 >= k["total"]))
 
-        def evaluate(params):
-            scores = jax.vmap(member_scores, in_axes=(0, None, 0))(params, frozen, k["val"])
-            return jax.vmap(device_val_metric)(scores, k["val_y"], k["val_on"])
-
-        metric = jax.lax.cond(due.any(), evaluate,
-                              lambda p: jnp.zeros(on.shape, jnp.float32), st.params)
+        metric, ran = evaluate_due(st.params, frozen, k, due)
         better, bad, stop = early_stopping(metric, due, c["metric"], c["bad"], c["has_best"],
                                            k["min_delta"], k["patience"])
         finished = (s1 >= k["total"]) | stop
         return {"state": st, "best": _select(better, st.params, c["best"]),
                 "metric": jnp.where(better, metric, c["metric"]),
                 "best_step": jnp.where(better, s1, c["best_step"]),
-                "has_best": c["has_best"] | due, "bad": bad,
+                "has_best": c["has_best"] | due, "bad": bad, "evals": c["evals"] + ran,
                 "done": c["done"] | (on & finished), "losses": losses, "it": c["it"] + 1}
 
     def loop(carry, frozen, consts, limit):
@@ -274,6 +298,18 @@ def _stack(trees, shardings=None):
     one operation per leaf), placed as `shardings` say: arrays already on a mesh that spans
     processes can only be moved by a computation, not by `device_put`."""
     return jax.jit(_stack_trees, out_shardings=shardings)(list(trees))
+
+
+@functools.lru_cache(maxsize=None)
+def _replicate(mesh):
+    return jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, P()))
+
+
+def _host(steps: Steps, tree):
+    """Small per-member arrays of the carry on this host, in full: copied to every device
+    first, since with whole runs on devices of several processes each process addresses only
+    its own members' entries, and `jax.device_get` of the rest fails."""
+    return jax.device_get(_replicate(steps.mesh)(tree))
 
 
 @jax.jit
@@ -304,11 +340,11 @@ def _layout(steps: Steps, members: Sequence[Member], spec: BatchSpec, shapes: Sh
         raise ValueError(f"a group needs members of one loss kind, batch size and input kind; "
                          f"got {sorted(keys)}")
     G, bs = len(members), spec.batch_size
-    Gp = _bucket(max(G, shapes.members), 1)
-    axis = run_mesh_axis(steps.mesh, group_sharding)
-    if axis is not None:  # every device gets the same number of members
-        devices = steps.mesh.shape[axis]
-        Gp = -(-Gp // devices) * devices
+    axis = run_mesh_axis(steps.mesh, group_sharding, G)
+    # no padding member but what the mesh needs (every device the same number of members):
+    # a padding member costs a real member's step for the group's whole life, more than the
+    # compile a group of another size costs
+    Gp = G if axis is None else -(-G // steps.mesh.shape[axis]) * steps.mesh.shape[axis]
     plans = [stage_schedule(len(m.train), len(m.val) if m.has_val else 0, m.cfg, bs)
              for m in members]
     tokens = isinstance(members[0].train, Encoded)
@@ -347,6 +383,7 @@ def _initial_carry(steps: Steps, members: Sequence[Member], lay: _Layout,
         "metric": np.where(has, [x[0] for x in meta] + [0.0] * pad, -np.inf).astype(np.float32),
         "best_step": np.asarray([x[1] for x in meta] + [0] * pad, np.int32),
         "bad": np.asarray([x[2] for x in meta] + [0] * pad, np.int32), "has_best": has,
+        "evals": np.zeros(lay.Gp, np.int32),  # validation passes made, per member
         "done": np.asarray([False] * lay.G + [True] * pad),
         # zeros, not NaN: every row is written before it is read, and a multi-process
         # device_put checks that the processes' values are equal, which NaN never is
@@ -406,14 +443,14 @@ def _drive(loop, carry, consts, steps: Steps, members: Sequence[Member], lay: _L
     (carry, each member's step, each member's losses, errors by member)."""
     where = _carry_shardings(steps, lay.axis, carry)
     errors: dict[int, Exception] = {}
-    reported = np.asarray(jax.device_get(carry["state"].step))[:lay.G].astype(np.int64)
+    reported = np.asarray(_host(steps, carry["state"].step))[:lay.G].astype(np.int64)
     losses = [[] for _ in members]  # every step's loss, per member
     last_save = time.monotonic()
     while True:
         before = int(carry["it"])
         carry = loop(carry, steps.frozen, consts, carry["it"] + iters_per_call)
-        done, step, log, it = jax.device_get((carry["done"], carry["state"].step,
-                                              carry["losses"], carry["it"]))
+        done, step, log, it = _host(steps, (carry["done"], carry["state"].step,
+                                            carry["losses"], carry["it"]))
         ran = log[:int(it) - before, :lay.G]  # [loop steps of this call, member]
         newly_bad = False
         for g, m in enumerate(members):
@@ -432,21 +469,21 @@ def _drive(loop, carry, consts, steps: Steps, members: Sequence[Member], lay: _L
         if newly_bad:  # a failed member stops here; the others go on
             carry["done"] = jax.device_put(
                 np.asarray(done) | np.isin(np.arange(lay.Gp), list(errors)), where["done"])
-            done = np.asarray(jax.device_get(carry["done"]))
+            done = np.asarray(_host(steps, carry["done"]))
         if done.all():
             return carry, step, losses, errors
         # process 0's clock decides for all: every process must call Orbax alike, or a save
         # that one process starts and another skips hangs
         if broadcast_flag(time.monotonic() - last_save >= checkpoint_interval_s):
-            _save_all(members, carry, errors)
+            _save_all(steps, members, carry, errors)
             last_save = time.monotonic()
 
 
-def _results(carry, step, losses, errors, members: Sequence[Member], lay: _Layout,
-             return_errors: bool) -> list:
+def _results(steps: Steps, carry, step, losses, errors, members: Sequence[Member],
+             lay: _Layout, return_errors: bool) -> list:
     """Each member's `StageResult` (kept params and record), or its error."""
     results: list = []
-    fetched = jax.device_get({k: carry[k] for k in ("metric", "best_step", "has_best")})
+    fetched = _host(steps, {k: carry[k] for k in ("metric", "best_step", "has_best", "evals")})
     for g, (m, p) in enumerate(zip(members, lay.plans)):
         if g in errors:
             if not return_errors:
@@ -461,7 +498,8 @@ def _results(carry, step, losses, errors, members: Sequence[Member], lay: _Layou
             m.source, n_train, len(m.val) if p.has_val else 0, p, m.cfg, steps=taken,
             best_step=int(fetched["best_step"][g]), val_metric=float(fetched["metric"][g]),
             truncated=truncated, batch_size=lay.spec.batch_size,
-            final_loss=float(losses[g][-1]) if losses[g] else float("nan"))))
+            final_loss=float(losses[g][-1]) if losses[g] else float("nan")),
+            evaluations=int(fetched["evals"][g])))
     return results
 
 
@@ -490,7 +528,7 @@ def run_stages_grouped(steps: Steps, members: Sequence[Member], *, spec: BatchSp
                        spec.batch_size, lay.axis)
     carry, step, losses, errors = _drive(loop, carry, consts, steps, members, lay,
                                          iters_per_call, checkpoint_interval_s)
-    return _results(carry, step, losses, errors, members, lay, return_errors)
+    return _results(steps, carry, step, losses, errors, members, lay, return_errors)
 
 
 def run_stage(steps: Steps, params, train, targets: np.ndarray, val, val_labels, cfg: StageConfig,
@@ -510,10 +548,10 @@ def run_stage(steps: Steps, params, train, targets: np.ndarray, val, val_labels,
                               checkpoint_interval_s=checkpoint_interval_s, shapes=shapes)[0]
 
 
-def _save_all(members, carry, errors) -> None:
+def _save_all(steps: Steps, members, carry, errors) -> None:
     """Every unfinished member's state, best params and stopping counters to its checkpoint."""
-    fetched = jax.device_get({k: carry[k] for k in ("metric", "best_step", "bad", "has_best",
-                                                      "done")})
+    fetched = _host(steps, {k: carry[k] for k in ("metric", "best_step", "bad", "has_best",
+                                                  "done")})
     for g, m in enumerate(members):
         if m.checkpoint is None or g in errors or fetched["done"][g]:
             continue

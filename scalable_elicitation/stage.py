@@ -173,3 +173,4 @@ def stage_record(source: str, n_train: int, n_val: int, plan: StageSchedule, cfg
 class StageResult:
     params: object
     record: dict
+    evaluations: int = 0  # validation passes the engine made (not in the record)

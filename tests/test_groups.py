@@ -208,5 +208,83 @@ def test_run_mesh_axis_rule():
     assert run_mesh_axis(split) is None
     with pytest.raises(ValueError, match="fit one device.*fsdp"):
         run_mesh_axis(split, "runs")
-    with pytest.raises(ValueError, match="group_sharding='both'; allowed: rows, runs"):
+    with pytest.raises(ValueError, match="group_sharding='both'; allowed: auto, rows, runs"):
         run_mesh_axis(data8, "both")
+
+
+def test_auto_places_whole_runs_when_they_fill_the_devices():
+    """"auto": whole runs on devices for a group with a member per device and a model on
+    each device; rows split otherwise."""
+    from scalable_elicitation.groups import run_mesh_axis
+    data8, split = make_mesh({"data": 8}), make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert run_mesh_axis(data8, "auto", 8) == run_mesh_axis(data8, "auto", 13) == "data"
+    assert run_mesh_axis(data8, "auto", 7) is None  # one device would hold padding only
+    assert run_mesh_axis(split, "auto", 64) is None  # the model is split over devices
+    assert run_mesh_axis(make_mesh({"data": 1}), "auto", 8) is None
+
+
+def _loop_sizes(monkeypatch):
+    """The number of members (padding included) of each call of the group loop, and where
+    its stacked head kernel's first shard lies: a list of (members, shard shape)."""
+    from scalable_elicitation import groups
+    seen, real = [], groups.group_loop
+
+    def spy(*args):
+        loop = real(*args)
+
+        def call(carry, *rest):
+            kernel = carry["state"].params["head"]["kernel"]
+            seen.append((kernel.shape[0], kernel.addressable_shards[0].data.shape))
+            return loop(carry, *rest)
+        return call
+
+    monkeypatch.setattr(groups, "group_loop", spy)
+    return seen
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("rows", (5, (5, 32, 2))),    # every member on every device: no padding member at all
+    ("runs", (8, (1, 32, 2))),    # one run per device: padded to the 8 devices, no further
+    ("auto", (5, (5, 32, 2))),    # fewer runs than devices: rows
+])
+def test_a_group_has_no_padding_member_the_mesh_does_not_need(mode, expected, monkeypatch):
+    steps = Steps.for_probe(32, 2, make_mesh({"data": 8}))
+    members = _members([40, 6, 75, 20, 12])
+    for g, m in enumerate(members):
+        m.params = steps.fresh_params(jax.random.key(300 + g))
+    sizes = _loop_sizes(monkeypatch)
+    run_stages_grouped(steps, members, spec=BatchSpec(32, (1,), 0), group_sharding=mode)
+    assert sizes and set(sizes) == {expected}
+
+
+def test_only_due_members_are_scored(probe):
+    """A member that evaluates every step does not make the group score the others: each
+    member's validation passes (`StageResult.evaluations`) are its own due evaluations, as
+    when it trains alone, and far fewer than the steps at which some member was due."""
+    from scalable_elicitation.stage import stage_schedule
+    spec = BatchSpec(32, (1,), 0)
+    members = []
+    for i, (n, every) in enumerate([(40, 1), (2000, 50)]):
+        data, y = _task(10 + i, n)
+        n_val = n // 5
+        tr, va = np.arange(n - n_val), np.arange(n - n_val, n)
+        cfg = StageConfig(lr=0.01, max_visits=6000, eval_every=every, patience=10**6)
+        members.append(Member(probe.fresh_params(jax.random.key(i)), data.take(tr), y[tr],
+                              data.take(va), y[va], cfg, seed_path=[i], key=jax.random.key(i)))
+    together = run_stages_grouped(probe, members, spec=spec)
+    due_steps = []
+    for m, r in zip(members, together):
+        plan = stage_schedule(len(m.train), len(m.val), m.cfg, 32)
+        steps = np.arange(1, r.record["steps"] + 1)
+        due = ((steps % plan.eval_every == 0) & (steps >= plan.first_eval)) | \
+            (steps >= plan.total)
+        due_steps.append(set(steps[due]))
+        assert r.evaluations == due.sum()
+        alone = run_stage(probe, m.params, m.train, m.targets, m.val, m.val_labels, m.cfg,
+                          seed_path=m.seed_path, key=m.key, spec=spec, source=m.source)
+        assert alone.evaluations == r.evaluations
+    frequent, rare = together
+    assert frequent.evaluations >= 100 and rare.evaluations <= 5
+    # under "score everyone when anyone is due", the rare member would have been scored at
+    # every step the frequent one was
+    assert rare.evaluations < len(due_steps[0] | due_steps[1]) / 10

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -156,3 +157,55 @@ def test_two_processes_save_together_whatever_their_own_clocks_say(tmp_path):
         assert p.returncode == 0, err[-3000:]
     decided = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert decided[0] == decided[1] == [True, False, True, False]  # process 0's clock
+
+
+_GROUP = """
+import json, sys
+import jax, numpy as np
+from launch import multihost
+multi = multihost.maybe_initialize()
+from scalable_elicitation.batching import BatchSpec, Features, FeatureStats
+from scalable_elicitation.groups import Member, run_stages_grouped
+from scalable_elicitation.sharding import make_mesh
+from scalable_elicitation.stage import StageConfig, predict
+from scalable_elicitation.train import Steps
+steps = Steps.for_probe(16, 2, make_mesh({"data": jax.device_count()}))
+rng = np.random.default_rng(0)
+members = []
+for i, n in enumerate((60, 90, 40)):
+    x = rng.normal(size=(n, 16)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * rng.normal(size=n) > 0).astype(np.float32)
+    data = FeatureStats.of(x).apply(Features(x, np.zeros(n, bool)))
+    tr, va = np.arange(n - 12), np.arange(n - 12, n)
+    members.append(Member(steps.fresh_params(jax.random.key(i)), data.take(tr), y[tr],
+                          data.take(va), y[va], StageConfig(lr=0.02, max_visits=1500),
+                          seed_path=[i], key=jax.random.key(10 + i)))
+spec = BatchSpec(32, (1,), 0)
+out = run_stages_grouped(steps, members, spec=spec, group_sharding=sys.argv[1])
+test = FeatureStats.of(x).apply(Features(x, np.zeros(len(x), bool)))
+print(json.dumps([{"record": r.record, "evaluations": r.evaluations,
+                   "scores": predict(steps, r.params, test, spec).tolist()} for r in out]))
+"""
+
+
+def test_two_processes_train_a_group_with_whole_runs_on_each_process(tmp_path):
+    """Whole runs on the devices of two processes (`group_sharding=runs`, one device each): no
+    process reads an array it cannot address, both get every member's record, and each member
+    equals the group trained by one process on one device."""
+    single = subprocess.run([sys.executable, "-c", _GROUP, "rows"], cwd=ROOT, env=_env(1),
+                            capture_output=True, text=True, timeout=120)
+    assert single.returncode == 0, single.stderr[-3000:]
+    alone = json.loads(single.stdout.strip().splitlines()[-1])
+    procs = _two_processes(lambda i: [sys.executable, "-c", _GROUP, "runs"])
+    outs = [p.communicate(timeout=180) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    got = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert got[0] == got[1]  # every process sees all members' results
+    assert len(got[0]) == len(alone) == 3
+    for a, b in zip(alone, got[0]):
+        assert a["evaluations"] == b["evaluations"] > 0
+        assert a["record"]["steps"] == b["record"]["steps"]
+        for path, x, y in _floats(a["record"], b["record"]):
+            assert (math.isnan(x) and math.isnan(y)) or abs(x - y) <= 1e-5, (path, x, y)
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
