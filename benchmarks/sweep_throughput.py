@@ -142,7 +142,7 @@ def main(argv=None):
     parser.add_argument("--cache_from", default=None,
                         help="a workdir whose cache/ (features) the probe setup reuses")
     parser.add_argument("--workdir", default=None, help="where to keep caches between calls")
-    parser.add_argument("--group_sharding", default="rows", choices=("rows", "runs"),
+    parser.add_argument("--group_sharding", default="rows", choices=("auto", "rows", "runs"),
                         help="runs: a group's runs spread over all local devices")
     args = parser.parse_args(argv)
     from common import print_table

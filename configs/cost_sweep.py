@@ -78,8 +78,9 @@ def get_config(arg=None):
     # 1 = one at a time
     c.parallel_runs = 0
     # where a group trains on a multi-device mesh: "rows" splits each run's batch over the
-    # data axis as one run alone does; "runs" puts whole runs on devices (model on one device)
-    c.group_sharding = "rows"
+    # data axis as one run alone does; "runs" puts whole runs on devices (model on one device);
+    # "auto" whole runs when the group has a run per device and mesh fsdp = tensor = 1
+    c.group_sharding = "auto"
     c.checkpoint_interval_s = 60.0  # at most one mid-stage save per interval (0: every check)
     # training steps between the host's checks of a stage (losses, progress, checkpoints): the
     # step loop stays on the device in between. Placement, like parallel_runs: not in run ids.

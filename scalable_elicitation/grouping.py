@@ -3,8 +3,9 @@ policy in one place, without JAX, so `planning` validates a config with it befor
 loads and the scheduler (`runner`) sizes groups with it from numbers it reads off the learner
 and the devices.
 
-- `group_sharding`: "rows" (each run's batch over the data axis, as a run alone) or "runs"
-  (whole runs on devices; the model must fit one device: mesh fsdp = tensor = 1).
+- `group_sharding`: "rows" (each run's batch over the data axis, as a run alone), "runs"
+  (whole runs on devices; the model must fit one device: mesh fsdp = tensor = 1), or "auto"
+  (`placement`: whole runs when they fill the devices and the model fits one, else rows).
 - The automatic group size (`config.parallel_runs = 0`): as many runs as fit `memory_share`
   of the free memory (`per_run_bytes`), at most the platform's cap (`max_auto_group`).
 - A worker claims `RUNS_PER_GROUP_CLAIMED` groups' runs at once (`experiment`), so groups form
@@ -12,7 +13,7 @@ and the devices.
 """
 from __future__ import annotations
 
-GROUP_SHARDINGS = ("rows", "runs")
+GROUP_SHARDINGS = ("auto", "rows", "runs")
 # The largest automatic group per (platform, learner is a probe). On CPU a member's step costs
 # about the same inside a group as alone (no idle units to fill), so a group only saves host
 # and per-call work, and long groups idle their finished members. Measured on 2 cores
@@ -34,6 +35,21 @@ def placement_error(mode: str, mesh_shape: dict) -> str | None:
         return (f"'runs' puts whole runs on devices, so the model must fit one device: set "
                 f"mesh.fsdp and mesh.tensor to 1 (mesh is {dict(mesh_shape)}) or use 'rows'")
     return None
+
+
+def placement(mode: str, mesh_shape: dict, members: int) -> str:
+    """Where a group of `members` runs goes: `mode` itself unless "auto", which puts whole
+    runs on devices when the model lives whole on each device (mesh fsdp = tensor = 1), the
+    data axis has several devices, and the group has a member for each of them. Then every
+    device computes whole batches of its own members, the same work per device as splitting
+    each run's rows over the devices, without the per-step all-reduce of every run's
+    gradients; a smaller group would leave devices to padding, so its rows are split
+    instead (benchmarks/RESULTS.md, "Placement")."""
+    if mode != "auto":
+        return mode
+    whole = mesh_shape.get("fsdp", 1) * mesh_shape.get("tensor", 1) == 1
+    data = mesh_shape.get("data", 1)
+    return "runs" if whole and data > 1 and members >= data else "rows"
 
 
 def max_auto_group(platform: str, probe: bool) -> int:

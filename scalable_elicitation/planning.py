@@ -79,7 +79,7 @@ def validate(config) -> None:
     need(isinstance(config.get("parallel_runs", 0), int) and config.get("parallel_runs", 0) >= 0,
          "parallel_runs", f"{config.get('parallel_runs')!r}; allowed: 0 (as many as fit the "
          "device), 1 (one at a time) or more")
-    placement, mesh = config.get("group_sharding", "rows"), dict(config.get("mesh", {}))
+    placement, mesh = config.get("group_sharding", "auto"), dict(config.get("mesh", {}))
     error = grouping.placement_error(placement, mesh)
     need(error is None, "group_sharding", error)
     need(config.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype",

@@ -62,7 +62,10 @@ class Sweep(Planner):
             return 1
         largest = max(max(s.n_weak, s.n_oracle) for s in specs)
         mesh = self.data.learner.steps.mesh
-        axis = groups.run_mesh_axis(mesh, self.config.get("group_sharding", "rows"))
+        # a group large enough to fill the devices with whole runs may place them so
+        # (`grouping.placement`); the memory of all its devices is then the group's
+        axis = groups.run_mesh_axis(mesh, self.config.get("group_sharding", "auto"),
+                                    len(specs))
         devices = 1 if axis is None else mesh.shape[axis]  # whole runs spread over them
         return auto_group_size(self.data.learner, largest, len(specs), devices=devices)
 
@@ -127,7 +130,7 @@ class Sweep(Planner):
                 jobs = [pending[i] for i in batch]
                 results = _or_errors(lambda: type(jobs[0]).train(  # a group, or one alone
                     jobs, shapes=shapes,
-                    group_sharding=self.config.get("group_sharding", "rows"),
+                    group_sharding=self.config.get("group_sharding", "auto"),
                     host_poll_steps=self.config.get("host_poll_steps", groups.ITERS_PER_CALL)),
                     len(jobs))
                 took = time.time() - t0
