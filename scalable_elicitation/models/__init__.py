@@ -250,8 +250,6 @@ def _download_hub(repo_id: str) -> pathlib.Path:
 
 
 def _load_hf_folder(path: pathlib.Path, *, options, **kw) -> ModelBundle:
-    from transformers import AutoTokenizer
-
     cfg = W.hf_config_from_folder(path, options.get("pooling"))
     cfg = dataclasses.replace(cfg, **options)
     model, lora_cfg, mesh, args = build_model(cfg, **kw)
@@ -262,6 +260,8 @@ def _load_hf_folder(path: pathlib.Path, *, options, **kw) -> ModelBundle:
                         kw["rules"])
     tokenizer = None
     if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer  # seconds to import: only when there is one
+
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     return ModelBundle(model, tokenizer, cfg, str(path), kw["trainable"], lora_cfg, mesh,
                        unused, args)
