@@ -9,7 +9,6 @@ import pytest
 from flax import nnx
 from safetensors.numpy import save_file
 
-from scalable_elicitation import assets
 from scalable_elicitation.models import WeightImportError, load_pretrained
 from scalable_elicitation.models import weights as W
 from scalable_elicitation.models.gguf_file import GGUFFile
