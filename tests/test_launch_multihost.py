@@ -3,8 +3,9 @@ the smoke sweep through `launch.sweep` and reach the single-process metrics with
 
 Every process builds the same full host batch and contributes its devices' rows
 (`stage.to_global`), and scores and features come back replicated, so every process can read
-them.
+them. Weights load shard by shard: each process reads only the slices its devices hold.
 """
+import hashlib
 import json
 import math
 import os
@@ -15,6 +16,12 @@ import sys
 
 import numpy as np
 import pytest
+from flax import nnx
+from test_weight_slices import save_tiny_qwen2, tiny_qwen2_tensors
+
+from scalable_elicitation.models import load_pretrained
+from scalable_elicitation.models import weights as W
+from scalable_elicitation.sharding import make_mesh
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "cost_sweep.py")
@@ -209,3 +216,69 @@ def test_two_processes_train_a_group_with_whole_runs_on_each_process(tmp_path):
         for path, x, y in _floats(a["record"], b["record"]):
             assert (math.isnan(x) and math.isnan(y)) or abs(x - y) <= 1e-5, (path, x, y)
         np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+
+_LOAD = """
+import hashlib, json, sys
+from launch import multihost
+assert multihost.maybe_initialize()
+import numpy as np
+from flax import nnx
+from scalable_elicitation.models import load_pretrained
+from scalable_elicitation.models import weights as W
+from scalable_elicitation.sharding import make_mesh
+reads, real_get, real_slice = [], W.SafetensorsSource.get, W.SafetensorsSource.get_slice
+W.SafetensorsSource.get = lambda s, n: reads.append([n, None]) or real_get(s, n)
+def get_slice(source, name, index):
+    out = real_slice(source, name, index)
+    reads.append([name, int(out.size)])
+    return out
+W.SafetensorsSource.get_slice = get_slice
+bundle = load_pretrained(sys.argv[1], dtype="float32", trainable="head",
+                         mesh=make_mesh({"fsdp": 2}))
+shards = {}
+for path, var in nnx.to_flat_state(nnx.state(bundle.model, nnx.Param)):
+    for shard in var.value.addressable_shards:
+        index = [list(s.indices(n)[:2]) for s, n in zip(shard.index, var.value.shape)]
+        digest = hashlib.sha256(np.asarray(shard.data).tobytes()).hexdigest()
+        shards.setdefault(".".join(map(str, path)), []).append([index, digest])
+print(json.dumps({"shards": shards, "reads": reads}))
+"""
+
+
+def test_two_processes_each_read_and_load_only_their_weight_shards(tmp_path):
+    """fsdp=2 over two processes of one device each: the model loads, each process's shards
+    equal the single-process load's slices bit for bit, and each process reads exactly its half
+    of every sharded tensor (`jax.make_array_from_callback`), never a whole one."""
+    folder = save_tiny_qwen2(tmp_path / "tiny")
+    procs = _two_processes(lambda i: [sys.executable, "-c", _LOAD, str(folder)])
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    got = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+
+    single = load_pretrained(folder, dtype="float32", trainable="head",
+                             mesh=make_mesh({"fsdp": 2}))
+    params = {".".join(map(str, path)): var.value
+              for path, var in nnx.to_flat_state(nnx.state(single.model, nnx.Param))}
+    targets = {m.source: m.target for m in W.llama_hf_map(single.config)[0]}
+    sizes = {W.normalise_hf_name(k, "llama"): v.size for k, v in tiny_qwen2_tensors().items()}
+    for run in got:
+        assert [n for n, size in run["reads"] if size is None] == []  # `get` reads whole
+        for target in set(targets.values()):
+            (index, digest), = run["shards"][target]  # one local device
+            want = np.asarray(params[target])[tuple(slice(a, b) for a, b in index)]
+            assert hashlib.sha256(want.tobytes()).hexdigest() == digest, (target, index)
+        read = {}
+        for name, size in run["reads"]:
+            read[name] = read.get(name, 0) + size
+        assert set(read) == set(targets)
+        for name, target in targets.items():
+            half = not params[target].sharding.is_fully_replicated
+            assert read[name] == (sizes[name] // 2 if half else sizes[name]), name
+    assert got[0]["shards"]["embed"][0][0] != got[1]["shards"]["embed"][0][0]

@@ -174,15 +174,27 @@ def _flat_params(model) -> dict[str, nnx.Variable]:
 
 def _load_into(model, mappings, unused_patterns, source: W.TensorSource, where: str,
                mesh, rules) -> list[str]:
+    """Load `source` into `model` strictly; returns the deliberately unused tensor names.
+
+    Names and shapes are checked before any values are read. Each parameter is then made by
+    `jax.make_array_from_callback` on its own sharding, from the slices that this process's
+    devices hold (`W.param_reader`): a process reads and transforms only its shards, and no
+    process `device_put`s a whole host value on a global sharding, which with several processes
+    would all-gather every weight to check that they agree (docs/design.md, Model).
+    """
     params = _flat_params(model)
     shapes = {p: tuple(v.value.shape) for p, v in params.items()}
     dtypes = {p: np.dtype(v.value.dtype) for p, v in params.items()}
     unused = W.plan_import(mappings, unused_patterns, source.names(), shapes, where)
-    host = W.read_params(mappings, source, shapes, dtypes, where)
-    for path, value in host.items():
+    W.check_shapes(mappings, source, shapes, where)
+    by_target: dict[str, list[W.Mapping]] = {}
+    for mp in mappings:
+        by_target.setdefault(mp.target, []).append(mp)
+    for path, group in by_target.items():
         var = params[path]
-        var.value = jax.device_put(jnp.asarray(value, dtype=var.value.dtype),
-                                   var.value.sharding)
+        read = W.param_reader(group, source, shapes[path], dtypes[path])
+        var.value = jax.make_array_from_callback(shapes[path], var.value.sharding, read,
+                                                 dtype=dtypes[path])
     return unused
 
 
@@ -238,8 +250,6 @@ def _download_hub(repo_id: str) -> pathlib.Path:
 
 
 def _load_hf_folder(path: pathlib.Path, *, options, **kw) -> ModelBundle:
-    from transformers import AutoTokenizer
-
     cfg = W.hf_config_from_folder(path, options.get("pooling"))
     cfg = dataclasses.replace(cfg, **options)
     model, lora_cfg, mesh, args = build_model(cfg, **kw)
@@ -250,6 +260,8 @@ def _load_hf_folder(path: pathlib.Path, *, options, **kw) -> ModelBundle:
                         kw["rules"])
     tokenizer = None
     if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer  # seconds to import: only when there is one
+
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     return ModelBundle(model, tokenizer, cfg, str(path), kw["trainable"], lora_cfg, mesh,
                        unused, args)

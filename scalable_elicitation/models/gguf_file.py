@@ -222,13 +222,40 @@ def dequantize(info: TensorInfo) -> np.ndarray:
     `gguf.quants.dequantize` (the same float32 products and sums) and ~4x faster, as whole-tensor
     operations instead of groups of 16 rows; other types go to `gguf.quants.dequantize`.
     """
+    return _dequantize_rows(info.data, info.ggml_type).reshape(tuple(reversed(info.shape)))
+
+
+def read_slice(info: TensorInfo, index: tuple[slice, ...]) -> np.ndarray:
+    """`dequantize(info)[index]`, touching only the bytes it needs.
+
+    `index` holds one slice of step 1 per numpy axis. Leading axes select rows of the
+    memory-mapped file; the last axis selects the quantisation blocks that cover it, so a process
+    that holds one shard of a weight reads and dequantises about that shard alone (docs/design.md,
+    Model). Blocks are dequantised independently, so the values equal the whole tensor's bit for
+    bit.
+    """
     shape = tuple(reversed(info.shape))
-    data = info.data
-    if info.ggml_type == 0:  # F32
+    if len(index) != len(shape):
+        raise ValueError(f"index {index} does not match tensor {info.name!r} of shape {shape}")
+    index = tuple(slice(*s.indices(n)) for s, n in zip(index, shape))
+    if any(s.step != 1 for s in index):
+        raise ValueError(f"index {index} of tensor {info.name!r}: only steps of 1 are read")
+    _, block, block_bytes = GGML_TYPES[info.ggml_type]
+    last = index[-1]
+    first, end = last.start // block, -(-last.stop // block)
+    data = info.data[index[:-1] + (slice(first * block_bytes, end * block_bytes),)]
+    values = _dequantize_rows(data, info.ggml_type)  # [*rows, (end - first) * block]
+    return values[..., last.start - first * block:last.stop - first * block]
+
+
+def _dequantize_rows(data: np.ndarray, ggml_type: int) -> np.ndarray:
+    """float32 values of raw bytes shaped `[*rows, bytes]` (whole blocks): `[*rows, values]`."""
+    rows = data.shape[:-1]
+    if ggml_type == 0:  # F32
         out = data.view(np.float32)
-    elif info.ggml_type == 1:  # F16
+    elif ggml_type == 1:  # F16
         out = data.view(np.float16).astype(np.float32)
-    elif info.ggml_type == 3:  # Q4_1: f16 scale d, f16 minimum m, 16 bytes of 4-bit q; d*q + m
+    elif ggml_type == 3:  # Q4_1: f16 scale d, f16 minimum m, 16 bytes of 4-bit q; d*q + m
         blocks = data.reshape(-1, 20)
         d = blocks[:, 0:2].view(np.float16).astype(np.float32)  # [N, 1]
         m = blocks[:, 2:4].view(np.float16).astype(np.float32)  # [N, 1]
@@ -239,7 +266,7 @@ def dequantize(info: TensorInfo) -> np.ndarray:
         out = q.reshape(len(blocks), 32)
         out *= d
         out += m
-    elif info.ggml_type == 8:  # Q8_0: f16 scale d, 32 int8 q; d*q
+    elif ggml_type == 8:  # Q8_0: f16 scale d, 32 int8 q; d*q
         blocks = data.reshape(-1, 34)
         d = blocks[:, 0:2].view(np.float16).astype(np.float32)  # [N, 1]
         out = blocks[:, 2:].view(np.int8).astype(np.float32)  # [N, 32]
@@ -247,5 +274,6 @@ def dequantize(info: TensorInfo) -> np.ndarray:
     else:
         import gguf
 
-        out = gguf.quants.dequantize(data, gguf.GGMLQuantizationType(info.ggml_type))
-    return np.asarray(out, dtype=np.float32).reshape(shape)
+        out = gguf.quants.dequantize(np.ascontiguousarray(data),
+                                     gguf.GGMLQuantizationType(ggml_type))
+    return np.asarray(out, dtype=np.float32).reshape(*rows, -1)

@@ -28,7 +28,11 @@ class WeightImportError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Mapping:
-    """Checkpoint tensor `source` -> parameter `target` (dotted path), at `layer` if stacked."""
+    """Checkpoint tensor `source` -> parameter `target` (dotted path), at `layer` if stacked.
+
+    `transform` is a `Rearrange` in every family map, so a process can read just the slices of
+    the tensor that its devices hold; any other callable works too, but reads the whole tensor.
+    """
 
     source: str
     target: str
@@ -36,41 +40,101 @@ class Mapping:
     transform: Callable[[np.ndarray], np.ndarray]
 
 
-def _t(x):  # HF Linear stores [out, in]; our kernels are [in, out...]
-    return x.T
+@dataclasses.dataclass(frozen=True)
+class Rearrange:
+    """A checkpoint tensor -> parameter rearrangement that can also run on a slice.
+
+    In order: undo llama.cpp's rotary row interleave on axis 0 (`unpermute`, rows in heads of
+    `head_dim`), transpose (2-D; HF Linear stores [out, in], our kernels are [in, out...]), then
+    split axis `split` into (heads, head_dim). Only data moves, so a slice of the result can be
+    made from a box of the source (`source_index`) and equals the whole result's slice bit for
+    bit: each process reads only what its devices hold (docs/design.md, Model).
+    """
+
+    transpose: bool = False
+    split: int | None = None
+    head_dim: int = 0
+    unpermute: bool = False
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.unpermute:
+            x = undo_llamacpp_permute(x, x.shape[0] // self.head_dim)
+        if self.transpose:
+            x = x.T
+        if self.split is not None:
+            s = self.split
+            x = x.reshape(*x.shape[:s], -1, self.head_dim, *x.shape[s + 1:])
+        return x
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The result's shape for a source of `shape`; None if heads do not divide it."""
+        shape = tuple(shape)[::-1] if self.transpose else tuple(shape)
+        if self.split is None:
+            return shape
+        s = self.split
+        if s >= len(shape) or shape[s] % self.head_dim:
+            return None
+        return shape[:s] + (shape[s] // self.head_dim, self.head_dim) + shape[s + 1:]
+
+    def source_index(self, index: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple]:
+        """(box of the source to read, index into the rearranged box) for the result's `index`
+        (slices of step 1 with explicit bounds). Split axes are read in whole heads, which keeps
+        llama.cpp's per-head interleave inside the box."""
+        index, post = tuple(index), (slice(None),) * len(index)
+        if self.split is not None:
+            s, hd = self.split, self.head_dim
+            heads, within = index[s], index[s + 1]
+            index = index[:s] + (slice(heads.start * hd, heads.stop * hd),) + index[s + 2:]
+            post = post[:s + 1] + (within,) + post[s + 2:]
+        return (index[::-1] if self.transpose else index), post
+
+
+IDENTITY = Rearrange()
+TRANSPOSE = Rearrange(transpose=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # Llama family (Llama, Mistral, Qwen2, SmolLM2)
+def _heads_out(hd: int) -> Rearrange:  # HF [heads * hd, in] -> our [in, heads, hd]
+    return Rearrange(transpose=True, split=1, head_dim=hd)
+
+
+def _heads_in(hd: int) -> Rearrange:  # HF [out, heads * hd] -> our [heads, hd, out]
+    return Rearrange(transpose=True, split=0, head_dim=hd)
+
+
+def _heads_bias(hd: int) -> Rearrange:  # [heads * hd] -> [heads, hd]
+    return Rearrange(split=0, head_dim=hd)
+
+
 def llama_hf_map(cfg: ArchConfig) -> tuple[list[Mapping], list[str]]:
     """Name map of HF Llama-family checkpoints (prefix `model.` already stripped) and the
     patterns of deliberately unused tensors."""
-    d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    m = [Mapping("embed_tokens.weight", "embed", None, lambda x: x),
-         Mapping("norm.weight", "final_norm", None, lambda x: x)]
+    hd = cfg.head_dim
+    m = [Mapping("embed_tokens.weight", "embed", None, IDENTITY),
+         Mapping("norm.weight", "final_norm", None, IDENTITY)]
     if not cfg.tie_word_embeddings:
-        m.append(Mapping("lm_head.weight", "lm_head", None, _t))
-    heads_out = {"q": h, "k": kv, "v": kv}
+        m.append(Mapping("lm_head.weight", "lm_head", None, TRANSPOSE))
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
-        m.append(Mapping(p + "input_layernorm.weight", "layers.attn_norm", i, lambda x: x))
+        m.append(Mapping(p + "input_layernorm.weight", "layers.attn_norm", i, IDENTITY))
         m.append(Mapping(p + "post_attention_layernorm.weight", "layers.mlp_norm", i,
-                         lambda x: x))
-        for name, n_heads in heads_out.items():
+                         IDENTITY))
+        for name in ("q", "k", "v"):
             m.append(Mapping(f"{p}self_attn.{name}_proj.weight", f"layers.{name}.kernel", i,
-                             lambda x, n=n_heads: x.T.reshape(d, n, hd)))
+                             _heads_out(hd)))
             if cfg.qkv_bias:
                 m.append(Mapping(f"{p}self_attn.{name}_proj.bias", f"layers.{name}.bias", i,
-                                 lambda x, n=n_heads: x.reshape(n, hd)))
-        m.append(Mapping(p + "self_attn.o_proj.weight", "layers.o.kernel", i,
-                         lambda x: x.T.reshape(h, hd, d)))
+                                 _heads_bias(hd)))
+        m.append(Mapping(p + "self_attn.o_proj.weight", "layers.o.kernel", i, _heads_in(hd)))
         if cfg.o_bias:
-            m.append(Mapping(p + "self_attn.o_proj.bias", "layers.o.bias", i, lambda x: x))
+            m.append(Mapping(p + "self_attn.o_proj.bias", "layers.o.bias", i, IDENTITY))
         for name in ("gate", "up", "down"):
-            m.append(Mapping(f"{p}mlp.{name}_proj.weight", f"layers.{name}.kernel", i, _t))
+            m.append(Mapping(f"{p}mlp.{name}_proj.weight", f"layers.{name}.kernel", i,
+                             TRANSPOSE))
             if cfg.mlp_bias:
                 m.append(Mapping(f"{p}mlp.{name}_proj.bias", f"layers.{name}.bias", i,
-                                 lambda x: x))
+                                 IDENTITY))
     unused = [r"^layers\.\d+\.self_attn\.rotary_emb\.inv_freq$",  # old checkpoints' buffer
               r"^score\.weight$", r"^classifier\.(weight|bias)$"]  # other heads: ours is fresh
     if cfg.tie_word_embeddings:
@@ -90,41 +154,29 @@ def undo_llamacpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 def llama_gguf_map(cfg: ArchConfig, arch: str) -> tuple[list[Mapping], list[str]]:
     """Name map of GGUF files of llama-like architectures (llama, qwen2)."""
-    d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    hd = cfg.head_dim
     permuted = arch == "llama"  # llama.cpp permutes q/k rows for its rotary layout
-
-    def qk(n):
-        if permuted:
-            return lambda x: undo_llamacpp_permute(x, n).T.reshape(d, n, hd)
-        return lambda x: x.T.reshape(d, n, hd)
-
-    def qk_bias(n):
-        if permuted:
-            return lambda x: undo_llamacpp_permute(x, n).reshape(n, hd)
-        return lambda x: x.reshape(n, hd)
-
-    m = [Mapping("token_embd.weight", "embed", None, lambda x: x),
-         Mapping("output_norm.weight", "final_norm", None, lambda x: x)]
+    qk = Rearrange(transpose=True, split=1, head_dim=hd, unpermute=permuted)
+    qk_bias = Rearrange(split=0, head_dim=hd, unpermute=permuted)
+    m = [Mapping("token_embd.weight", "embed", None, IDENTITY),
+         Mapping("output_norm.weight", "final_norm", None, IDENTITY)]
     if not cfg.tie_word_embeddings:
-        m.append(Mapping("output.weight", "lm_head", None, _t))
+        m.append(Mapping("output.weight", "lm_head", None, TRANSPOSE))
     for i in range(cfg.num_layers):
         p = f"blk.{i}."
-        m.append(Mapping(p + "attn_norm.weight", "layers.attn_norm", i, lambda x: x))
-        m.append(Mapping(p + "ffn_norm.weight", "layers.mlp_norm", i, lambda x: x))
-        m.append(Mapping(p + "attn_q.weight", "layers.q.kernel", i, qk(h)))
-        m.append(Mapping(p + "attn_k.weight", "layers.k.kernel", i, qk(kv)))
-        m.append(Mapping(p + "attn_v.weight", "layers.v.kernel", i,
-                         lambda x: x.T.reshape(d, kv, hd)))
+        m.append(Mapping(p + "attn_norm.weight", "layers.attn_norm", i, IDENTITY))
+        m.append(Mapping(p + "ffn_norm.weight", "layers.mlp_norm", i, IDENTITY))
+        m.append(Mapping(p + "attn_q.weight", "layers.q.kernel", i, qk))
+        m.append(Mapping(p + "attn_k.weight", "layers.k.kernel", i, qk))
+        m.append(Mapping(p + "attn_v.weight", "layers.v.kernel", i, _heads_out(hd)))
         if cfg.qkv_bias:
-            m.append(Mapping(p + "attn_q.bias", "layers.q.bias", i, qk_bias(h)))
-            m.append(Mapping(p + "attn_k.bias", "layers.k.bias", i, qk_bias(kv)))
-            m.append(Mapping(p + "attn_v.bias", "layers.v.bias", i,
-                             lambda x: x.reshape(kv, hd)))
-        m.append(Mapping(p + "attn_output.weight", "layers.o.kernel", i,
-                         lambda x: x.T.reshape(h, hd, d)))
-        m.append(Mapping(p + "ffn_gate.weight", "layers.gate.kernel", i, _t))
-        m.append(Mapping(p + "ffn_up.weight", "layers.up.kernel", i, _t))
-        m.append(Mapping(p + "ffn_down.weight", "layers.down.kernel", i, _t))
+            m.append(Mapping(p + "attn_q.bias", "layers.q.bias", i, qk_bias))
+            m.append(Mapping(p + "attn_k.bias", "layers.k.bias", i, qk_bias))
+            m.append(Mapping(p + "attn_v.bias", "layers.v.bias", i, _heads_bias(hd)))
+        m.append(Mapping(p + "attn_output.weight", "layers.o.kernel", i, _heads_in(hd)))
+        m.append(Mapping(p + "ffn_gate.weight", "layers.gate.kernel", i, TRANSPOSE))
+        m.append(Mapping(p + "ffn_up.weight", "layers.up.kernel", i, TRANSPOSE))
+        m.append(Mapping(p + "ffn_down.weight", "layers.down.kernel", i, TRANSPOSE))
     # rope_freqs is llama.cpp's precomputed Llama-3.1 scaling; we derive it from the metadata.
     return m, [r"^rope_freqs\.weight$"]
 
@@ -133,8 +185,7 @@ def llama_gguf_map(cfg: ArchConfig, arch: str) -> tuple[list[Mapping], list[str]
 # BERT family
 def bert_hf_map(cfg: ArchConfig) -> tuple[list[Mapping], list[str]]:
     """Name map of HF BERT checkpoints (prefix `bert.` already stripped)."""
-    d, h, hd = cfg.hidden_size, cfg.num_heads, cfg.head_dim
-    ident = lambda x: x  # noqa: E731
+    hd, ident = cfg.head_dim, IDENTITY
     m = [Mapping("embeddings.word_embeddings.weight", "word_embed", None, ident),
          Mapping("embeddings.position_embeddings.weight", "pos_embed", None, ident),
          Mapping("embeddings.token_type_embeddings.weight", "type_embed", None, ident),
@@ -144,18 +195,17 @@ def bert_hf_map(cfg: ArchConfig) -> tuple[list[Mapping], list[str]]:
         p = f"encoder.layer.{i}."
         for ours, theirs in (("q", "query"), ("k", "key"), ("v", "value")):
             m.append(Mapping(f"{p}attention.self.{theirs}.weight", f"layers.{ours}.kernel", i,
-                             lambda x: x.T.reshape(d, h, hd)))
+                             _heads_out(hd)))
             m.append(Mapping(f"{p}attention.self.{theirs}.bias", f"layers.{ours}.bias", i,
-                             lambda x: x.reshape(h, hd)))
+                             _heads_bias(hd)))
         m += [
-            Mapping(p + "attention.output.dense.weight", "layers.o.kernel", i,
-                    lambda x: x.T.reshape(h, hd, d)),
+            Mapping(p + "attention.output.dense.weight", "layers.o.kernel", i, _heads_in(hd)),
             Mapping(p + "attention.output.dense.bias", "layers.o.bias", i, ident),
             Mapping(p + "attention.output.LayerNorm.weight", "layers.attn_norm_scale", i, ident),
             Mapping(p + "attention.output.LayerNorm.bias", "layers.attn_norm_bias", i, ident),
-            Mapping(p + "intermediate.dense.weight", "layers.up.kernel", i, _t),
+            Mapping(p + "intermediate.dense.weight", "layers.up.kernel", i, TRANSPOSE),
             Mapping(p + "intermediate.dense.bias", "layers.up.bias", i, ident),
-            Mapping(p + "output.dense.weight", "layers.down.kernel", i, _t),
+            Mapping(p + "output.dense.weight", "layers.down.kernel", i, TRANSPOSE),
             Mapping(p + "output.dense.bias", "layers.down.bias", i, ident),
             Mapping(p + "output.LayerNorm.weight", "layers.mlp_norm_scale", i, ident),
             Mapping(p + "output.LayerNorm.bias", "layers.mlp_norm_bias", i, ident),
@@ -186,13 +236,25 @@ def normalise_hf_name(name: str, family: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Tensor sources
 class TensorSource:
-    """Read-only access to a checkpoint's tensors by name (float32 numpy)."""
+    """Read-only access to a checkpoint's tensors by name (float32 numpy).
+
+    `get` reads a whole tensor; `shape` and `get_slice` let a process read only the slices its
+    devices hold. Subclasses answer both from the file without reading the rest; these defaults
+    read the whole tensor.
+    """
 
     def names(self) -> list[str]:
         raise NotImplementedError
 
     def get(self, name: str) -> np.ndarray:
         raise NotImplementedError
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.get(name).shape)
+
+    def get_slice(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """`get(name)[index]`, `index` one slice of step 1 per axis."""
+        return self.get(name)[tuple(index)]
 
 
 class SafetensorsSource(TensorSource):
@@ -234,6 +296,16 @@ class SafetensorsSource(TensorSource):
         f, raw = self._where[name]
         return np.asarray(self._handles[f].get_tensor(raw), dtype=np.float32)
 
+    def shape(self, name):
+        f, raw = self._where[name]
+        return tuple(self._handles[f].get_slice(raw).get_shape())
+
+    def get_slice(self, name, index):
+        f, raw = self._where[name]
+        if not index:  # a 0-d tensor
+            return self.get(name)
+        return np.asarray(self._handles[f].get_slice(raw)[tuple(index)], dtype=np.float32)
+
 
 class GGUFSource(TensorSource):
     """Tensors of a GGUF file (`gguf_file.GGUFFile`), dequantised to float32."""
@@ -246,6 +318,12 @@ class GGUFSource(TensorSource):
 
     def get(self, name):
         return gguf_file.dequantize(self._tensors[name])
+
+    def shape(self, name):
+        return tuple(reversed(self._tensors[name].shape))
+
+    def get_slice(self, name, index):
+        return gguf_file.read_slice(self._tensors[name], tuple(index))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,10 +461,81 @@ def _short(names: list[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
+def check_shapes(mappings: list[Mapping], source: TensorSource,
+                 param_shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """Check every mapped tensor's shape against its parameter's before reading any values:
+    from the files' headers for `Rearrange` maps (a plain callable reads its whole tensor)."""
+    for mp in mappings:
+        shape = param_shapes[mp.target]
+        want = tuple(shape[1:] if mp.layer is not None else shape)
+        if isinstance(mp.transform, Rearrange):
+            stored = source.shape(mp.source)
+            got = mp.transform.out_shape(stored)
+            if got is None:
+                raise WeightImportError(
+                    f"{where}: tensor {mp.source!r} has shape {stored}, which does not split "
+                    f"into heads of {mp.transform.head_dim} for {mp.target!r}, which expects "
+                    f"{want}")
+        else:
+            got = tuple(mp.transform(source.get(mp.source)).shape)
+        if got != want:
+            raise WeightImportError(
+                f"{where}: tensor {mp.source!r} has shape {got} after mapping "
+                f"to {mp.target!r}, which expects {want}")
+
+
+def read_mapped(mp: Mapping, source: TensorSource, index: tuple[slice, ...]) -> np.ndarray:
+    """`mp.transform(source.get(mp.source))[index]` (float32), reading only the source box that
+    `index` needs when the transform is a `Rearrange`."""
+    if isinstance(mp.transform, Rearrange):
+        box, post = mp.transform.source_index(index)
+        return mp.transform(source.get_slice(mp.source, box))[post]
+    return mp.transform(source.get(mp.source))[index]
+
+
+def param_reader(mappings: list[Mapping], source: TensorSource, shape: tuple[int, ...],
+                 dtype: np.dtype) -> Callable[[tuple[slice, ...]], np.ndarray]:
+    """`read(index)`: the part `index` of one parameter of `shape` and `dtype`, from its
+    mappings (one, or one per layer of a stacked parameter), read slice by slice.
+
+    The callback of `jax.make_array_from_callback`, which asks for each addressable device's
+    index: a process reads only its devices' shards (docs/design.md, Model). An index asked for
+    again (devices holding the same replica) comes from a cache.
+    """
+    shape = tuple(shape)
+    stacked = mappings[0].layer is not None
+    by_layer = {mp.layer: mp for mp in mappings}
+    cache: dict[tuple, np.ndarray] = {}
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        index = tuple(slice(*s.indices(n)) for s, n in zip(index, shape))
+        if any(s.step != 1 for s in index):
+            raise ValueError(f"index {index}: parameters are read in slices of step 1")
+        key = tuple((s.start, s.stop) for s in index)
+        if key in cache:
+            return cache[key]
+        if not stacked:
+            part = read_mapped(mappings[0], source, index).astype(dtype)
+        else:  # [layers, ...]: layers the name map lacks stay zero, as in `read_params`
+            layers = range(index[0].start, index[0].stop)
+            part = np.zeros((len(layers),) + tuple(s.stop - s.start for s in index[1:]), dtype)
+            for k, layer in enumerate(layers):
+                if layer in by_layer:
+                    part[k] = read_mapped(by_layer[layer], source, index[1:])
+        cache[key] = part
+        return part
+
+    return read
+
+
 def read_params(mappings: list[Mapping], source: TensorSource,
                 param_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype],
                 where: str) -> dict[str, np.ndarray]:
-    """Read and transform every mapped tensor into host arrays shaped like the parameters."""
+    """Read and transform every mapped tensor into whole host arrays shaped like the parameters.
+
+    The models load through `param_reader` instead, slice by slice; this whole-tensor read is
+    the reference it must equal bit for bit, and a tool for inspecting a checkpoint.
+    """
     out: dict[str, np.ndarray] = {}
     for mp in mappings:
         shape = param_shapes[mp.target]
