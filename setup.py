@@ -6,6 +6,9 @@ with ``--no-deps``. They are listed in ``scalable_elicitation.assets``.
 """
 from setuptools import find_packages, setup
 
+TESTED_TOGETHER = ["jax==0.10.2", "jaxlib==0.10.2", "flax==0.12.8", "optax==0.2.8",
+                   "orbax-checkpoint==0.12.8"]
+
 setup(
     name="scalable_elicitation",
     version="0.1.0",
@@ -35,8 +38,10 @@ setup(
         "parity": ["torch>=2.4", "accelerate>=1.0"],  # transformers needs accelerate for GGUF
         "analysis": ["pandas>=2.1", "scipy>=1.11", "statsmodels>=0.14", "scikit-learn>=1.4"],
         "tfds": ["tensorflow-datasets>=4.9"],
-        "gpu": ["jax[cuda12]>=0.6.0"],
-        "tpu": ["jax[tpu]>=0.6.0"],
+        # accelerator installs: the JAX stack pinned to the versions the tests ran with
+        # together (CPU, Python 3.11); the floors above admit newer ones
+        "gpu": ["jax[cuda12]==0.10.2", *TESTED_TOGETHER],
+        "tpu": ["jax[tpu]==0.10.2", *TESTED_TOGETHER],
         "wandb": ["wandb>=0.17"],
     },
 )
