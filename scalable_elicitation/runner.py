@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from scalable_elicitation import grouping, groups, records, schedules
+from scalable_elicitation import grouping, groups, memory, records, schedules
 from scalable_elicitation.checkpoint import remove_run_checkpoints
 from scalable_elicitation.data import PoolExhaustedError
 from scalable_elicitation.methods import InfeasibleRun
@@ -179,19 +179,26 @@ def resolve_auto_dtype(config):
 
 def auto_group_size(learner, largest_stage: int, n_runs: int, *, memory_share: float = 0.5,
                     cap: int | None = None, devices: int = 1) -> int:
-    """The automatic group size (`grouping.auto_group_size`) for this learner's shapes: its
-    trainable parameter count, widths, batch and length, the largest stage, and the free
-    memory of the devices a group spreads over (`groups.device_memory`)."""
-    trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
-        jax.eval_shape(learner.steps.fresh_params, jax.random.key(0))))
-    model = learner.bundle.config
-    per_run = grouping.per_run_bytes(
-        trainable_params=trainable, probe=learner.probe, largest_stage=largest_stage,
-        hidden=model.hidden_size, layers=model.num_layers, batch_size=learner.cfg.batch_size,
-        max_length=learner.cfg.max_length)
+    """The automatic group size (`grouping.auto_group_size`) for this learner: the bytes one
+    member adds to a group (`memory.estimate(...).per_member`: its state, gradients, one
+    pass's activations at the learner's dtypes, widths, micro-batch, remat and longest
+    bucket, and the largest stage's rows as training and as validation data) against the free
+    memory of the devices a group spreads over (`groups.device_memory`). The frozen base is
+    not counted: it is loaded already, so the devices' free memory excludes it."""
+    cfg, bundle = learner.cfg, learner.bundle
     platform, free = groups.device_memory(devices)
+    length = min([b for b in cfg.buckets if b >= cfg.max_length] or [max(cfg.buckets)])
+    targets = (bundle.lora.targets or bundle.config.lora_targets) if bundle.lora else ()
+    estimate = memory.estimate(
+        memory.Arch.of(bundle.config), scope="head" if learner.probe else cfg.trainable,
+        batch_size=cfg.batch_size, length=length,
+        param_dtype=bundle.build_args.get("param_dtype", cfg.dtype),
+        compute_dtype=bundle.build_args.get("compute_dtype") or cfg.dtype,
+        micro_batch=learner.steps.micro_batch, remat=cfg.remat, train_rows=largest_stage,
+        val_rows=largest_stage, lora_rank=cfg.lora_rank, lora_targets=targets,
+        platform=platform)
     cap = cap or grouping.max_auto_group(platform, learner.probe)
-    return grouping.auto_group_size(per_run, free, n_runs, cap, memory_share)
+    return grouping.auto_group_size(estimate.per_member, free, n_runs, cap, memory_share)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,183 @@
+"""The group memory model (`scalable_elicitation/memory.py`, docs/design.md#many-runs-at-once)
+against XLA: on one CPU device, the compiled train step (alone, vmapped over a group) and the
+compiled group loop need within 25% of what the model predicts.
+
+What is compared: `memory.xla_bytes(compiled.memory_analysis())`, the program's arguments
+(frozen base, states, batch or the members' stored data) + outputs + temporaries - the outputs
+that reuse donated arguments, against `Estimate.step_bytes(G)` or `Estimate.group_bytes(G)`.
+XLA:CPU keeps bfloat16 work in float32; the model counts CPU activations at 4 bytes
+(`memory.activation_itemsize`)."""
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scalable_elicitation import groups, memory
+from scalable_elicitation.batching import BatchSpec, Encoded
+from scalable_elicitation.models import ModelBundle, build_model
+from scalable_elicitation.models.config import ArchConfig
+from scalable_elicitation.sharding import make_mesh
+from scalable_elicitation.stage import StageConfig
+from scalable_elicitation.train import Steps
+
+TOLERANCE = 0.25  # the issue's bar: within 25% of XLA's compiled memory analysis
+
+
+def _arch(hidden=256, ffn=512, layers=2, heads=4, kv_heads=2, vocab=512) -> ArchConfig:
+    return ArchConfig(family="llama", model_type="llama", vocab_size=vocab, hidden_size=hidden,
+                      intermediate_size=ffn, num_layers=layers, num_heads=heads,
+                      num_kv_heads=kv_heads, head_dim=hidden // heads,
+                      tie_word_embeddings=False, pad_token_id=0)
+
+
+def _steps(cfg, dtype="float32", scope="lora", remat=False, micro=0) -> Steps:
+    mesh = make_mesh({"data": 1}, jax.devices()[:1])
+    model, lora, mesh, args = build_model(cfg, dtype=dtype, trainable=scope,
+                                          compute_dtype=dtype, mesh=mesh, remat=remat)
+    bundle = ModelBundle(model, None, cfg, "memory", scope, lora, mesh, build_args=args)
+    return Steps.for_model(bundle, micro_batch=micro)
+
+
+def _estimate(cfg, *, dtype="float32", scope="lora", **kw) -> memory.Estimate:
+    return memory.estimate(memory.Arch.of(cfg), scope=scope,
+                           param_dtype="float32" if scope == "full" else dtype,
+                           compute_dtype=dtype, platform="cpu", **kw)
+
+
+def _abstract(tree, lead=()):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((*lead, *x.shape), x.dtype), tree)
+
+
+def _compiled_step(steps: Steps, batch_size: int, length: int, members: int):
+    """The train step of `members` runs (vmapped over the run axis as the group loop runs it
+    when more than one), compiled from abstract arguments."""
+    state = jax.eval_shape(steps.init_state, steps.fresh_params(jax.random.key(0)),
+                           jax.random.key(1))
+    batch = {"input_ids": jax.ShapeDtypeStruct((batch_size, length), jnp.int32),
+             "attention_mask": jax.ShapeDtypeStruct((batch_size, length), jnp.int32),
+             "target": jax.ShapeDtypeStruct((batch_size,), jnp.float32),
+             "weight": jax.ShapeDtypeStruct((batch_size,), jnp.float32)}
+    hp = {k: jax.ShapeDtypeStruct((), jnp.float32)
+          for k in ("lr", "warmup", "total", "logconf_ramp", "logconf_coef")}
+    fn = steps.step_fn("xent")
+    if members > 1:
+        state, batch, hp = (_abstract(t, (members,)) for t in (state, batch, hp))
+        fn = jax.vmap(fn, in_axes=(0, None, 0, 0))
+    return jax.jit(fn, donate_argnums=(0,)).lower(state, _abstract(steps.frozen), batch,
+                                                   hp).compile()
+
+
+# Shapes where weights and activations dwarf XLA's fixed overheads, each compiling in seconds:
+# float32 LoRA; remat with micro-batches of 2 rows, longer sequences and a wider MLP;
+# bfloat16 (float32 on CPU) LoRA vmapped over 2 members; full finetuning.
+STEP_CASES = {
+    "lora-f32": dict(arch={}, batch=8, length=64, kw={}),
+    "remat-micro": dict(arch=dict(ffn=1024, layers=3), batch=16, length=128,
+                        kw=dict(remat=True, micro=4)),
+    "bf16-group2": dict(arch=dict(hidden=384, heads=6, kv_heads=3), batch=4, length=64,
+                        kw=dict(dtype="bfloat16"), members=2),
+    "full": dict(arch=dict(hidden=128, ffn=384), batch=8, length=64, kw=dict(scope="full")),
+}
+
+
+@pytest.mark.parametrize("case", list(STEP_CASES))
+def test_train_step_memory_within_a_quarter_of_xla(case):
+    c = STEP_CASES[case]
+    cfg, kw, members = _arch(**c["arch"]), c["kw"], c.get("members", 1)
+    steps = _steps(cfg, **kw)
+    analysis = _compiled_step(steps, c["batch"], c["length"], members).memory_analysis()
+    est = _estimate(cfg, dtype=kw.get("dtype", "float32"), scope=kw.get("scope", "lora"),
+                    batch_size=c["batch"], length=c["length"], micro_batch=kw.get("micro", 0),
+                    remat=kw.get("remat", False))
+    xla, model = memory.xla_bytes(analysis), est.step_bytes(members)
+    # activations dominate: the check is about them, not about a fixed overhead
+    assert members * (est.saved + est.work) > 0.5 * model
+    assert abs(model - xla) <= TOLERANCE * xla, (case, model, xla, est.table())
+
+
+def _members(steps, n_members, train_rows, val_rows, length, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def encoded(n):
+        return Encoded([rng.integers(3, 500, length).astype(np.int32) for _ in range(n)],
+                       np.zeros(n, bool))
+
+    cfg = StageConfig(lr=1e-3, max_visits=64 * train_rows)
+    return [groups.Member(steps.fresh_params(jax.random.key(g)), encoded(train_rows),
+                          rng.integers(0, 2, train_rows).astype(np.float32), encoded(val_rows),
+                          rng.integers(0, 2, val_rows).astype(np.float32), cfg,
+                          seed_path=[g], key=jax.random.key(100 + g))
+            for g in range(n_members)]
+
+
+class _Compiled(Exception):
+    """Stops the group after its loop compiled: the check needs the program, not the run."""
+
+
+def test_group_loop_memory_within_a_quarter_of_xla(monkeypatch):
+    """The real group loop of 2 members with their stored data (64 training and 32 validation
+    rows each, already the padded sizes), its carry and constants built by the engine."""
+    cfg, batch, length, rows, val = _arch(), 8, 64, 64, 32
+    steps = _steps(cfg)
+    seen, real = [], groups.group_loop
+
+    def compile_and_stop(*args):
+        loop = real(*args)
+
+        def call(*loop_args):
+            seen.append(loop.lower(*loop_args).compile().memory_analysis())
+            raise _Compiled
+        return call
+
+    monkeypatch.setattr(groups, "group_loop", compile_and_stop)
+    with pytest.raises(_Compiled):
+        groups.run_stages_grouped(steps, _members(steps, 2, rows, val, length),
+                                  spec=BatchSpec(batch, (length,), 0), iters_per_call=8)
+    est = _estimate(cfg, batch_size=batch, length=length, train_rows=rows, val_rows=val)
+    xla, model = memory.xla_bytes(seen[0]), est.group_bytes(2)
+    assert abs(model - xla) <= TOLERANCE * xla, (model, xla, est.table())
+
+
+def test_counts_match_the_built_model():
+    """Trainable parameters and the frozen base's bytes are the built model's, for every
+    scope; widths, dtype and LoRA targets change what they should."""
+    cfg = _arch(hidden=64, ffn=96, vocab=128)
+    for scope, dtype in (("lora", "bfloat16"), ("lora", "float32"), ("full", "float32")):
+        steps = _steps(cfg, dtype=dtype, scope=scope)
+        trainable = jax.eval_shape(steps.fresh_params, jax.random.key(0))
+        est = _estimate(cfg, dtype=dtype, scope=scope, batch_size=8, length=16)
+        assert est.params == sum(x.size * 4 for x in jax.tree.leaves(trainable))
+        assert est.frozen == sum(x.size * x.dtype.itemsize
+                                 for x in jax.tree.leaves(steps.frozen))
+
+
+def test_the_model_follows_its_knobs():
+    """Remat, micro-batches and a bfloat16 base shrink what they should; a group is the shared
+    base plus its members; the 8B shape with micro-batch 1 and remat leaves room for runs on an
+    H200-sized device, while 32 full rows of 512 tokens without remat do not fit one."""
+    arch = memory.Arch(4096, 14336, 32, 32, 8, 128, 128256)
+
+    def est(**kw):
+        base = dict(scope="lora", batch_size=32, length=512, param_dtype="bfloat16")
+        return memory.estimate(arch, **{**base, **kw})
+
+    plain, remat, micro = est(), est(remat=True), est(micro_batch=1)
+    assert remat.saved < plain.saved / 10 and micro.saved < plain.saved / 16
+    assert micro.grads == 2 * plain.grads  # the running sum beside each pass's gradients
+    assert est(param_dtype="float32").frozen == 2 * plain.frozen
+    assert memory.estimate(arch, scope="lora", batch_size=32, length=512,
+                           param_dtype="bfloat16", platform="cpu").saved > plain.saved
+    small = est(micro_batch=1, remat=True, train_rows=4096, val_rows=1024)
+    assert small.group_bytes(8) - small.group_bytes(7) == small.per_member
+    assert small.group_bytes(1) < 140 * 2**30 < plain.step_bytes(1)
+    assert small.per_member < small.shared / 4  # the base dominates: many runs fit
+
+
+def test_no_jax_at_import():
+    """Planning may size groups before anything loads."""
+    code = ("import sys, scalable_elicitation.memory; "
+            "sys.exit('jax' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
