@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import chip_peak, forward_flops, print_table, step_hparams  # noqa: E402
 
+from scalable_elicitation import memory  # noqa: E402
 from scalable_elicitation.models import ModelBundle, build_model  # noqa: E402
 from scalable_elicitation.models.config import ArchConfig  # noqa: E402
 from scalable_elicitation.sharding import make_mesh  # noqa: E402
@@ -181,13 +182,18 @@ def measure(bundle, row, args, kind, peak, reference, nonembed) -> dict:
         call_args = (steps.frozen, batch(np.random.default_rng(0), cfg, (G, B), L),
                      step_hparams((G,)))
         fn, compile_s, xla = compiled(engine_step(steps), states, *call_args)
+        predicted = memory.estimate(
+            memory.Arch.of(cfg), scope="lora", batch_size=B, length=L, param_dtype=args.dtype,
+            micro_batch=steps.micro_batch, remat=remat, lora_rank=bundle.lora.rank,
+            lora_targets=bundle.lora.targets or cfg.lora_targets,
+            platform=jax.default_backend()).step_bytes(G)
         per_call, _ = timed(fn, states, call_args, args.repeats)
     except Exception as err:  # noqa: BLE001 (an out-of-memory row must not end the table)
         if "RESOURCE_EXHAUSTED" not in str(err) and "out of memory" not in str(err).lower():
             raise
         print(f"{name}: out of memory", file=sys.stderr, flush=True)
         return {**out, "ms/update": "OOM", "tokens/s": "OOM", "x reference": "-", "MFU": "-",
-                "compile s": "-", "XLA MiB": "-", "peak mem so far": peak_memory()}
+                "compile s": "-", "XLA MiB": "-", "model MiB": "-", "peak mem so far": peak_memory()}
     finally:
         model.remat, model.cfg = False, cfg
     tokens = G * B * L
@@ -198,6 +204,7 @@ def measure(bundle, row, args, kind, peak, reference, nonembed) -> dict:
             "MFU": f"{flops / per_call / peak:.1%}" if peak else "n/a",
             "compile s": f"{compile_s:.1f}",
             "XLA MiB": f"{xla / 2**20:,.1f}" if xla is not None else "n/a",
+            "model MiB": f"{predicted / 2**20:,.1f}",
             "peak mem so far": peak_memory()}
 
 

@@ -7,7 +7,7 @@ and the devices.
   (whole runs on devices; the model must fit one device: mesh fsdp = tensor = 1), or "auto"
   (`placement`: whole runs when they fill the devices and the model fits one, else rows).
 - The automatic group size (`config.parallel_runs = 0`): as many runs as fit `memory_share`
-  of the free memory (`per_run_bytes`), at most the platform's cap (`max_auto_group`).
+  of the free memory (a member's bytes from `memory.estimate`), at most the platform's cap (`max_auto_group`).
 - A worker claims `RUNS_PER_GROUP_CLAIMED` groups' runs at once (`experiment`), so groups form
   from stages of similar length.
 """
@@ -55,21 +55,6 @@ def placement(mode: str, mesh_shape: dict, members: int) -> str:
 def max_auto_group(platform: str, probe: bool) -> int:
     """The platform's cap on an automatic group."""
     return MAX_AUTO_GROUP.get((platform, probe), MAX_AUTO_GROUP_ACCELERATOR)
-
-
-def per_run_bytes(*, trainable_params: int, probe: bool, largest_stage: int, hidden: int,
-                  layers: int, batch_size: int, max_length: int) -> int:
-    """Memory one member of a group takes: its trainable parameters five times (params, two
-    Adam moments, best params, gradients; float32), the largest stage's inputs (training and
-    validation), and one batch's activations through the model (40 bytes per token, hidden
-    unit and layer; a probe's through its head only)."""
-    if probe:
-        data = 2 * largest_stage * hidden * 4
-        acts = batch_size * hidden * 16
-    else:
-        data = 2 * largest_stage * max_length * 8
-        acts = batch_size * max_length * hidden * layers * 40
-    return 5 * trainable_params * 4 + data + acts
 
 
 def auto_group_size(per_run: int, free_bytes: int, n_runs: int, cap: int,
