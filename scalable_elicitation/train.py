@@ -177,13 +177,17 @@ class Steps:
         from scalable_elicitation.models.layers import HEAD_INIT_SCALE, HEAD_INIT_STD
         sharding = NamedSharding(mesh, P())
 
-        # made by a computation placed on the mesh, not put there from one process's memory
+        # drawn by a computation placed on the mesh, not put there from one process's memory
         # (a multi-process `device_put` is a collective that checks every process's values)
-        @functools.partial(jax.jit, out_shardings=sharding)
+        draw = jax.jit(lambda key: (jax.random.normal(key, (hidden, num_labels), jnp.float32),
+                                    jnp.zeros((num_labels,), jnp.float32)),
+                       out_shardings=sharding)
+
         def init_params(key):
-            w = jax.random.normal(key, (hidden, num_labels), jnp.float32)
-            return {"head": {"kernel": w * HEAD_INIT_STD * HEAD_INIT_SCALE,
-                             "bias": jnp.zeros((num_labels,), jnp.float32)}}
+            w, bias = draw(key)
+            # scaled op by op, outside the compiled draw, where XLA would fold the two
+            # constants into one and round the weights differently
+            return {"head": {"kernel": w * HEAD_INIT_STD * HEAD_INIT_SCALE, "bias": bias}}
 
         def logits_fn(params, frozen, batch, dropout_key=None):
             x = batch["features"].astype(jnp.float32)  # [B, D], standardised per dimension
