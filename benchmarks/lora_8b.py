@@ -193,7 +193,8 @@ def measure(bundle, row, args, kind, peak, reference, nonembed) -> dict:
             raise
         print(f"{name}: out of memory", file=sys.stderr, flush=True)
         return {**out, "ms/update": "OOM", "tokens/s": "OOM", "x reference": "-", "MFU": "-",
-                "compile s": "-", "XLA MiB": "-", "model MiB": "-", "peak mem so far": peak_memory()}
+                "compile s": "-", "XLA MiB": "-", "model MiB": "-",
+                "peak mem so far": peak_memory()}
     finally:
         model.remat, model.cfg = False, cfg
     tokens = G * B * L

@@ -7,7 +7,8 @@ and the devices.
   (whole runs on devices; the model must fit one device: mesh fsdp = tensor = 1), or "auto"
   (`placement`: whole runs when they fill the devices and the model fits one, else rows).
 - The automatic group size (`config.parallel_runs = 0`): as many runs as fit `memory_share`
-  of the free memory (a member's bytes from `memory.estimate`), at most the platform's cap (`max_auto_group`).
+  of the free memory (a member's bytes from `memory.estimate`), at most the platform's cap
+  (`max_auto_group`).
 - A worker claims `RUNS_PER_GROUP_CLAIMED` groups' runs at once (`experiment`), so groups form
   from stages of similar length.
 """

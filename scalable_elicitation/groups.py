@@ -194,20 +194,12 @@ def _constrain(tree, shardings):
     return jax.tree.map(jax.lax.with_sharding_constraint, tree, shardings)
 
 
-@functools.lru_cache(maxsize=None)
-def group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None = None):
-    """jit(carry, frozen, consts, limit) -> carry: loop steps of every unfinished member until
-    all are done or `carry['it']` reaches `limit`. `eval_rows` is how many validation rows one
-    forward pass scores (all of them for a probe; the batch size for a transformer). `axis`:
-    the mesh axis of the run axis (`run_mesh_axis`)."""
-    step = steps.step_fn(loss_kind)
-
-    def member_batch(data, target, weight, idx, real):
-        batch = {k: v[idx] for k, v in data.items()}
-        batch["target"] = target[idx]
-        batch["weight"] = jnp.where(real, weight[idx], 0.0)
-        return batch
-
+def _due_evaluator(steps: Steps, eval_rows: int, axis: str | None):
+    """`evaluate_due(params, frozen, consts, due) -> (metric, evaluated)` for a group loop:
+    each due member scored on its validation rows (`eval_rows` per forward pass), one member
+    after another, and no other (a member due every step does not make the group score all
+    of its members). With whole runs on devices (`axis`), each device goes through its own
+    members."""
     def member_scores(params, frozen, val):
         rows = next(iter(val.values())).shape[0]
         chunks = jax.tree.map(lambda v: v.reshape(rows // eval_rows, eval_rows, *v.shape[1:]),
@@ -226,10 +218,6 @@ def group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None = 
         return jax.lax.cond(is_due, score, lambda: (jnp.zeros((), jnp.float32), 0))
 
     def evaluate_due(params, frozen, k, due):
-        """Each due member scored on its validation rows, one member after another, and no
-        other (a member due every step does not make the group score all of its members):
-        (metric, evaluated) per member. With whole runs on devices, each device goes through
-        its own members."""
         def members(frozen, params, val, val_y, val_on, due):
             return jax.lax.map(lambda x: member_metric(x[0], frozen, *x[1:]),
                                (params, val, val_y, val_on, due))
@@ -244,6 +232,25 @@ def group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None = 
             in_specs=(specs(steps.frozen_sharding),
                       specs(_stacked(steps.params_sharding, axis)), run, run, run, run))
         return local(frozen, *args)
+
+    return evaluate_due
+
+
+@functools.lru_cache(maxsize=None)
+def group_loop(steps: Steps, loss_kind: str, eval_rows: int, axis: str | None = None):
+    """jit(carry, frozen, consts, limit) -> carry: loop steps of every unfinished member until
+    all are done or `carry['it']` reaches `limit`. `eval_rows` is how many validation rows one
+    forward pass scores (all of them for a probe; the batch size for a transformer). `axis`:
+    the mesh axis of the run axis (`run_mesh_axis`)."""
+    step = steps.step_fn(loss_kind)
+
+    def member_batch(data, target, weight, idx, real):
+        batch = {k: v[idx] for k, v in data.items()}
+        batch["target"] = target[idx]
+        batch["weight"] = jnp.where(real, weight[idx], 0.0)
+        return batch
+
+    evaluate_due = _due_evaluator(steps, eval_rows, axis)
 
     def body(c, frozen, k):
         st, on = c["state"], ~c["done"]

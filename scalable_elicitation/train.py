@@ -247,10 +247,10 @@ class Steps:
         """(loss, grads) of the whole batch's weighted mean loss, taken `micro_batch` rows at a
         time (rows strided, `split`) with the gradients summed in float32
         (docs/design.md#stages): each micro-batch adds its rows' weighted loss over the whole
-        batch's weight, so the sum is the whole-batch mean. `logconf`'s self-labels need the whole batch's quantile, so its
-        targets come from a forward pass over every micro-batch first (no gradient). A
-        micro-batch with no real rows (a short batch's padding) is skipped when the step runs
-        alone (under `jax.vmap` both branches run)."""
+        batch's weight, so the sum is the whole-batch mean. `logconf`'s self-labels need the
+        whole batch's quantile, so its targets come from a forward pass over every
+        micro-batch first (no gradient). A micro-batch with no real rows (a short batch's
+        padding) is skipped when the step runs alone (under `jax.vmap` both branches run)."""
         micro = self.micro_batch
         n = batch["weight"].shape[0] // micro
 

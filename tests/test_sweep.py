@@ -164,7 +164,8 @@ def test_bad_config_values_fail_before_loading(tmp_path):
         R.Sweep(smoke_config(method="nope"), tmp_path)
     with pytest.raises(ValueError, match=r"config.fractions"):
         R.Sweep(smoke_config(fractions=("2",)), tmp_path)
-    with pytest.raises(ValueError, match="config.group_sharding: 'both'; allowed: auto, rows, runs"):
+    with pytest.raises(ValueError,
+                       match="config.group_sharding: 'both'; allowed: auto, rows, runs"):
         R.Sweep(smoke_config(group_sharding="both"), tmp_path)
     with pytest.raises(ValueError, match="config.group_sharding: 'runs' .* model must fit one "
                                          "device: set mesh.fsdp and mesh.tensor to 1"):
