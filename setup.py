@@ -36,6 +36,8 @@ setup(
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100", "chex>=0.1.89"],
         "parity": ["torch>=2.4", "accelerate>=1.0"],  # transformers needs accelerate for GGUF
+        # benchmarks/peer_torch.py: the study's stack side by side with ours
+        "peer": ["torch>=2.4", "peft>=0.13", "accelerate>=1.0"],
         "analysis": ["pandas>=2.1", "scipy>=1.11", "statsmodels>=0.14", "scikit-learn>=1.4"],
         "tfds": ["tensorflow-datasets>=4.9"],
         # accelerator installs: the JAX stack pinned to the versions the tests ran with

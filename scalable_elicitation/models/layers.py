@@ -10,12 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from scalable_elicitation.models.config import ArchConfig, LoraConfig
 
 HEAD_INIT_STD = 0.02
 HEAD_INIT_SCALE = 0.01  # the study scaled the default head init by 0.01
 NEG_INF = -1e30  # finite, so a fully masked row (a left-pad query) gives no NaN
+LORA_LOW = "lora_low"  # checkpoint name of LoRA's x @ A [T, r] (see scan_layers' `save`)
+ATTN_PROBS = "attn_probs"  # checkpoint name of the einsum path's softmax output
 
 
 def param(value, axes) -> nnx.Param:
@@ -56,19 +59,29 @@ class Linear(nnx.Module):
             self.lora_a = self.lora_b = None
 
     def __call__(self, x, dropout_key=None):
+        # Tokens are flattened to one leading dim, [T, *in_shape] (a free reshape), so every
+        # product contracts one token dim at most: contracting a [B, L, in] activation
+        # directly leaves the backward pass's LoRA-factor gradients contracting two token
+        # dims, for which XLA:CPU materialises a transposed copy of each output gradient.
+        # The kernels are contracted as stored (not reshaped): a reshaped kernel would be
+        # saved for the backward pass as a stacked copy of every layer's weights.
         n = self.n_in
-        y = jnp.tensordot(x, self.kernel.value.astype(x.dtype), axes=n)
+        lead = x.shape[:-n]
+        x2 = x.reshape((-1,) + x.shape[-n:])  # [T, *in_shape]
+        y = jnp.tensordot(x2, self.kernel.value.astype(x.dtype), axes=n)  # [T, *out_shape]
         if self.bias is not None:
             y = y + self.bias.value.astype(x.dtype)
         if self.lora_a is not None:
-            xa = x
+            xa = x2
             if self.lora_dropout > 0.0 and dropout_key is not None:
                 keep = jax.random.bernoulli(dropout_key, 1.0 - self.lora_dropout, x.shape)
-                xa = jnp.where(keep, x / (1.0 - self.lora_dropout), 0.0).astype(x.dtype)
-            low = jnp.tensordot(xa.astype(jnp.float32), self.lora_a.value, axes=n)
+                xa = jnp.where(keep.reshape(x2.shape), x2 / (1.0 - self.lora_dropout),
+                               0.0).astype(x.dtype)
+            low = jnp.tensordot(xa.astype(jnp.float32), self.lora_a.value, axes=n)  # [T, r]
+            low = checkpoint_name(low, LORA_LOW)
             delta = jnp.tensordot(low, self.lora_b.value, axes=1) * self.lora_scale
             y = y + delta.astype(y.dtype)
-        return y
+        return y.reshape(lead + y.shape[1:])
 
 
 def rms_norm(x, weight, eps: float):
@@ -135,7 +148,7 @@ def attention(q, k, v, bias, fused: bool = False):
     qg = q.reshape(b, lq, kv, g, hd)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k).astype(jnp.float32) / math.sqrt(hd)
     scores = scores + bias[:, None, None, :, :]
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    probs = checkpoint_name(jax.nn.softmax(scores, axis=-1).astype(v.dtype), ATTN_PROBS)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
     return out.reshape(b, lq, h, hd)
 
@@ -173,11 +186,15 @@ class ClassifierHead(nnx.Module):
         return pooled.astype(jnp.float32) @ self.kernel.value
 
 
-def scan_layers(layers: nnx.Module, body, carry, xs=None, *, remat: bool = False):
+def scan_layers(layers: nnx.Module, body, carry, xs=None, *, remat: bool = False,
+                save: tuple[str, ...] | None = None):
     """Run `body(layer_module, carry, x) -> (carry, y)` over a stack of layers with lax.scan.
 
     The layer module's parameters carry a leading layer axis; inside the body each one is a
-    single layer's slice.
+    single layer's slice. `remat`: keep only each block's input for the backward pass and
+    recompute the rest. Else `save`, if given: keep only the values the body tagged with these
+    `checkpoint_name`s (and the block's input), and recompute the others from them; the
+    backward pass computes the same values either way, from fewer stored ones.
     """
     graphdef, state = nnx.split(layers)
 
@@ -188,4 +205,6 @@ def scan_layers(layers: nnx.Module, body, carry, xs=None, *, remat: bool = False
 
     if remat:  # recompute each block's activations in the backward pass to save memory
         step = jax.checkpoint(step)
+    elif save is not None:
+        step = jax.checkpoint(step, policy=jax.checkpoint_policies.save_only_these_names(*save))
     return jax.lax.scan(step, carry, (state, xs))
