@@ -35,6 +35,10 @@ F32 = 4
 # buffers, or recomputed under remat) plus cotangents of about half their size: measured as
 # 1.35-1.8 blocks' residuals on XLA:CPU (tests/test_memory_model.py, benchmarks/memory_model.py).
 BACKWARD_WORK = 1.5
+# With only the named values kept (`named_residual_bytes`), the block being differentiated
+# recomputes the rest once and holds it with the cotangents: measured as 0.86-0.95 blocks'
+# residuals on XLA:CPU (benchmarks/memory_model.py).
+NAMED_WORK = 0.9
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -80,9 +84,13 @@ def itemsize(dtype) -> int:
 
 
 def activation_itemsize(compute_dtype, platform: str) -> int:
-    """Bytes per activation element: the compute dtype's, but float32 on CPU, where XLA runs
-    bfloat16 elementwise work in float32 (its float-normalisation keeps float32 copies)."""
-    return F32 if platform == "cpu" else itemsize(compute_dtype)
+    """Bytes per activation element: the compute dtype's, but at least float32's on CPU, where
+    XLA runs bfloat16 elementwise work in float32 (its float-normalisation keeps float32
+    copies) and keeps many of the bfloat16 values beside them: 5 bytes a value there, as
+    measured against XLA:CPU's compiled memory (benchmarks/memory_model.py)."""
+    if platform != "cpu":
+        return itemsize(compute_dtype)
+    return F32 + 1 if itemsize(compute_dtype) < F32 else F32
 
 
 def trainable_params(arch: Arch, scope: str, lora_rank: int = 8,
@@ -129,6 +137,21 @@ def block_residual_bytes(arch: Arch, scope: str, act: int, length: int, lora_ran
     return out
 
 
+def named_residual_bytes(arch: Arch, scope: str, act: int, length: int, lora_rank: int = 8,
+                         lora_targets=PROJECTIONS) -> int:
+    """Bytes one token saves in one decoder block when the block keeps only its named values
+    (`llama.SAVED`, einsum attention without remat): the block's input, q, k and v before
+    RoPE, the attention probabilities (heads x keys) and output, o's output, SwiGLU's gate and
+    up, and LoRA's low-rank products (float32). Norms, RoPE, SiLU and each projection's input
+    are recomputed from them in the backward pass."""
+    d, f, hd = arch.hidden, arch.intermediate, arch.head_dim
+    q, kv = arch.heads * hd, arch.kv_heads * hd
+    out = (2 * d + 2 * q + 2 * kv + 2 * f + arch.heads * length) * act
+    if scope == "lora":
+        out += len(set(lora_targets)) * lora_rank * F32
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimate:
     """A group's bytes by term (module docstring); `shared` once, `per_member` per run."""
@@ -171,10 +194,12 @@ def estimate(arch: Arch, *, scope: str, batch_size: int, length: int,
              param_dtype="float32", compute_dtype=None, micro_batch: int = 0,
              remat: bool = False, train_rows: int = 0, val_rows: int = 0,
              lora_rank: int = 8, lora_targets=PROJECTIONS, platform: str = "gpu",
-             num_labels: int = 2) -> Estimate:
+             num_labels: int = 2, attention: str = "einsum") -> Estimate:
     """A group member's bytes, by term. `micro_batch`: global rows per forward and backward
     pass (0: the whole batch); `train_rows`, `val_rows`: the member's examples stored on the
-    device; `scope="head"` is a probe on cached features (no pass through the model)."""
+    device; `scope="head"` is a probe on cached features (no pass through the model);
+    `attention`: the model's kind (`ArchConfig.attention`), which decides what a block
+    keeps."""
     n_train = trainable_params(arch, scope, lora_rank, lora_targets, num_labels)
     rows = micro_batch if 0 < micro_batch < batch_size else batch_size
     grads = n_train * F32 * (2 if rows < batch_size else 1)
@@ -186,12 +211,17 @@ def estimate(arch: Arch, *, scope: str, batch_size: int, length: int,
     frozen = 0 if scope == "full" else arch.base_params() * itemsize(param_dtype)
     tokens = rows * length
     block = block_residual_bytes(arch, scope, act, length, lora_rank, lora_targets) * tokens
+    # einsum attention keeps only the named values (`named_residual_bytes`); the fused kernel
+    # keeps JAX's default, every intermediate; either way the block being differentiated
+    # holds all of them again, recomputed or sliced out
+    kept = (named_residual_bytes(arch, scope, act, length, lora_rank, lora_targets) * tokens
+            if attention == "einsum" else block)
     # outside the blocks: the embedded input, the attention bias [rows, L, L] and RoPE's
     # cos and sin for q and k (float32)
     outside = tokens * (arch.hidden * act + length * F32 + 4 * arch.head_dim * F32)
     # remat keeps each block's input only; the block is recomputed in the backward pass
-    saved = arch.layers * (tokens * arch.hidden * act if remat else block) + outside
-    work = int(BACKWARD_WORK * block)
+    saved = arch.layers * (tokens * arch.hidden * act if remat else kept) + outside
+    work = int((NAMED_WORK if attention == "einsum" and not remat else BACKWARD_WORK) * block)
     # ids and masks (int32) per stored row, the training rows' targets and weights, the
     # validation rows' labels and mask
     data = (train_rows + val_rows) * length * 8 + train_rows * 8 + val_rows * 5
