@@ -211,17 +211,19 @@ def estimate(arch: Arch, *, scope: str, batch_size: int, length: int,
     frozen = 0 if scope == "full" else arch.base_params() * itemsize(param_dtype)
     tokens = rows * length
     block = block_residual_bytes(arch, scope, act, length, lora_rank, lora_targets) * tokens
-    # einsum attention keeps only the named values (`named_residual_bytes`); the fused kernel
-    # keeps JAX's default, every intermediate; either way the block being differentiated
+    # LoRA with einsum attention keeps only the named values (`named_residual_bytes`); the
+    # fused kernel and full finetuning keep JAX's default, every intermediate; either way the
+    # block being differentiated
     # holds all of them again, recomputed or sliced out
+    named = attention == "einsum" and scope == "lora"  # `llama.LlamaModel.hidden`'s rule
     kept = (named_residual_bytes(arch, scope, act, length, lora_rank, lora_targets) * tokens
-            if attention == "einsum" else block)
+            if named else block)
     # outside the blocks: the embedded input, the attention bias [rows, L, L] and RoPE's
     # cos and sin for q and k (float32)
     outside = tokens * (arch.hidden * act + length * F32 + 4 * arch.head_dim * F32)
     # remat keeps each block's input only; the block is recomputed in the backward pass
     saved = arch.layers * (tokens * arch.hidden * act if remat else kept) + outside
-    work = int((NAMED_WORK if attention == "einsum" and not remat else BACKWARD_WORK) * block)
+    work = int((NAMED_WORK if named and not remat else BACKWARD_WORK) * block)
     # ids and masks (int32) per stored row, the training rows' targets and weights, the
     # validation rows' labels and mask
     data = (train_rows + val_rows) * length * 8 + train_rows * 8 + val_rows * 5

@@ -59,28 +59,32 @@ class Linear(nnx.Module):
             self.lora_a = self.lora_b = None
 
     def __call__(self, x, dropout_key=None):
-        # Tokens are flattened to one leading dim, [T, *in_shape] (a free reshape), so every
-        # product contracts one token dim at most: contracting a [B, L, in] activation
-        # directly leaves the backward pass's LoRA-factor gradients contracting two token
-        # dims, for which XLA:CPU materialises a transposed copy of each output gradient.
-        # The kernels are contracted as stored (not reshaped): a reshaped kernel would be
-        # saved for the backward pass as a stacked copy of every layer's weights.
         n = self.n_in
+        if self.lora_a is None:
+            y = jnp.tensordot(x, self.kernel.value.astype(x.dtype), axes=n)
+            return y + self.bias.value.astype(x.dtype) if self.bias is not None else y
+        # With LoRA, tokens are flattened to one leading dim, [T, *in_shape] (a free
+        # reshape), so every product contracts one token dim at most: contracting a [B, L, in]
+        # activation directly leaves the backward pass's LoRA-factor gradients contracting two
+        # token dims, for which XLA:CPU materialises a transposed copy of each output
+        # gradient. The kernels are contracted as stored (not reshaped): a reshaped kernel
+        # would be saved for the backward pass as a stacked copy of every layer's weights.
+        # (Without LoRA the product stays as written, so a frozen model's features do not
+        # change by a rounding.)
         lead = x.shape[:-n]
         x2 = x.reshape((-1,) + x.shape[-n:])  # [T, *in_shape]
         y = jnp.tensordot(x2, self.kernel.value.astype(x.dtype), axes=n)  # [T, *out_shape]
         if self.bias is not None:
             y = y + self.bias.value.astype(x.dtype)
-        if self.lora_a is not None:
-            xa = x2
-            if self.lora_dropout > 0.0 and dropout_key is not None:
-                keep = jax.random.bernoulli(dropout_key, 1.0 - self.lora_dropout, x.shape)
-                xa = jnp.where(keep.reshape(x2.shape), x2 / (1.0 - self.lora_dropout),
-                               0.0).astype(x.dtype)
-            low = jnp.tensordot(xa.astype(jnp.float32), self.lora_a.value, axes=n)  # [T, r]
-            low = checkpoint_name(low, LORA_LOW)
-            delta = jnp.tensordot(low, self.lora_b.value, axes=1) * self.lora_scale
-            y = y + delta.astype(y.dtype)
+        xa = x2
+        if self.lora_dropout > 0.0 and dropout_key is not None:
+            keep = jax.random.bernoulli(dropout_key, 1.0 - self.lora_dropout, x.shape)
+            xa = jnp.where(keep.reshape(x2.shape), x2 / (1.0 - self.lora_dropout),
+                           0.0).astype(x.dtype)
+        low = jnp.tensordot(xa.astype(jnp.float32), self.lora_a.value, axes=n)  # [T, r]
+        low = checkpoint_name(low, LORA_LOW)
+        delta = jnp.tensordot(low, self.lora_b.value, axes=1) * self.lora_scale
+        y = y + delta.astype(y.dtype)
         return y.reshape(lead + y.shape[1:])
 
 

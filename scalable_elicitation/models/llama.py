@@ -90,6 +90,7 @@ class LlamaModel(nnx.Module):
         self.cfg = cfg
         self.compute_dtype = jnp.dtype(compute_dtype or dtype)
         self.remat = remat
+        self.has_lora = lora is not None
         v, d = cfg.vocab_size, cfg.hidden_size
         self.embed = L.param(
             (jax.random.normal(rngs.params(), (v, d), jnp.float32) * 0.02).astype(dtype),
@@ -140,8 +141,9 @@ class LlamaModel(nnx.Module):
 
         # the fused kernel's own residuals (cuDNN's softmax statistics) have no names to save:
         # under the policy its forward would rerun in the backward pass, so it keeps JAX's
-        # default
-        save = SAVED if cfg.attention == "einsum" else None
+        # default; so does a model without LoRA (the measured case is LoRA's), whose forward
+        # (a probe's features) then stays the computation it was, rounding included
+        save = SAVED if cfg.attention == "einsum" and self.has_lora else None
         x, kv = L.scan_layers(self.layers, body, x, (keys, prefix_kv), remat=self.remat,
                               save=save)
         return L.rms_norm(x, self.final_norm.value, cfg.norm_eps), kv
