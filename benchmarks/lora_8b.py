@@ -199,14 +199,15 @@ def measure(bundle, row, args, kind, peak, reference, nonembed) -> dict:
         model.remat, model.cfg = False, cfg
     tokens = G * B * L
     flops = 2 * forward_flops(cfg, nonembed, tokens, L)
-    print(f"{name}: {tokens / per_call:,.0f} tokens/s", file=sys.stderr, flush=True)
-    return {**out, "ms/update": f"{per_call * 1e3:,.1f}", "tokens/s": f"{tokens / per_call:,.0f}",
-            "x reference": f"{tokens / per_call / reference:.1f}x" if reference else "n/a",
-            "MFU": f"{flops / per_call / peak:.1%}" if peak else "n/a",
-            "compile s": f"{compile_s:.1f}",
-            "XLA MiB": f"{xla / 2**20:,.1f}" if xla is not None else "n/a",
-            "model MiB": f"{predicted / 2**20:,.1f}",
-            "peak mem so far": peak_memory()}
+    row = {**out, "ms/update": f"{per_call * 1e3:,.1f}", "tokens/s": f"{tokens / per_call:,.0f}",
+           "x reference": f"{tokens / per_call / reference:.1f}x" if reference else "n/a",
+           "MFU": f"{flops / per_call / peak:.1%}" if peak else "n/a",
+           "compile s": f"{compile_s:.1f}",
+           "XLA MiB": f"{xla / 2**20:,.1f}" if xla is not None else "n/a",
+           "model MiB": f"{predicted / 2**20:,.1f}",
+           "peak mem so far": peak_memory()}
+    print(row, file=sys.stderr, flush=True)  # each row as it finishes: a timeout keeps it
+    return row
 
 
 if __name__ == "__main__":
