@@ -185,7 +185,7 @@ def measure(bundle, row, args, kind, peak, reference, nonembed) -> dict:
         predicted = memory.estimate(
             memory.Arch.of(cfg), scope="lora", batch_size=B, length=L, param_dtype=args.dtype,
             micro_batch=steps.micro_batch, remat=remat, lora_rank=bundle.lora.rank,
-            lora_targets=bundle.lora.targets or cfg.lora_targets,
+            lora_targets=bundle.lora.targets or cfg.lora_targets, attention=attention,
             platform=jax.default_backend()).step_bytes(G)
         per_call, _ = timed(fn, states, call_args, args.repeats)
     except Exception as err:  # noqa: BLE001 (an out-of-memory row must not end the table)
