@@ -199,12 +199,11 @@ def main(argv):
     from scalable_elicitation import runner as runner_lib
 
     config = FLAGS.config
-    if not FLAGS.dry_run:
-        try:
-            experiment.check_start(config)
-        except ValueError as err:  # a GPU/TPU job on a CPU-only install: say so, run nothing
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    try:
+        experiment.check_start(config, dry_run=FLAGS.dry_run)
+    except ValueError as err:  # a bad value, or a GPU/TPU job on a CPU-only install: say so
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     points = experiment.sweep_points(FLAGS["config"].config_filename, config)
     if not points:
         raise app.UsageError("the config file defines no sweep(add, config)")

@@ -81,13 +81,15 @@ class Done:
     busy: list[str]
 
 
-def check_start(config) -> None:
+def check_start(config, *, dry_run: bool = False) -> None:
     """Before anything is written or loaded: the config is valid, and JAX runs on the backend
-    the run asked for (`sharding.check_platform`). Raises ValueError naming the problem."""
+    the run asked for (`sharding.check_platform`; not for a dry run, which lists a GPU job's
+    runs on any machine). Raises ValueError naming the problem."""
     from scalable_elicitation.planning import validate
     from scalable_elicitation.sharding import check_platform
     validate(config)
-    check_platform(config.get("platform", "auto"))
+    if not dry_run:
+        check_platform(config.get("platform", "auto"))
 
 
 def use_compilation_cache(sweep) -> str:

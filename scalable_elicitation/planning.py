@@ -99,6 +99,11 @@ def validate(config) -> None:
          and (micro == 0 or config.train.batch_size % micro == 0), "train.micro_batch",
          f"{micro!r}: rows per device per pass, a whole number >= 0 that divides "
          f"train.batch_size={config.train.batch_size} (0: the whole batch in one pass)")
+    lab_micro, lab_batch = config.labeler.get("micro_batch", 0), config.labeler.batch_size
+    need(isinstance(lab_micro, int) and lab_micro >= 0
+         and (lab_micro == 0 or lab_batch % lab_micro == 0), "labeler.micro_batch",
+         f"{lab_micro!r}: rows per device per pass, a whole number >= 0 that divides "
+         f"labeler.batch_size={lab_batch} (0: the whole batch in one pass)")
     need(config.train.get("min_eval_visits", 0) >= 0, "train.min_eval_visits",
          f"{config.train.get('min_eval_visits')} must be >= 0 (0: evaluate from the first step)")
     need(config.train.get("small_stage_val", "none") in SMALL_STAGE_VALIDATION,

@@ -122,6 +122,10 @@ def test_learner_and_config_refuse_a_micro_batch_that_does_not_divide_the_batch(
     config.train.micro_batch = 5
     with pytest.raises(ValueError, match="train.micro_batch"):
         validate(config)
+    config.train.micro_batch = 0
+    config.labeler.micro_batch = 3
+    with pytest.raises(ValueError, match="labeler.micro_batch: 3: rows per device"):
+        validate(config)
     with pytest.raises(ValueError, match="micro_batch=3 rows per device"):
         Learner(LearnerConfig("tiny:llama", batch_size=32, micro_batch=3,
                               mesh=(("data", 1),)))

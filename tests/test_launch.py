@@ -304,3 +304,15 @@ def test_tracker_writes_tensorboard_events(tmp_path):
     assert {"weak/loss", "test/accuracy", "run/cost", "weak/steps"} <= set(scalars)
     assert "ignored/after_close" not in scalars and "test/accuracy_ci" not in scalars
     assert scalars["weak/loss"] == [(1, 0.5), (2, 0.25)]
+
+
+def test_a_dry_run_refuses_a_bad_value_with_exit_2_and_lists_a_gpu_job_anywhere(tmp_path):
+    """A dry run checks the config as a real start does (exit 2, the key and what is
+    allowed, no traceback), but not the backend: it lists a GPU job's runs on any machine."""
+    bad = subprocess.run([sys.executable, "-m", "launch.sweep", f"--config={CONFIG}:smoke",
+                          f"--workdir={tmp_path / 'w'}", "--dry_run",
+                          "--config.train.micro_batch=5"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "error: config.train.micro_batch: 5" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "w").exists()
+    assert dry_run(tmp_path, "--config.platform=gpu")
