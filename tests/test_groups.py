@@ -152,7 +152,8 @@ def test_auto_group_size_follows_memory_and_the_platform_rule(monkeypatch):
 def test_group_on_eight_devices_equals_one_at_a_time(mode, group_loop_spy):
     """On 8 devices a group puts whole runs on devices (9 members padded to 16: two per
     device), and each member equals the run alone on one device; or it splits each member's
-    batch rows over the devices, and each member equals the run alone on the 8 devices."""
+    batch rows over the devices (no padding member), and each member equals the run alone on
+    the 8 devices."""
     steps = Steps.for_probe(32, 2, make_mesh({"data": 8}))
     lone = Steps.for_probe(32, 2, make_mesh({"data": 1 if mode == "runs" else 8}))
     spec = BatchSpec(32, (1,), 0)
@@ -171,10 +172,13 @@ def test_group_on_eight_devices_equals_one_at_a_time(mode, group_loop_spy):
         np.testing.assert_allclose(predict(lone, a.params, test, spec),
                                    predict(steps, b.params, test, spec), atol=1e-5, rtol=1e-5)
     assert group_loop_spy, "the group loop never ran"
-    for call in group_loop_spy:  # the head kernel [16 members, 32, 2], in and out of each call
+    # the head kernel [members, 32, 2], in and out of each call: 16 members with whole runs
+    # on devices (two per device), the 9 themselves with rows split (every member everywhere)
+    members_in_loop = 16 if mode == "runs" else 9
+    for call in group_loop_spy:
         for params in call:
-            shard = params["head"]["kernel"].shard_shape((16, 32, 2))
-            assert shard == ((2, 32, 2) if mode == "runs" else (16, 32, 2)), (mode, params)
+            shard = params["head"]["kernel"].shard_shape((members_in_loop, 32, 2))
+            assert shard == ((2, 32, 2) if mode == "runs" else (9, 32, 2)), (mode, params)
 
 
 def test_runs_on_devices_pad_a_small_group_to_every_device():
