@@ -89,16 +89,14 @@ def compiled(fn, *args):
 
 
 def timed(fn, state, args, repeats):
-    """(seconds per call, compile+first call seconds) of `state = fn(state, *args)[0]`."""
-    t0 = time.perf_counter()
+    """Seconds per call of `state = fn(state, *args)[0]`, after one untimed call."""
     state, out = fn(state, *args)
     jax.block_until_ready(out)
-    first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(repeats):
         state, out = fn(state, *args)
     jax.block_until_ready((state, out))
-    return (time.perf_counter() - t0) / repeats, first
+    return (time.perf_counter() - t0) / repeats
 
 
 def peak_memory() -> str:
@@ -187,7 +185,7 @@ def measure(bundle, row, args, kind, peak, reference, nonembed) -> dict:
             micro_batch=steps.micro_batch, remat=remat, lora_rank=bundle.lora.rank,
             lora_targets=bundle.lora.targets or cfg.lora_targets, attention=attention,
             platform=jax.default_backend()).step_bytes(G)
-        per_call, _ = timed(fn, states, call_args, args.repeats)
+        per_call = timed(fn, states, call_args, args.repeats)
     except Exception as err:  # noqa: BLE001 (an out-of-memory row must not end the table)
         if "RESOURCE_EXHAUSTED" not in str(err) and "out of memory" not in str(err).lower():
             raise

@@ -58,6 +58,21 @@ def _two_processes(cmd_of):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
 
 
+def _finish(procs, timeout):
+    """Each process's (stdout, stderr) once all exited 0; a process still running after
+    `timeout` (a hang) is killed and the test fails."""
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return outs
+
+
 def _metrics(workdir):
     out = {}
     for path in sorted(pathlib.Path(workdir, "runs").glob("*/result.json")):
@@ -91,9 +106,7 @@ def test_two_process_cpu_run_matches_single_process(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
 
     procs = _two_processes(lambda i: _worker_cmd(f"--workdir={tmp_path / 'two'}", *args))
-    outs = [p.communicate(timeout=400) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    outs = _finish(procs, 400)
     for i, (_, err) in enumerate(outs):
         assert f"multi-host JAX: process {i} of 2, 1 local of 2 devices" in err
 
@@ -125,15 +138,7 @@ def test_two_process_sweep_with_a_held_lock_finishes(tmp_path):
     (held / "lock").write_text(json.dumps(holder))
 
     procs = _two_processes(lambda i: _worker_cmd(f"--workdir={workdir}", *args))
-    try:
-        outs = [p.communicate(timeout=400) for p in procs]  # a hang fails here
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    outs = _finish(procs, 400)  # a hang fails here
     assert f"1 run(s) held by live workers, left to them: {ids[0]}" in outs[0][1]
     assert json.loads((held / "lock").read_text()) == holder  # untouched
     assert not (held / "result.json").exists() and not (held / "starts.log").exists()
@@ -159,9 +164,7 @@ def test_two_processes_save_together_whatever_their_own_clocks_say(tmp_path):
     (Orbax waits for every process, so a split decision hangs)."""
     own = {0: "1,0,1,0", 1: "0,1,1,0"}  # each process's own clock: save now?
     procs = _two_processes(lambda i: [sys.executable, "-c", _DECIDE, own[i]])
-    outs = [p.communicate(timeout=120) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    outs = _finish(procs, 120)
     decided = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert decided[0] == decided[1] == [True, False, True, False]  # process 0's clock
 
@@ -204,9 +207,7 @@ def test_two_processes_train_a_group_with_whole_runs_on_each_process(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     alone = json.loads(single.stdout.strip().splitlines()[-1])
     procs = _two_processes(lambda i: [sys.executable, "-c", _GROUP, "runs"])
-    outs = [p.communicate(timeout=180) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    outs = _finish(procs, 180)
     got = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert got[0] == got[1]  # every process sees all members' results
     assert len(got[0]) == len(alone) == 3
@@ -251,15 +252,7 @@ def test_two_processes_each_read_and_load_only_their_weight_shards(tmp_path):
     of every sharded tensor (`jax.make_array_from_callback`), never a whole one."""
     folder = save_tiny_qwen2(tmp_path / "tiny")
     procs = _two_processes(lambda i: [sys.executable, "-c", _LOAD, str(folder)])
-    try:
-        outs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    outs = _finish(procs, 120)
     got = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
 
     single = load_pretrained(folder, dtype="float32", trainable="head",
