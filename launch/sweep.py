@@ -36,7 +36,7 @@ from absl import app, flags, logging
 
 from launch import lock as lock_lib
 from launch import multihost
-from scalable_elicitation import experiment, paths
+from scalable_elicitation import experiment, hostmem, paths
 
 # The main job's module defines --config (config_flags, lock_config=True), --workdir and
 # --dry_run at import; defining them again would be a DuplicateFlagError, so this worker shares
@@ -190,6 +190,8 @@ def main(argv):
     if problem:  # before anything is written, and in every process alike
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if not FLAGS.dry_run:  # before JAX starts its CPU threads (docs/design.md#host-memory)
+        hostmem.prepare(FLAGS.config.get("platform", "auto"))
     if multihost.maybe_initialize():
         import jax
         logging.info("multi-host JAX: process %d of %d, %d local of %d devices",

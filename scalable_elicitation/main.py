@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from scalable_elicitation import experiment
+from scalable_elicitation import experiment, hostmem
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
                                           lock_config=True)
@@ -33,6 +33,7 @@ def run_sweep(config, workdir, points, *, dry_run=False, out=print) -> list[dict
     from scalable_elicitation.runner import Sweep
 
     if not dry_run:  # before anything is written or loaded
+        hostmem.prepare(config.get("platform", "auto"))  # before JAX starts its CPU threads
         experiment.check_start(config)
     sweep = Sweep(config, workdir)
     specs = sweep.plan(points)

@@ -16,7 +16,7 @@ PACKAGES = ("scalable_elicitation", "analysis", "launch", "configs")
 
 # Layers of scalable_elicitation, bottom first: a module may import its own layer or lower ones.
 LAYERS = (
-    ("paths", "sharding", "budget", "assets", "tracking", "grouping", "memory"),
+    ("paths", "sharding", "budget", "assets", "tracking", "grouping", "memory", "hostmem"),
     ("data",),
     ("batching", "metrics", "prompts"),
     ("models",),
