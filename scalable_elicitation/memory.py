@@ -140,10 +140,10 @@ def block_residual_bytes(arch: Arch, scope: str, act: int, length: int, lora_ran
 def named_residual_bytes(arch: Arch, scope: str, act: int, length: int, lora_rank: int = 8,
                          lora_targets=PROJECTIONS) -> int:
     """Bytes one token saves in one decoder block when the block keeps only its named values
-    (`llama.SAVED`, einsum attention without remat): the block's input, q, k and v before
-    RoPE, the attention probabilities (heads x keys) and output, o's output, SwiGLU's gate and
-    up, and LoRA's low-rank products (float32). Norms, RoPE, SiLU and each projection's input
-    are recomputed from them in the backward pass."""
+    (`llama.SAVED`, einsum attention without remat): the block's input, q and k after RoPE,
+    v, the attention probabilities (heads x keys) and output, o's output, SwiGLU's gate and
+    up, and LoRA's low-rank products (float32). Norms, SiLU and each projection's input are
+    recomputed from them in the backward pass."""
     d, f, hd = arch.hidden, arch.intermediate, arch.head_dim
     q, kv = arch.heads * hd, arch.kv_heads * hd
     out = (2 * d + 2 * q + 2 * kv + 2 * f + arch.heads * length) * act

@@ -125,11 +125,16 @@ def rope_inv_freq(cfg: ArchConfig) -> np.ndarray:
     return np.where(medium, blended, scaled)
 
 
-def apply_rope(x, positions, inv_freq):
-    """Rotate-half RoPE. x: [B, L, H, hd]; positions: [B, L]."""
+def rope_tables(positions, inv_freq):
+    """RoPE's cos and sin per position, [B, L, 1, hd], computed once for every layer."""
     angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq, jnp.float32)
     emb = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, L, 1, hd]
-    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x, tables):
+    """Rotate-half RoPE. x: [B, L, H, hd]; tables: `rope_tables(positions [B, L], ...)`."""
+    cos, sin = tables
     half = x.shape[-1] // 2
     x32 = x.astype(jnp.float32)
     rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)

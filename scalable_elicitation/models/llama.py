@@ -15,8 +15,9 @@ from scalable_elicitation.models import layers as L
 from scalable_elicitation.models.config import ArchConfig, LoraConfig
 
 # What a block keeps for the backward pass (`layers.scan_layers`' `save`): the projections'
-# outputs (queries and keys before RoPE), the attention probabilities and output, LoRA's
-# x @ A. Norms, RoPE, SiLU and the gated product are recomputed from these: saving every
+# outputs (queries and keys after RoPE: before it, the backward pass redid RoPE and its
+# transposed copies, ~5% of a LoRA step on CPU), the attention probabilities and output, LoRA's
+# x @ A. Norms, SiLU and the gated product are recomputed from these: saving every
 # intermediate (JAX's default) stored ~146 MB a layer at batch 32 x 64 for SmolLM2-135M, and
 # zero-filling, writing and reading those stacks took ~30% of a LoRA step on CPU.
 SAVED = ("q", "k", "v", "attn", "o", "gate", "up", L.LORA_LOW, L.ATTN_PROBS)
@@ -49,14 +50,14 @@ class DecoderLayers(nnx.Module):
         self.down = lin("down", (f,), (d,), ("mlp",), ("embed",), cfg.mlp_bias)
 
 
-def _block(cfg: ArchConfig, inv_freq, layer: DecoderLayers, x, positions, bias, key,
+def _block(cfg: ArchConfig, rope, layer: DecoderLayers, x, bias, key,
            prefix_kv=None):
     """One decoder block on one layer's parameters. x: [B, L, D]. Returns x and this block's
     (k, v) so a caller can cache a shared prefix."""
     keys = jax.random.split(key, 7) if key is not None else [None] * 7
     h = L.rms_norm(x, layer.attn_norm.value, cfg.norm_eps)
-    q = L.apply_rope(checkpoint_name(layer.q(h, keys[0]), "q"), positions, inv_freq)  # [B,L,H,hd]
-    k = L.apply_rope(checkpoint_name(layer.k(h, keys[1]), "k"), positions, inv_freq)  # [B,L,KV,hd]
+    q = checkpoint_name(L.apply_rope(layer.q(h, keys[0]), rope), "q")  # [B, L, H, hd]
+    k = checkpoint_name(L.apply_rope(layer.k(h, keys[1]), rope), "k")  # [B, L, KV, hd]
     v = checkpoint_name(layer.v(h, keys[2]), "v")
     new_kv = (k, v)
     if prefix_kv is not None:
@@ -126,7 +127,7 @@ class LlamaModel(nnx.Module):
             key_mask = jnp.concatenate([prefix_mask, attention_mask], axis=1)
             key_index = jnp.broadcast_to(jnp.arange(plen + length), (b, plen + length))
         bias = _attention_bias(attention_mask, key_mask, index, key_index, cfg.sliding_window)
-        inv_freq = L.rope_inv_freq(cfg)
+        rope = L.rope_tables(positions, L.rope_inv_freq(cfg))
         n = cfg.num_layers
         keys = (jax.random.split(dropout_key, n) if dropout_key is not None else None)
 
@@ -135,7 +136,7 @@ class LlamaModel(nnx.Module):
             if prefix_kv is not None:
                 layer_prefix = tuple(jnp.broadcast_to(t, (b,) + t.shape[1:])
                                      for t in layer_prefix)
-            out, kv = _block(cfg, inv_freq, layer, carry, positions, bias, layer_key,
+            out, kv = _block(cfg, rope, layer, carry, bias, layer_key,
                              layer_prefix)
             return out, kv
 
