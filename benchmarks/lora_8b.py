@@ -209,4 +209,6 @@ def measure(bundle, row, args, kind, peak, reference, nonembed) -> dict:
 
 
 if __name__ == "__main__":
+    from common import host_memory_as_entry_points
+    host_memory_as_entry_points()
     main()

@@ -10,15 +10,20 @@ loaded weights, plus a last-token linear head like ours), the same batch (`--bat
 alpha = rank unless `--alpha`, dropout 0, every attention and MLP projection; peft's A and B
 inits), AdamW (betas 0.9/0.95, eps 1e-8, weight decay 0.01, clip 1.0) and the soft
 cross-entropy. Our train step is the sweep's (`Steps.for_model(bundle).step_fn()`, jitted with
-the state donated); our forward is the jitted model call, torch's runs under inference_mode.
+the state donated); our forward is the model call jitted as the features' is
+(`learner.replicated_jit`: the weights go in as arguments, none is copied out), torch's runs
+under inference_mode. Our process sets host memory as the entry points do (`hostmem.prepare`,
+before JAX starts: XLA:CPU's per-call temporaries stay in the process instead of being
+page-faulted in afresh each call); torch's process is left as it is (its steady-state step
+faults no page).
 
 Each side runs in its own process (two thread pools in one process, XLA's and OpenMP's, would
-compete for the cores), driven one call at a time: repeats are interleaved (ours forward, torch
-forward, ours step, torch step, ...) so background load hits both sides alike, and each row
-reports the median. One table: tokens/s, GFLOP/s and MFU (the same model FLOPs for both:
-forward 2N + attention per token, LoRA step 2x forward), wall time per call, the first call
-(compile or warm-up), compile count, threads, and ours/torch in tokens/s. `max rel diff` is the
-forward parity of the two (pooled final hidden states), evidence that the weights are the same.
+compete for the cores), driven one call at a time: the forward calls, then the steps, with the
+two sides' repeats interleaved (ours, torch, ours, torch, ...) so background load hits both
+alike, and each row reports the median. One table: tokens/s, GFLOP/s and MFU (the same model
+FLOPs for both: forward 2N + attention per token, LoRA step 2x forward), wall time per call, the
+first call (compile or warm-up), compile count, threads, and ours/torch in tokens/s.
+`max rel diff` is the forward parity of the two (pooled final hidden states), evidence that the weights are the same.
 Our side runs unchanged on CPU, GPU and TPU; torch uses CUDA when it has it, else the CPU.
 """
 from __future__ import annotations
@@ -45,10 +50,13 @@ TORCH_PROJ = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.
 def ours(model, batch, length, lora, weights_path, seed=0):
     """Our forward and train-step callables, and what the parent and torch need: the host
     batch and weights (saved to `weights_path`), FLOPs, pooled hidden states."""
+    from common import host_memory_as_entry_points
+    host_memory_as_entry_points()  # first, before JAX starts its CPU threads (as a run does)
     import jax
     from flax import nnx
     from common import chip_peak, forward_flops, step_hparams
     from scalable_elicitation.batching import make_batch, to_global
+    from scalable_elicitation.learner import replicated_jit
     from scalable_elicitation.models import load_pretrained
     from scalable_elicitation.models import layers as L
     from scalable_elicitation.train import Steps
@@ -67,17 +75,18 @@ def ours(model, batch, length, lora, weights_path, seed=0):
              **{"batch." + k: v for k, v in host.items()})
     counts = {"forward": 0}
 
-    @nnx.jit
-    def fwd(m, ids, mask):
+    def call(m, ids, mask):
         counts["forward"] += 1
         return m(ids, mask)
+
+    fwd = replicated_jit(fwd_bundle, call)  # the features' jitted forward (weights not copied)
 
     train_step = jax.jit(steps.step_fn("xent"), donate_argnums=(0,))
     box = {"state": steps.init_state(steps.fresh_params(jax.random.key(0)), jax.random.key(1))}
     hp = step_hparams()
 
     def forward():
-        fwd(fwd_bundle.model, b["input_ids"], b["attention_mask"]).block_until_ready()
+        fwd(b["input_ids"], b["attention_mask"]).block_until_ready()
 
     def train():
         box["state"], m = train_step(box["state"], steps.frozen, b, hp)
@@ -229,18 +238,22 @@ def start(side, args):
 
 
 def measure(conns: dict, repeats: int) -> tuple[dict, dict]:
-    """First-call and median per-call seconds of each (side, what), repeats interleaved."""
-    order = [(s, w) for w in ("forward", "lora step") for s in ("ours", "torch")]
-
+    """First-call and median per-call seconds of each (side, what): the forward calls first,
+    then the steps, each side's repeats interleaved with the other's. (Alternating a side's
+    forward and step calls made torch's allocator return and re-fault memory, up to 130,000
+    page faults a step, that back-to-back steps never do.)"""
     def call(side, what):
         conns[side].send(what)
         return conns[side].recv()
 
-    first = {k: call(*k) for k in order}
-    times = {k: [] for k in order}
-    for _ in range(repeats):
-        for k in order:
-            times[k].append(call(*k))
+    first, times = {}, {}
+    for what in ("forward", "lora step"):
+        order = [(side, what) for side in ("ours", "torch")]
+        first.update({k: call(*k) for k in order})
+        times.update({k: [] for k in order})
+        for _ in range(repeats):
+            for k in order:
+                times[k].append(call(*k))
     return first, {k: statistics.median(v) for k, v in times.items()}
 
 

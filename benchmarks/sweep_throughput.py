@@ -162,4 +162,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from common import host_memory_as_entry_points
+    host_memory_as_entry_points()
     main()
