@@ -23,7 +23,8 @@ two sides' repeats interleaved (ours, torch, ours, torch, ...) so background loa
 alike, and each row reports the median. One table: tokens/s, GFLOP/s and MFU (the same model
 FLOPs for both: forward 2N + attention per token, LoRA step 2x forward), wall time per call, the
 first call (compile or warm-up), compile count, threads, and ours/torch in tokens/s.
-`max rel diff` is the forward parity of the two (pooled final hidden states), evidence that the weights are the same.
+`max rel diff` is the forward parity of the two (pooled final hidden states), evidence that the
+weights are the same.
 Our side runs unchanged on CPU, GPU and TPU; torch uses CUDA when it has it, else the CPU.
 """
 from __future__ import annotations
@@ -50,11 +51,10 @@ TORCH_PROJ = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.
 def ours(model, batch, length, lora, weights_path, seed=0):
     """Our forward and train-step callables, and what the parent and torch need: the host
     batch and weights (saved to `weights_path`), FLOPs, pooled hidden states."""
-    from common import host_memory_as_entry_points
+    from common import chip_peak, forward_flops, host_memory_as_entry_points, step_hparams
     host_memory_as_entry_points()  # first, before JAX starts its CPU threads (as a run does)
     import jax
     from flax import nnx
-    from common import chip_peak, forward_flops, step_hparams
     from scalable_elicitation.batching import make_batch, to_global
     from scalable_elicitation.learner import replicated_jit
     from scalable_elicitation.models import load_pretrained
