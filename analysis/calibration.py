@@ -266,15 +266,6 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-def _parse_name(name: str) -> tuple[int, int]:
-    """(n_weak, n_oracle) of a :func:`analysis.decisions.configuration_name`."""
-    w = o = 0
-    for part in name.split(" + "):
-        count, kind = part.split()[:2]
-        w, o = (int(count), o) if kind == "weak" else (w, int(count))
-    return w, o
-
-
 def seeded_surfaces(replicates: int, anti: float, seed: int = 0):
     """``replicates`` :class:`analysis.synthetic.SeededSurface` of the known decision surfaces
     (the default grid's shape, realistic noise), with seed effects of sign ``anti`` (0: shared
@@ -296,7 +287,7 @@ def judge_decisions(records: list[dict], sources, n_boot: int = 1000, seed: int 
     replicate, budget, chosen (name), regret_upper, true_regret, covered, n_good, good_ok
     (every good buy truly within the tolerance of the best), expected_lo/hi, true_chosen,
     band_covers, lead (the truly best's lead over the next), chosen_best, settled."""
-    from analysis.decisions import decision_table
+    from analysis.decisions import decision_table, parse_configuration_name
     by_model = {s.model: s for s in sources}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -311,7 +302,7 @@ def judge_decisions(records: list[dict], sources, n_boot: int = 1000, seed: int 
                           reverse=True)
             best = true[0]
             chosen = float(truth(d.n_weak, d.n_oracle))
-            good = [float(truth(*_parse_name(g))) for g in filter(None, d.good_buys.split(";"))]
+            good = [float(truth(*parse_configuration_name(g))) for g in filter(None, d.good_buys.split(";"))]
             rows.append({"replicate": s.scope[0], "budget": d.budget,
                          "regret_upper": d.regret_upper, "true_regret": best - chosen,
                          "covered": best - chosen <= d.regret_upper + 1e-12,

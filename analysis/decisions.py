@@ -245,6 +245,15 @@ def configuration_name(n_weak: int, n_oracle: int, variant: str = "",
     return name + (f" ({variant})" if many_variants else "")
 
 
+def parse_configuration_name(name: str) -> tuple[int, int]:
+    """(n_weak, n_oracle) of a :func:`configuration_name` (a variant suffix is ignored)."""
+    w = o = 0
+    for part in name.split(" (")[0].split(" + "):
+        count, kind = part.split()[:2]
+        w, o = (int(count), o) if kind == "weak" else (w, int(count))
+    return w, o
+
+
 def _names(cells: pd.DataFrame, mask, many: bool, order=None) -> list[str]:
     idx = np.flatnonzero(mask)
     if order is not None:

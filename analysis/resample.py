@@ -20,21 +20,30 @@ keeps the pairing the design gives it:
   ``z[s, b] ~ N(0, 1)`` per seed id (a Gaussian multiplier, or wild, bootstrap), and every
   cell's deviation is ``sum_s (a_ks - A_k) z[s, b] / sqrt(n_k (n_k - 1))`` over its own seeds.
   Two cells that ran the same seeds then move with the seeds' own covariance (sample covariance
-  / n), whatever its sign, so the resampled difference of any two is exactly what a paired
-  t-test would use; cells with different seed sets (some failed, or settle added seeds to some)
-  share the draws of the seeds they share. The Bayesian bootstrap (Exp(1) weights per seed)
-  was tried first: with 3 seeds its discrete, skewed draws ruled something out on 14% of null
-  budgets (the studentised maxima of :mod:`analysis.decisions` assume a smooth law). Two
-  corrections keep the spread at the level claimed with few seeds:
+  / n), whatever its sign, so the resampled difference of any two is what a paired t-test
+  would use; cells with different seed sets (some failed, or settle added seeds to some) share
+  the draws of the seeds they share. Three choices keep the levels honest with few seeds,
+  each measured on the null decision surfaces of :mod:`analysis.calibration` (20 replicates x
+  5 budgets, two seeds of the simulation; "ruled out" should happen at <= 10% of budgets):
 
   - ``t[b] = sqrt(df / chi2_df)`` with ``df = n - 1``, one chi-square draw per resample shared by
     all cells of the task (comonotone across their ``df``): a spread estimated on ``n - 1``
-    degrees of freedom is itself uncertain, so the part is Student-t (for two cells of the same
-    seeds, their difference is the paired t) and a quantile at any level (90% bands, one-sided
-    bounds, the simultaneous quantiles of :mod:`analysis.decisions`) is at the level it claims;
-  - ``sqrt(1 - v_test / s^2)``: the spread of a cell's runs includes each run's own test noise
-    (two runs disagree on some examples), which ``e_test`` already carries; it is not counted
-    twice.
+    degrees of freedom is itself uncertain, so each cell and each same-seed difference is
+    Student-t, and a quantile at any level (90% bands, one-sided bounds) is at the level it
+    claims;
+  - the sample correlations are shrunk towards 0 by ``CORRELATION_PRIOR_DF`` pseudo-seeds of
+    independence (weight ``(n - 1) / (n - 1 + 0.5)`` on the sample's, an independent normal
+    for the rest): with 3-5 seeds a chance correlation near 1 makes a difference look certain,
+    and a maximum over many pairs sharing one chi-square draw is lighter-tailed than the real
+    one. Without shrinking, something was ruled out at 10-14% of null budgets; with 0.5,
+    6-8%. With 20 seeds the weight is 0.97: settled contenders keep nearly all their pairing;
+  - each run's own test noise (two runs disagree on some examples) is in both parts: the
+    spread of a cell's runs and ``e_test``. Subtracting an estimate of it (on ``n - 1`` df) from
+    the seed spread narrowed cells whose seed noise is mostly test noise past their level
+    (ruled out at 14% of null budgets with 3 seeds); counted twice, it errs wide by a little.
+
+  The Bayesian bootstrap (Exp(1) weights per seed) was tried first: with 3 seeds its discrete,
+  skewed draws ruled something out at 14% of null budgets.
 
   A cell with fewer than ``MIN_JOINT_SEEDS`` seeds (its other runs failed or were infeasible)
   cannot be resampled on its own seeds: its seed noise is a normal draw, independent of the
@@ -42,7 +51,11 @@ keeps the pairing the design gives it:
   noise differs most between budgets: many weak labels at a small budget scatter most; the
   task's widest budget pool where its budget has none), shrunk with its own spread if it has
   two seeds (``PRIOR_DF``). Independence is right on average and wrong for any one pair (it
-  ignores the cell's correlation with the others, either sign): the notes name such cells.
+  ignores the cell's correlation with the others, either sign): the notes name such cells, and
+  tests/test_analysis_settle.py checks the bands of its differences on surfaces with positive
+  and with negative seed correlations. A cell with enough seeds keeps its own spread: pooling
+  it with others (by budget, or by weak share as before) gave oracle-only cells the spread of
+  weak-label cells, or the reverse.
 * One seed per task (no cell has two): seed noise cannot be told from real differences. Its
   variance is then estimated from the differences between neighbouring configurations of one
   variant and budget (ordered by oracle labels), ``(A_next - A) / sqrt(2)``, a difference-based
@@ -65,7 +78,10 @@ from analysis.records import CELL_KEYS
 
 DEFAULT_N_BOOT = 2000  # resamples everywhere by default (sd of a 90% quantile ~ 1% of its width)
 MIN_POOL_DF = 4  # one-seed fallback: differences a pool needs before it is used
-PRIOR_DF = 4  # weight of a budget's pool, in degrees of freedom, against a cell's own spread
+PRIOR_DF = 4  # a modelled cell: weight of its budget's pool, in df, against its own spread
+# shrinks the seeds' sample correlations towards 0 (module docstring): on the null decision
+# surfaces, something was ruled out at 10-14% of budgets with none, 6-8% with 0.5 or 1
+CORRELATION_PRIOR_DF = 0.5
 MIN_JOINT_SEEDS = 3  # fewer seeds than this: the cell's seed noise is modelled (module docstring)
 
 
@@ -267,19 +283,19 @@ def _joint_seed_noise(task: _Task, n_boot: int, rng: np.random.Generator,
     dev[task.cell_of, task.seed_of] = task.acc - task.mean[task.cell_of]
     n = task.size.astype(float)
     var = np.where(n >= 2, (dev ** 2).sum(1) / np.maximum(n - 1, 1), np.nan)  # [K] s^2
-    # own seed variance, less the runs' own test noise (carried by e_test)
-    seed_var = np.where(n >= 2, np.maximum(0.0, var - np.nan_to_num(task.v_test)), np.nan)
     z = rng.standard_normal((n_seeds, n_boot))                                  # [S, B]
     u = _uniforms(n_boot, rng)
     joint = n >= MIN_JOINT_SEEDS
-    pools, widest = _budget_pools(task, seed_var)
+    pools, widest = _budget_pools(task, var)
     v, df = np.zeros(n_cells), np.ones(n_cells)
     for k in range(n_cells):
         pool_v, pool_df = pools.get(task.groups[k][1], widest)
         counts["other_budget"] += task.groups[k][1] not in pools and not joint[k]
         own_df = n[k] - 1
-        if own_df > 0:
-            v[k] = (own_df * seed_var[k] + PRIOR_DF * pool_v) / (own_df + PRIOR_DF)
+        if joint[k]:
+            v[k], df[k] = var[k], own_df
+        elif own_df > 0:
+            v[k] = (own_df * var[k] + PRIOR_DF * pool_v) / (own_df + PRIOR_DF)
             df[k] = min(pool_df, own_df + PRIOR_DF)
         else:
             v[k], df[k] = pool_v, pool_df
@@ -288,7 +304,8 @@ def _joint_seed_noise(task: _Task, n_boot: int, rng: np.random.Generator,
     sd = np.sqrt(np.where(var > 0, var, np.inf))
     paired = np.where(joint[:, None], (dev / sd[:, None]) @ z, 0.0) / \
         np.sqrt(np.maximum(n - 1, 1))[:, None]
-    lam = np.where(joint, (n - 1) / (n - 1 + PRIOR_DF), 0.0)  # weight of the sample correlations
+    # weight of the sample correlations: CORRELATION_PRIOR_DF pseudo-seeds of independence
+    lam = np.where(joint, (n - 1) / (n - 1 + CORRELATION_PRIOR_DF), 0.0)
     own = rng.standard_normal((n_cells, n_boot))
     out = (np.sqrt(v / n)[:, None] * (np.sqrt(lam)[:, None] * paired
                                       + np.sqrt(1 - lam)[:, None] * own)

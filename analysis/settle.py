@@ -121,9 +121,9 @@ def plan_seeds(records: Records, tolerance: float, max_seeds: int, level: float 
             held = [have.get(k, set()) | tried.get(k, set()) for k in cell_keys]
             union = sorted(set().union(*held))
             now = max(len(h) for h in held)
-            if now >= max_seeds:
-                status.append(f"{where}: contenders have {now} seeds, the cap (max_seeds "
-                              f"{max_seeds}); still open")
+            if min(len(h) for h in held) >= max_seeds:
+                status.append(f"{where}: contenders have {max_seeds} seeds, the cap (max_seeds); "
+                              "still open")
                 continue
             target = int(min(max_seeds, max(now + MIN_STEP, min(d.seeds_needed, 2 * now))))
             ids = union[:target] + list(range(max(union) + 1 if union else 0,

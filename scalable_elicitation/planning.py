@@ -76,6 +76,16 @@ def validate(config) -> None:
         need(0 <= budget_lib.exact(f) <= 1, "fractions", f"fraction {f} must be in [0, 1]")
     budget_lib.Prices.of(config.prices.oracle, config.prices.weak)
     need(config.seeds >= 1, "seeds", f"{config.seeds} must be >= 1")
+    settle = config.get("settle", 0.0)
+    need(isinstance(settle, (int, float)) and 0 <= settle < 1, "settle",
+         f"{settle!r}: a tolerance in accuracy, 0 (off) to below 1, e.g. 0.02")
+    need(isinstance(config.get("max_seeds", 20), int) and (
+        not settle or config.get("max_seeds", 20) >= config.seeds), "max_seeds",
+        f"{config.get('max_seeds')!r}: a whole number >= seeds ({config.seeds})")
+    if "analysis" in config:
+        tol = config.analysis.get("tolerance", 0.02)
+        need(isinstance(tol, (int, float)) and 0 <= tol < 1, "analysis.tolerance",
+             f"{tol!r}: a tolerance in accuracy, 0 to below 1, e.g. 0.02")
     need(isinstance(config.get("parallel_runs", 0), int) and config.get("parallel_runs", 0) >= 0,
          "parallel_runs", f"{config.get('parallel_runs')!r}; allowed: 0 (as many as fit the "
          "device), 1 (one at a time) or more")
