@@ -1,32 +1,38 @@
-"""A decision per budget (docs/design.md#decisions): what to buy, what the choice can cost, what is
-ruled out.
+"""A decision per budget (docs/design.md#decisions): the good buys, the one to buy, the accuracy
+to expect from it, what is ruled out, and what keeps an open budget open.
 
-A regime name answers "which of three categories is strictly best", which three seeds can rarely
-settle at margins of 0.01-0.03. A user splitting a budget needs something else, and the same
-paired resamples (:mod:`analysis.resample`: seeds and test examples drawn jointly) give it:
+A regime name answers "which of three categories is strictly best", which a few seeds can rarely
+settle at margins of 0.01-0.03; and "buy the most accurate" prints a coin flip as a decision when
+the runner-up is 0.005 behind with a standard error of 0.02. A user splitting a budget needs
+something else, and the same paired resamples (:mod:`analysis.resample`: seeds and test
+examples drawn jointly) give it:
 
-* **what to buy**: the configuration with the highest mean accuracy among those measured at the
-  budget (ties to the cheaper), with its central 90% band;
-* **what that can cost**: a one-sided 90% upper bound on its *regret*, how far its true accuracy
-  can lie below the best configuration measured at that budget. Multiple comparisons with the
-  best (Hsu 1984): with ``T_ij = ((B_j - A_j) - (B_i - A_i)) / se_ij`` the studentised centred
+* **every configuration's regret bound**: a one-sided 90% upper bound on how far its true
+  accuracy lies below the best configuration measured at that budget. Multiple comparisons with
+  the best (Hsu 1984): with ``T_ij = ((B_j - A_j) - (B_i - A_i)) / se_ij`` the studentised centred
   resampled differences and ``q`` the ``level`` quantile of ``max_{j != i} T_ij``, the bounds
   ``mu_i - mu_j <= A_i - A_j + q se_ij`` hold for every ``j`` at once when ``i`` is the truly
-  best cell (a one-sided Dunnett comparison against it), and since the regret of ``c`` is
-  ``mu_i - mu_c`` for that ``i``, ``regret <= max(0, max_j (A_j - A_c + q se_cj))`` holds at
-  ``level`` for every ``c`` at once, the one picked from the data included. Which cell is truly
-  best is unknown; ``q`` is computed with the chosen one standing in for it (the usual bootstrap
-  plug-in). Taking the largest ``q`` over all ``i`` instead widened the bounds by 0.005-0.01 on
-  the default sweep for no gain in coverage: on realistic synthetic surfaces
-  (:func:`analysis.calibration.run_decisions`) the plug-in covers the true regret at 95-97% of
-  budgets, and at 86-93% of those where the chosen configuration is not the truly best.
-  Studentising keeps a noisy competitor from setting the bar for all the others;
+  best cell, and since the regret of ``c`` is ``mu_i - mu_c`` for that ``i``,
+  ``regret <= max(0, max_j (A_j - A_c + q se_cj))`` holds at ``level`` for every ``c`` at once.
+  Which cell is truly best is unknown; ``q`` is computed with the most accurate one standing in
+  for it (the usual bootstrap plug-in). Studentising keeps a noisy competitor from setting the
+  bar for all the others;
+* **the good buys**: the configurations whose bound is at most the tolerance
+  (``analysis.tolerance``, :data:`TOLERANCE`), all within it of the best at once; **the one to
+  buy**: the smallest bound (minimax regret among the measured configurations), ties to the
+  higher mean accuracy, then to fewer oracle labels;
+* **the accuracy to expect** from it: its mean less the bias of having chosen it, with a band for
+  its true mean, from a bootstrap of the whole choose-then-report procedure
+  (:func:`analysis.tables.chosen_optimism`);
 * **what is ruled out**: configuration ``j`` when its regret's lower bound is above 0,
   ``max_i (A_i - A_j - q2 se_ij) > 0``, with ``q2`` the ``level`` quantile of the maximum of
   ``|T_ij|`` over all pairs (simultaneous over all pairs, so the whole ruled-out list holds at
   ``level`` together). A category (:data:`analysis.regimes.REGIMES`) is ruled out when every one
   of its measured configurations is; a category not measured at a budget (infeasible or never
-  planned) is never ruled out but listed as not measured.
+  planned) is never ruled out but listed as not measured;
+* **what keeps a budget open** when nothing is a good buy: the contenders, and how many seeds
+  each, or how large a test set, would settle it (:class:`Decision`); :mod:`analysis.settle`
+  acts on it.
 
 ``se_ij`` is a robust scale of the resampled difference (half its 15.9-84.1% range): the seed part
 of a resample is Student-t on few degrees of freedom, whose variance may not exist.
