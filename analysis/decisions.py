@@ -291,7 +291,7 @@ def remaining_text(d: Decision, cells: pd.DataFrame, many: bool, tolerance: floa
                 f"larger{size} would settle it")
     if np.isfinite(d.seeds_needed):
         return head + (f"; about {int(d.seeds_needed)} seeds for each of these would settle it "
-                       "(`--config.settle` adds them)")
+                       "(the main job's settle adds seeds up to `--config.max_seeds`)")
     return head + "; more seeds for these would narrow it"
 
 
@@ -374,8 +374,11 @@ def plain_sentence(row, level: float = LEVEL) -> str:
                 f"configuration measured there ({pct}, simultaneously), and {chosen} has the "
                 f"smallest bound ({get('regret_upper'):.3f}).")
     if good:
-        return (head + f"buy {chosen} labels; it is at most {get('regret_upper'):.3f} below the "
-                f"best configuration measured there ({pct}), and no other is within {tol:g}.")
+        bound = get("regret_upper")
+        return (head + f"buy {chosen} labels; " + (
+            f"it is at most {bound:.3f} below the best configuration measured there ({pct})"
+            if bound > 0 else f"no configuration measured there is better ({pct})")
+            + f", and no other is known to be within {tol:g} of the best.")
     return (head + f"not settled; the best bet now is {chosen} (at most "
             f"{get('regret_upper'):.3f} below the best, {pct}): {get('remaining')}.")
 
