@@ -98,10 +98,13 @@ def regime_reading(decisions: pd.DataFrame, level: float = 0.9) -> list[str]:
         parts = []
         for row in t.sort_values("budget").itertuples():
             cats = _good_categories(row)
+            good = [g for g in (row.good_buys or "").split(";") if g]
             if not cats:
                 parts.append(f"at {row.budget:g} it is still open")
+            elif len(good) == 1:
+                parts.append(f"at {row.budget:g} the one good buy is {good[0]} ({cats[0]})")
             elif len(cats) == 1:
-                parts.append(f"at {row.budget:g} only {cats[0]} configurations are good buys")
+                parts.append(f"at {row.budget:g} the good buys are all {cats[0]}")
             else:
                 parts.append(f"at {row.budget:g} {' and '.join(cats)} configurations are equally "
                              "good buys, so no category is strictly best there, and none need be")
@@ -153,10 +156,11 @@ def recommendation_paragraph(regimes: pd.DataFrame, bounds: pd.DataFrame,
                 share = ", ".join(f"{100 * f:.0f}%" for f in r["best_oracle_fraction"])
                 parts.append(f"at {budgets} {say[regime]}, spending {share} on oracle labels")
             elif regime == UNDETERMINED:
-                parts.append(f"at {budgets} no category's best configuration leads every other "
-                             f"category's at confidence {level:g}, which does not make every "
-                             "configuration a good buy: `decisions.csv` says which are good "
-                             "buys and which are ruled out there")
+                parts.append(f"at {budgets} it names no category: it asks whether one category "
+                             f"is strictly the best at confidence {level:g}, a stronger claim "
+                             "than a good buy's (within the tolerance of the best), and it does "
+                             "not make every configuration a good buy: `decisions.csv` says "
+                             "which are good buys and which are ruled out there")
             else:
                 parts.append(f"at {budgets} {say[regime]}")
         sentences.append(f"The regime test, for {model} with weak labeller {labeler} at the "
