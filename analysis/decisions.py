@@ -251,21 +251,39 @@ def configuration_name(n_weak: int, n_oracle: int, variant: str = "",
     return name + (f" ({variant})" if many_variants else "")
 
 
+def short_name(n_weak: int, n_oracle: int, variant: str = "", many_variants: bool = False) -> str:
+    """``"320+0"`` (``n_weak+n_oracle``, with ``" (variant)"`` when several variants compete):
+    the form of the ``good_buys``, ``contenders`` and ``seeds`` columns."""
+    return f"{int(n_weak)}+{int(n_oracle)}" + (f" ({variant})" if many_variants else "")
+
+
 def parse_configuration_name(name: str) -> tuple[int, int]:
-    """(n_weak, n_oracle) of a :func:`configuration_name` (a variant suffix is ignored)."""
+    """(n_weak, n_oracle) of a :func:`short_name` or :func:`configuration_name` (a variant
+    suffix is ignored)."""
+    name = name.split(" (")[0].strip()
+    if "+" in name and "weak" not in name and "oracle" not in name:
+        w, o = name.split("+")
+        return int(w), int(o)
     w = o = 0
-    for part in name.split(" (")[0].split(" + "):
+    for part in name.split(" + "):
         count, kind = part.split()[:2]
         w, o = (int(count), o) if kind == "weak" else (w, int(count))
     return w, o
 
 
-def _names(cells: pd.DataFrame, mask, many: bool, order=None) -> list[str]:
+def long_name(short: str) -> str:
+    """:func:`configuration_name` of a :func:`short_name`."""
+    variant = short.split(" (", 1)[1].rstrip(")") if " (" in short else ""
+    return configuration_name(*parse_configuration_name(short), variant, bool(variant))
+
+
+def _names(cells: pd.DataFrame, mask, many: bool, order=None, name=configuration_name
+           ) -> list[str]:
     idx = np.flatnonzero(mask)
     if order is not None:
         idx = idx[np.argsort(np.asarray(order)[idx], kind="stable")]
-    return [configuration_name(cells["n_weak"].iloc[i], cells["n_oracle"].iloc[i],
-                               cells["variant"].iloc[i], many) for i in idx]
+    return [name(cells["n_weak"].iloc[i], cells["n_oracle"].iloc[i], cells["variant"].iloc[i],
+                 many) for i in idx]
 
 
 def _join(names: list[str], word: str = "or") -> str:
@@ -307,9 +325,9 @@ def decision_row(cells: pd.DataFrame, boot: np.ndarray, level: float = LEVEL,
     cats = [category(w, o) for w, o in zip(cells["n_weak"], cells["n_oracle"])]
     many = cells["variant"].nunique() > 1
     best = cells.iloc[d.chosen]
-    out = _names(cells, d.ruled_out, many)
-    good = _names(cells, d.good, many, d.regret_uppers)
-    seeds = [f"{configuration_name(w, o, v, many)}: {int(n)}" for w, o, v, n in zip(
+    out = _names(cells, d.ruled_out, many, name=short_name)
+    good = _names(cells, d.good, many, d.regret_uppers, short_name)
+    seeds = [f"{short_name(w, o, v, many)}:{int(n)}" for w, o, v, n in zip(
         cells["n_weak"], cells["n_oracle"], cells["variant"], cells["n_seeds"])]
     return {"variant": best["variant"], "n_weak": int(best["n_weak"]),
             "n_oracle": int(best["n_oracle"]), "cost": float(best["cost"]),
@@ -320,7 +338,7 @@ def decision_row(cells: pd.DataFrame, boot: np.ndarray, level: float = LEVEL,
             "regret_upper": d.regret_upper, "tolerance": float(tolerance),
             "good_buys": ";".join(good), "n_good_buys": len(good),
             "remaining": remaining_text(d, cells, many, tolerance, n_test),
-            "contenders": ";".join(_names(cells, d.contenders, many)),
+            "contenders": ";".join(_names(cells, d.contenders, many, name=short_name)),
             "seeds": ";".join(seeds),
             "ruled_out_categories": ";".join(ruled_out_categories(cats, d.ruled_out)),
             "ruled_out_configurations": ";".join(out), "n_ruled_out": len(out),
@@ -365,7 +383,7 @@ def plain_sentence(row, level: float = LEVEL) -> str:
     :data:`DECISION_COLUMNS`)."""
     get = _get(row)
     pct = f"{100 * level:.0f}%"
-    good, tol = _split(get("good_buys")), get("tolerance")
+    good, tol = [long_name(g) for g in _split(get("good_buys"))], get("tolerance")
     many = get("method") == "all" and "(" in (get("good_buys") or "")
     chosen = configuration_name(get("n_weak"), get("n_oracle"), get("variant"), many)
     head = f"At {get('budget'):g} oracle-label units: "
@@ -388,7 +406,7 @@ def decision_line(row, level: float = LEVEL) -> str:
     the plain sentence, the accuracy to expect, what is ruled out."""
     get = _get(row)
     pct = f"{100 * level:.0f}%"
-    ruled = _split(get("ruled_out_configurations"))
+    ruled = [long_name(r) for r in _split(get("ruled_out_configurations"))]
     cats = _split(get("ruled_out_categories"))
     unmeasured = _split(get("not_measured_categories"))
     chosen = configuration_name(get("n_weak"), get("n_oracle"))
@@ -406,8 +424,9 @@ def decision_line(row, level: float = LEVEL) -> str:
 
 
 def seeds_line(row) -> str:
-    """``seeds: 320 weak: 5, 0+32: 12, ...`` for a decision row."""
-    return "seeds per configuration: " + ", ".join(_split(_get(row)("seeds")))
+    """``seeds per configuration: 320 weak 5, 32 oracle 12, ...`` for a decision row."""
+    parts = [s.rsplit(":", 1) for s in _split(_get(row)("seeds"))]
+    return "seeds per configuration: " + ", ".join(f"{long_name(n)} {k}" for n, k in parts)
 
 
 def decision_lines(table: pd.DataFrame, method: str = "all", level: float = LEVEL) -> list[str]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from analysis import pricing
 from analysis.aggregate import Surface, build_surfaces
-from analysis.decisions import TOLERANCE, decision_row
+from analysis.decisions import TOLERANCE, decision_row, long_name
 from analysis.records import Records, as_frame, load_records
 from analysis.regimes import REGIMES, category, classify
 from analysis.resample import DEFAULT_N_BOOT
@@ -65,7 +65,7 @@ class Recommendation:
     n_candidates: int = 1
     level: float = 0.9
     measured_accuracy: float = float("nan")  # the chosen one's mean, before the correction
-    good_buys: tuple[str, ...] = ()
+    good_buys: tuple[str, ...] = ()  # n_weak+n_oracle, smallest bound first
     tolerance: float = 0.02
     remaining: str = ""
 
@@ -79,7 +79,7 @@ class Recommendation:
         lo, hi = self.accuracy_band
         pct = f"{100 * self.level:.0f}%"
         ruled = ", ".join(self.ruled_out_categories) or "no category"
-        good = "; ".join(self.good_buys)
+        good = "; ".join(map(long_name, self.good_buys))
         lines = [
             f"budget {self.budget:g} at prices oracle {self.oracle_price:g}, weak {self.weak_price:g} "
             f"({self.model}, weak labeller {self.weak_labeler}, tasks {self.tasks}):",
@@ -99,7 +99,7 @@ class Recommendation:
             "the best)",
             f"  ruled out ({pct}, simultaneous over all pairs): {ruled}; "
             f"{len(self.ruled_out_configurations)} of {self.n_candidates} configurations"
-            + _listed(self.ruled_out_configurations),
+            + _listed([long_name(r) for r in self.ruled_out_configurations]),
             f"  regime: {self.regime}" + (
                 f" (the best is {self.category}; p = {self.p_value:.2g} for its lead over the "
                 f"best of the other categories, after picking the best of several "

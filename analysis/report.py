@@ -24,8 +24,8 @@ import pandas as pd
 
 from analysis import figures, io, pricing
 from analysis.aggregate import Surface, build_surfaces
-from analysis.decisions import (TOLERANCE, decision_lines, decision_table, parse_configuration_name,
-                                plain_sentence)
+from analysis.decisions import (TOLERANCE, decision_lines, decision_table, long_name,
+                                parse_configuration_name, plain_sentence)
 from analysis.resample import DEFAULT_N_BOOT
 from analysis.fits import frontier_fit
 from analysis.prompt_effect import (prompt_effect_figure, prompt_effect_sentence,
@@ -98,7 +98,7 @@ def regime_reading(decisions: pd.DataFrame, level: float = 0.9) -> list[str]:
         parts = []
         for row in t.sort_values("budget").itertuples():
             cats = _good_categories(row)
-            good = [g for g in (row.good_buys or "").split(";") if g]
+            good = [long_name(g) for g in (row.good_buys or "").split(";") if g]
             if not cats:
                 parts.append(f"at {row.budget:g} it is still open")
             elif len(good) == 1:

@@ -183,3 +183,30 @@ def test_main_job_settle_loop_adds_ordinary_records_and_resumes(tmp_path, monkey
     again = experiment.settle(sweep, specs, tolerance=0.02, max_seeds=12, out=lambda m: None)
     assert again == []
     assert len(load_records(tmp_path / "runs").ok) == len(sweep.ran)
+
+
+def test_an_open_budget_says_whether_seeds_or_a_larger_test_set_would_settle_it():
+    import pandas as pd
+
+    from analysis.decisions import decide, remaining_text
+    rng = np.random.default_rng(0)
+    acc = np.array([0.80, 0.795])
+    cells = pd.DataFrame({"n_weak": [80, 0], "n_oracle": [0, 8], "variant": "v",
+                          "n_seeds": [5, 5], "accuracy": acc})
+    # the cells differ on their own test examples (sd 0.02 of the difference), which more
+    # seeds cannot shrink (test_run_var 0): a larger test set would settle it
+    test = rng.normal(0, 0.014, (2, 4000))
+    d = decide(acc, acc[:, None] + test, cells, tolerance=0.02, test_dev=test,
+               test_run_var=np.zeros(2))
+    text = remaining_text(d, cells, False, 0.02, n_test=1000)
+    print("\n" + text)
+    assert not d.settled and np.isinf(d.seeds_needed) and d.test_factor > 1
+    assert d.test_floor > 0.02 and "test set about" in text and "test examples" in text
+    # the same spread from seeds instead (the test part nil): seeds would settle it
+    seeds = rng.normal(0, 0.025, (2, 4000))
+    d = decide(acc, acc[:, None] + seeds, cells, tolerance=0.02, test_dev=np.zeros((2, 4000)),
+               test_run_var=np.zeros(2))
+    text = remaining_text(d, cells, False, 0.02, n_test=1000)
+    print(text)
+    assert np.isfinite(d.seeds_needed) and d.seeds_needed > 5 and "seeds for each" in text
+    assert d.contenders.all()
