@@ -302,7 +302,8 @@ def judge_decisions(records: list[dict], sources, n_boot: int = 1000, seed: int 
                           reverse=True)
             best = true[0]
             chosen = float(truth(d.n_weak, d.n_oracle))
-            good = [float(truth(*parse_configuration_name(g))) for g in filter(None, d.good_buys.split(";"))]
+            good = [float(truth(*parse_configuration_name(g)))
+                    for g in filter(None, d.good_buys.split(";"))]
             rows.append({"replicate": s.scope[0], "budget": d.budget,
                          "regret_upper": d.regret_upper, "true_regret": best - chosen,
                          "covered": best - chosen <= d.regret_upper + 1e-12,

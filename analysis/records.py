@@ -187,7 +187,8 @@ def config_identity(method: str, config: dict[str, Any]) -> dict[str, Any]:
     labeller, counts and seed: a flat ``{dotted key: value}``.
 
     Dropped: what :mod:`scalable_elicitation.identity` calls grid or placement (seeds, grid,
-    prices, mesh, group size, checkpointing, ...), the cell's own keys, the method options already in the variant name, and options that do not apply: other
+    prices, mesh, group size, checkpointing, ...), the cell's own keys, the method options already
+    in the variant name, and options that do not apply: other
     methods' own keys (shot settings for methods without shots, ``mixture.*`` outside
     ``mixture_sft``: ``Method.keys``), ``selection_temperature`` without entropy selection,
     ``lora.*`` unless ``trainable`` is ``lora``, and labeller keys its kind does not use.

@@ -313,10 +313,11 @@ def _joint_seed_noise(task: _Task, n_boot: int, rng: np.random.Generator,
     few = np.flatnonzero(~joint)
     counts["modelled"] += len(few)
     counts["joint"] += int(joint.sum())
+    median = int(np.median(n[joint])) if joint.any() else 0
     notes.append(f"{name}: {n_seeds} seed ids; {int(joint.sum())} of {n_cells} configurations "
-                 f"resampled on their own seeds (median {int(np.median(n[joint])) if joint.any() else 0}"
-                 f" seeds)" + (f", {len(few)} with fewer than {MIN_JOINT_SEEDS} seeds modelled"
-                               if len(few) else "") + ".")
+                 f"resampled on their own seeds (median {median} seeds)"
+                 + (f", {len(few)} with fewer than {MIN_JOINT_SEEDS} seeds modelled"
+                    if len(few) else "") + ".")
     return out
 
 
@@ -408,8 +409,8 @@ def _notes(counts: dict[str, int], n_runs: int, task_notes: list[str]) -> list[s
              + "."]
     if task_notes:
         notes.append("Seed noise (seed ids drawn jointly for every configuration of a task, "
-                     "a Gaussian multiplier per seed; spreads Student-t for the seeds behind them): "
-                     + " ".join(task_notes))
+                     "a Gaussian multiplier per seed; spreads Student-t for the seeds behind "
+                     "them): " + " ".join(task_notes))
     if counts["modelled"]:
         notes.append(f"{counts['modelled']} configuration(s) have fewer than {MIN_JOINT_SEEDS} "
                      "seeds: their seed noise is drawn from the spread pooled over their budget's "

@@ -35,7 +35,6 @@ import dataclasses
 import math
 import warnings
 
-import numpy as np
 import pandas as pd
 
 from analysis.aggregate import build_surfaces

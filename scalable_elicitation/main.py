@@ -6,7 +6,8 @@ r"""Main job: run a config's whole sweep in-process, then write the answer.
 
 Records go to WORKDIR/runs/RUN_ID/result.json; a killed sweep resumes where it stopped. With
 `config.settle` > 0 it then adds seeds where a budget's decision is still open (`experiment.settle`,
-up to `config.max_seeds`). At the end it draws WORKDIR/frontier.png, writes the analysis report to WORKDIR/report/ (report.md, the
+up to `config.max_seeds`). At the end it draws WORKDIR/frontier.png, writes the analysis report to
+WORKDIR/report/ (report.md, the
 CSVs and figures) and prints the recommendation.
 """
 from __future__ import annotations
