@@ -8,7 +8,7 @@ Every flattened config key is exactly one of:
   split). In the run id and in the analysis's identity; two runs that differ here are different
   variants.
 * ``grid``: which run of the grid it is (seed ids, grid, prices, a config family's lists of
-  variants or sizes to sweep; the counts come from these).
+  variants or sizes to sweep, whether ceiling runs are added; the counts come from these).
   The seed, the prices and the counts are in the run id (the record of each is its own), but
   not in the analysis's identity: cells aggregate seeds and are re-priced from their counts.
 * ``placement``: how and where a run executes (mesh, group size and sharding, host polling,
@@ -28,16 +28,18 @@ DEFINES, GRID, PLACEMENT = "defines", "grid", "placement"
 _EXACT = {
     DEFINES: ("task", "n_test", "split_seed", "model", "trainable", "dtype", "max_length",
               "pooling", "method", "loss", "schedule", "oracle_selection",
-              "selection_temperature", "k", "shot_source", "shot_max_length", "oracle_share"),
+              "selection_temperature", "k", "shot_source", "shot_max_length", "oracle_share",
+              "weak_truth"),
     GRID: ("seed", "seeds", "seed_offset", "seed_rule", "budgets", "fractions", "budget",
-           "fraction", "grid_points", "n_weak", "n_oracle", "variants", "sizes", "ks"),
+           "fraction", "grid_points", "n_weak", "n_oracle", "variants", "sizes", "ks",
+           "ceiling"),
     PLACEMENT: ("parallel_runs", "group_sharding", "host_poll_steps", "attention", "platform",
                 "checkpoint", "checkpoint_interval_s", "remat", "length_buckets",
                 "tensorboard", "progress", "train.micro_batch", "labeler.micro_batch",
                 "settle", "max_seeds"),
 }
 _PREFIXES = {
-    DEFINES: ("task_options.", "lora.", "mixture.", "train.", "labeler."),
+    DEFINES: ("task_options.", "lora.", "mixture.", "train.", "labeler.", "weak_fit."),
     GRID: ("prices.",),
     PLACEMENT: ("mesh.", "tracking.", "wandb.", "tensorboard.", "analysis."),
 }
