@@ -210,3 +210,34 @@ def test_an_open_budget_says_whether_seeds_or_a_larger_test_set_would_settle_it(
     print(text)
     assert np.isfinite(d.seeds_needed) and d.seeds_needed > 5 and "seeds for each" in text
     assert d.contenders.all()
+
+
+def test_a_settle_run_is_an_ordinary_run_with_a_new_seed_id(tmp_path):
+    # what experiment.settle runs: a planned grid spec with another seed; its run id is new, its
+    # record serves the same grid points, and its status is read like any other
+    from configs import cost_sweep
+    from scalable_elicitation.experiment import sweep_points
+    from scalable_elicitation.planning import Planner
+    config = cost_sweep.get_config(None)
+    planner = Planner(config, tmp_path)
+    specs = planner.plan(sweep_points("configs/cost_sweep.py", config))
+    ids = {planner.run_id(s) for s in specs}
+    spec = dataclasses.replace(specs[0], seed=config.seeds + 3)
+    assert planner.run_id(spec) not in ids and planner.status(spec) == "todo"
+    assert planner.effective(spec)["seed"] == config.seeds + 3
+    assert spec.grid_points == specs[0].grid_points
+    assert config.settle == 0.02 and config.max_seeds >= config.seeds
+    assert cost_sweep.get_config("smoke").settle == 0.0
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("settle", -0.1, "config.settle"), ("settle", 1.5, "config.settle"),
+    ("max_seeds", 2, "config.max_seeds"), ("analysis.tolerance", -1.0, "config.analysis.tolerance")])
+def test_bad_settle_settings_name_the_key(tmp_path, key, value, match):
+    from configs import cost_sweep
+    from scalable_elicitation.planning import validate
+    config = cost_sweep.get_config(None)
+    node, leaf = (config.analysis, "tolerance") if key.startswith("analysis.") else (config, key)
+    node[leaf] = value
+    with pytest.raises(ValueError, match=match):
+        validate(config)
