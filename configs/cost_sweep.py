@@ -124,6 +124,26 @@ def get_config(arg=None):
     c.labeler.rate = 0.3  # used when kind = noise
     c.labeler.soft = False
 
+    # -- Learning through weak labels (docs/decisions.md#a-student-that-learns-through-noisy-
+    # labels). All run-defining (in run ids, `planning.effective`) except `ceiling`.
+    # weak_fit.kind: "cv_l2" (a probe's weak stage is L2-regularised logistic regression solved
+    # to its optimum, the penalty C chosen by `folds`-fold CV against the purchased weak labels,
+    # `scalable_elicitation.weak_fit`) | "engine" (AdamW with early stopping on the weak
+    # carve-out, as every finetuned stage; LoRA and full finetuning always train so)
+    # cs: scikit-learn's C (sum of log-losses + ||w||^2 / 2C); hard: fit the weak labels
+    # thresholded at 0.5 (soft targets taught the probe the labeller's own confidence: PGR 0.14
+    # against 0.21 hard, 5 seeds offline)
+    c.weak_fit = ml_collections.ConfigDict({
+        "kind": "cv_l2", "cs": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1), "folds": 5,
+        "hard": True})
+    # weak_truth: the weak stage trains on the ground truth of the texts it bought (a ceiling
+    # run); set per grid point by `ceiling`, not by hand
+    c.weak_truth = False
+    # ceiling: add, for every all-weak point, a ceiling run of the same seed and texts, so the
+    # report measures weak-to-strong (PGR). Which runs exist, not what a run computes: not in
+    # run ids. Ceiling runs never enter the cost-accuracy analysis.
+    c.ceiling = True
+
     c.prices = ml_collections.ConfigDict({"oracle": "1", "weak": "0.1"})
     # every point fits the pools (about 2,400 weak and 800 oracle tweets) but all-weak at 256
     # (2,560 weak labels): 1 of 25 points infeasible. No 16: its all-oracle runs early-stop on
@@ -199,3 +219,5 @@ def sweep(add, config):
                 seeds = range(config.seeds)
             for s in seeds:
                 add(budget=b, fraction=f, seed=config.seed_offset + s)
+                if config.get("ceiling", False) and point.n_oracle == 0 and point.n_weak > 0:
+                    add(budget=b, fraction=f, seed=config.seed_offset + s, weak_truth=True)
