@@ -262,9 +262,11 @@ WEAK_FIT_SALT = 0x77666974  # the folds' stream, apart from the carve-out's at t
 
 def uses_weak_fit(c, learner: Learner) -> bool:
     """Whether a weak stage is the cross-validated L2 fit (`weak_fit`): a linear probe on
-    frozen features under `weak_fit.kind = "cv_l2"` (LoRA and full finetuning keep the
-    engine's early-stopped AdamW, docs/decisions.md)."""
-    return learner.probe and c.get("weak_fit", {}).get("kind", "engine") == "cv_l2"
+    frozen features under `weak_fit.kind = "cv_l2"` with the plain loss (`loss=logconf`, Burns
+    et al.'s recipe, and LoRA and full finetuning keep the engine's early-stopped AdamW,
+    docs/decisions.md)."""
+    return (learner.probe and c.get("weak_fit", {}).get("kind", "engine") == "cv_l2"
+            and c.get("loss", "xent") == "xent")
 
 
 def weak_fit_record(fit, n: int, data) -> dict:
