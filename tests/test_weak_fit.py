@@ -166,3 +166,26 @@ def test_pgr_table_arithmetic_and_band():
     assert not row["test_resampled"]
     line = w2s.largest_point_line(table)
     assert line.startswith("Weak-to-strong") and "PGR 0.25" in line
+
+
+def test_words_labeller_is_weak_by_capacity_and_never_labels_its_training_texts(tmp_path):
+    from scalable_elicitation.data import load_task
+    from scalable_elicitation.labelers import WordsLabeler, make_labeler
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(400):
+        label = int(i % 2 == 0)
+        cue = rng.choice(["good", "great"] if label else ["bad", "awful"])
+        other = rng.choice(["good", "great", "bad", "awful"])  # a cue of either class
+        text = f"row {i} {cue} {other} thing" if rng.random() < 0.8 else f"row {i} {other}"
+        rows.append({"text": text, "label": label})
+    path = tmp_path / "task.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = load_task(f"file:{path}", seed=0, n_test=100)
+    labeller = make_labeler(cost_sweep.get_config("capacity").labeler, None)
+    assert isinstance(labeller, WordsLabeler) and labeller.n_train == 400
+    weak = WordsLabeler(n_train=60).label(task, seed=3)
+    assert len(weak.train_ids) == 60 and not set(weak.train_ids) & set(weak.ids)
+    assert 0.6 < weak.metrics["test_accuracy"] < 1.0  # learns the cues, but not perfectly
+    again = WordsLabeler(n_train=60).label(task, seed=3)
+    np.testing.assert_array_equal(weak.soft, again.soft)
