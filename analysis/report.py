@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import figures, io, pricing
+from analysis import figures, io, pricing, weak_to_strong
 from analysis.aggregate import Surface, build_surfaces
 from analysis.decisions import decision_lines, decision_table
 from analysis.resample import DEFAULT_N_BOOT
@@ -217,6 +217,7 @@ class Report:
     files: dict[str, Path]
     recommendation: str
     decisions: pd.DataFrame | None = None  # analysis.decisions.decision_table of every surface
+    weak_to_strong: pd.DataFrame | None = None  # analysis.weak_to_strong.weak_to_strong_table
 
 
 def write_report(records: Records, out: Path, weak_prices=None, budgets=None, oracle_price="1",
@@ -272,7 +273,10 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
               "frontier_fit": pd.concat(fit_rows, ignore_index=True),
               "oracle_fraction_fit": pd.concat(frac_rows, ignore_index=True) if frac_rows else
               pd.DataFrame(columns=["weak_price", "budget", "oracle_fraction", "fit", "lo", "hi"]),
-              "prompt_effect": pd.concat(effects, ignore_index=True)}
+              "prompt_effect": pd.concat(effects, ignore_index=True),
+              # all-weak runs against their ceiling runs (analysis.weak_to_strong)
+              "weak_to_strong": weak_to_strong.weak_to_strong_table(
+                  records.ok, records.ceiling, n_boot=n_boot, seed=seed, level=level)}
     figs.append(("prompt_effect", prompt_effect_figure(tables["prompt_effect"],
                                                        out / "prompt_effect")))
     for name, table in tables.items():
@@ -286,7 +290,7 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
     paragraph = recommendation_paragraph(regimes, bounds, bwb, level, single_seed)
     md = _report_markdown(records, surfaces, weak_prices, tables, bwb_md, figs, level, paragraph)
     written["report.md"] = io.write_text(out / "report.md", md)
-    return Report(written, paragraph, decisions)
+    return Report(written, paragraph, decisions, tables["weak_to_strong"])
 
 
 def _decisions_markdown(decisions: pd.DataFrame, level: float) -> list[str]:
@@ -329,6 +333,7 @@ def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, fi
              paragraph, "",
              *_decisions_markdown(tables["decisions"], level),
              *_prompt_effect_markdown(tables["prompt_effect"], level),
+             *weak_to_strong.markdown(tables["weak_to_strong"], level),
              "## Records", "",
              f"{c['ok']} ok runs analysed; {c['infeasible']} infeasible and {c['failed']} failed "
              f"runs excluded; {c['skipped']} unreadable file(s)/line(s) skipped; "
