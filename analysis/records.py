@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from analysis import pricing
+from analysis import pricing, weak_to_strong
 from scalable_elicitation import identity, methods
 from scalable_elicitation.records import (REQUIRED_ALWAYS, REQUIRED_OK, STATUSES, flatten,
                                           variant_name)
@@ -97,6 +97,8 @@ class Records:
     skipped: list[tuple[str, str]]
     n_duplicates: int = 0
     variant_splits: list[str] = dataclasses.field(default_factory=list)
+    # ok ceiling runs (`analysis.weak_to_strong`): set apart, never in the cost-accuracy analysis
+    ceiling: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -431,7 +433,7 @@ def _iter_file(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _collect(items: Iterable[tuple[str, Any]]) -> Records:
     """Validate ``(location, parsed record or exception)`` pairs into a :class:`Records`."""
-    ok_rows, bad_rows, skipped = [], [], []
+    ok_rows, bad_rows, skipped, ceiling_rows = [], [], [], []
     seen: set[str] = set()
     n_dup = 0
     for where, rec in items:
@@ -448,6 +450,10 @@ def _collect(items: Iterable[tuple[str, Any]]) -> Records:
             n_dup += 1
             continue
         seen.add(run_id)
+        if weak_to_strong.is_ceiling(rec):  # a different labeller variant, not purchasable
+            if rec["status"] == "ok":
+                ceiling_rows.append(_to_row(rec, where))
+            continue
         if rec["status"] == "ok":
             ok_rows.append(_to_row(rec, where))
         else:
@@ -462,8 +468,12 @@ def _collect(items: Iterable[tuple[str, Any]]) -> Records:
     for col in ("task", "model", "variant", "weak_labeler"):
         excluded[col] = excluded[col].astype(str)
     splits = assign_variants([ok, excluded])
+    ceiling = pd.DataFrame(ceiling_rows)
+    if len(ceiling):
+        for col in ("n_weak", "n_oracle", "seed"):
+            ceiling[col] = ceiling[col].astype(int)
     return Records(ok=ok, excluded=excluded, skipped=skipped, n_duplicates=n_dup,
-                   variant_splits=splits)
+                   variant_splits=splits, ceiling=ceiling)
 
 
 def records_from_dicts(records: Iterable[dict[str, Any]], source: str = "<memory>") -> Records:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import figures, io, pricing
+from analysis import figures, io, pricing, weak_to_strong
 from analysis.aggregate import Surface, build_surfaces
 from analysis.decisions import (TOLERANCE, decision_lines, decision_table, long_name,
                                 parse_configuration_name, plain_sentence)
@@ -253,6 +253,7 @@ class Report:
     files: dict[str, Path]
     recommendation: str
     decisions: pd.DataFrame | None = None  # analysis.decisions.decision_table of every surface
+    weak_to_strong: pd.DataFrame | None = None  # analysis.weak_to_strong.weak_to_strong_table
     answer: list[str] = dataclasses.field(default_factory=list)  # one plain sentence a budget
 
 
@@ -309,7 +310,10 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
               "frontier_fit": pd.concat(fit_rows, ignore_index=True),
               "oracle_fraction_fit": pd.concat(frac_rows, ignore_index=True) if frac_rows else
               pd.DataFrame(columns=["weak_price", "budget", "oracle_fraction", "fit", "lo", "hi"]),
-              "prompt_effect": pd.concat(effects, ignore_index=True)}
+              "prompt_effect": pd.concat(effects, ignore_index=True),
+              # all-weak runs against their ceiling runs (analysis.weak_to_strong)
+              "weak_to_strong": weak_to_strong.weak_to_strong_table(
+                  records.ok, records.ceiling, n_boot=n_boot, seed=seed, level=level)}
     figs.append(("prompt_effect", prompt_effect_figure(tables["prompt_effect"],
                                                        out / "prompt_effect")))
     for name, table in tables.items():
@@ -325,7 +329,7 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
     md = _report_markdown(records, surfaces, weak_prices, tables, bwb_md, figs, level, paragraph,
                           answer)
     written["report.md"] = io.write_text(out / "report.md", md)
-    return Report(written, paragraph, decisions, answer)
+    return Report(written, paragraph, decisions, tables["weak_to_strong"], answer)
 
 
 def answer_sentences(decisions: pd.DataFrame, level: float = 0.9) -> list[str]:
@@ -386,6 +390,7 @@ def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, fi
              paragraph, "",
              *_decisions_markdown(tables["decisions"], level),
              *_prompt_effect_markdown(tables["prompt_effect"], level),
+             *weak_to_strong.markdown(tables["weak_to_strong"], level),
              "## Records", "",
              f"{c['ok']} ok runs analysed; {c['infeasible']} infeasible and {c['failed']} failed "
              f"runs excluded; {c['skipped']} unreadable file(s)/line(s) skipped; "

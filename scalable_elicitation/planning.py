@@ -27,6 +27,7 @@ SCHEDULES = ("default", "api")
 # train.small_stage_val: a stage too small for a carve-out validates on the previous stage's
 # carve-out ("previous") or not at all ("none", the study's rule); `schedules.borrows_validation`
 SMALL_STAGE_VALIDATION = ("previous", "none")
+WEAK_FITS = ("cv_l2", "engine")  # config.weak_fit.kind (`run_program.uses_weak_fit`)
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")  # config.platform (`sharding.check_platform`)
 # Config keys (top-level blocks) that everything a sweep shares per seed depends on: the task,
 # the test set, the weak labels, the pools, the prices and the grid. A sweep point may not
@@ -119,6 +120,18 @@ def validate(config) -> None:
     need(config.train.get("small_stage_val", "none") in SMALL_STAGE_VALIDATION,
          "train.small_stage_val", f"{config.train.get('small_stage_val')!r}; allowed: "
          f"{', '.join(SMALL_STAGE_VALIDATION)}")
+    fit = config.get("weak_fit", None)
+    if fit is not None:  # docs/decisions.md#a-student-that-learns-through-noisy-labels
+        need(fit.kind in WEAK_FITS, "weak_fit.kind",
+             f"{fit.kind!r}; allowed: {', '.join(WEAK_FITS)}")
+        need(len(fit.cs) > 0 and all(float(v) > 0 for v in fit.cs), "weak_fit.cs",
+             f"{tuple(fit.cs)!r}: one or more penalties C > 0")
+        need(isinstance(fit.folds, int) and fit.folds >= 2, "weak_fit.folds",
+             f"{fit.folds!r} must be a whole number >= 2")
+        need(isinstance(fit.get("hard", True), bool), "weak_fit.hard",
+             f"{fit.get('hard')!r} must be True or False")
+    need(isinstance(config.get("weak_truth", False), bool), "weak_truth",
+         f"{config.get('weak_truth')!r} must be True or False")
     need(config.labeler.kind in labelers.KINDS, "labeler.kind",
          f"{config.labeler.kind!r}; allowed: {', '.join(labelers.KINDS)}")
     try:
@@ -215,7 +228,12 @@ class Planner:
                           if identity.kind(f"train.{k}") == identity.DEFINES},
                 "labeler": self.labeler.config_dict(), "oracle_share": c.oracle_share,
                 "prices": {"oracle": str(self.prices.oracle), "weak": str(self.prices.weak)},
-                "n_weak": spec.n_weak, "n_oracle": spec.n_oracle, "seed": spec.seed}
+                "n_weak": spec.n_weak, "n_oracle": spec.n_oracle, "seed": spec.seed,
+                # how a weak stage learns (run-defining); a ceiling run's weak stage trains on
+                # ground truth (only when set, so other runs' ids do not carry it).
+                # `config.ceiling` only adds runs: not run-defining.
+                **({"weak_fit": dict(c.weak_fit)} if "weak_fit" in c else {}),
+                **({"weak_truth": True} if c.get("weak_truth", False) else {})}
 
     def run_id(self, spec: RunSpec) -> str:
         return records.run_id(self.effective(spec))

@@ -138,4 +138,8 @@ def finish_sweep(workdir, out: Callable[[str], None] = print, *,
     if lines:
         out(f"\nDecisions ({workdir / REPORT_DIR / 'decisions.csv'}):\n" + "\n".join(lines))
     out(f"\nRecommendation ({workdir / REPORT_DIR / 'report.md'}):\n{report.recommendation}")
+    from analysis.weak_to_strong import largest_point_line
+    w2s = largest_point_line(report.weak_to_strong)
+    if w2s:
+        out(f"\n{w2s} ({workdir / REPORT_DIR / 'weak_to_strong.csv'})")
     return report.recommendation

@@ -138,11 +138,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def write_scores(path, ids, labels, scores) -> None:
+def write_scores(path, ids, labels, scores, weak=None) -> None:
     """A run's per-example test scores (`id`, `label`, `score` = logit difference) as the
-    parquet file beside its record, atomically."""
-    table = pa.table({"id": np.asarray(ids).astype(str), "label": np.asarray(labels),
-                      "score": np.asarray(scores, np.float32)})
+    parquet file beside its record, atomically; with `weak`, the weak labeller's P(y=1) on
+    the same examples as a column `weak` (the labels' own test accuracy, resampled with the
+    student's by `analysis.weak_to_strong`)."""
+    cols = {"id": np.asarray(ids).astype(str), "label": np.asarray(labels),
+            "score": np.asarray(scores, np.float32)}
+    if weak is not None:
+        cols["weak"] = np.asarray(weak, np.float32)
+    table = pa.table(cols)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     atomic_write(path, buf.getvalue())

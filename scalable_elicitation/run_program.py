@@ -18,7 +18,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from scalable_elicitation import groups, methods, records, schedules, selection
+from scalable_elicitation import groups, methods, records, schedules, selection, weak_fit
 from scalable_elicitation.batching import BatchSpec, FeatureStats
 from scalable_elicitation.checkpoint import StageCheckpointer
 from scalable_elicitation.learner import Learner
@@ -103,7 +103,9 @@ class RunProgram:
         if used != n_weak + n_oracle:
             raise AssertionError(f"ledger ({n_weak} + {n_oracle}) != labels used ({used})")
         if jax.process_index() == 0:
-            records.write_scores(out / "scores.parquet", self.data.task().test["id"], y, scores)
+            test_ids = self.data.task().test["id"]
+            records.write_scores(out / "scores.parquet", test_ids, y, scores,
+                                 weak=weak.lookup(test_ids))
             records.atomic_write_json(out / "ledger.json", ledger)
         return {**rec, "status": "ok", "weak_label_accuracy": weak.metrics["pool_accuracy"],
                 "weak_label_positive_rate": weak.metrics["pool_positive_rate"],
@@ -137,6 +139,9 @@ class RunProgram:
         stages, previous_val = [], None  # the last stage's own validation (inputs, labels)
         for index, stage in enumerate(method.stages(c, weak, bought, spec.seed)):
             split, targets, weights = stage.split, stage.targets, stage.weights
+            if stage.source == "weak" and c.get("weak_truth", False):
+                # a ceiling run (weak-to-strong): the same texts, their ground truth
+                targets = split["label"].astype(np.float32)
             if stage.source == "oracle" and c.oracle_selection == "entropy":
                 split = self._select_by_entropy(c, spec, learner, params, inputs, len(split),
                                                 exclude=ledger["shots"])
@@ -217,6 +222,16 @@ class RunProgram:
             if log is not None:
                 log.scalar(f"{source}/loss", loss, step)
 
+        if source == "weak" and uses_weak_fit(c, learner):
+            # every label bought trains the fit; K-fold CV over them is its validation. A later
+            # stage too small for a carve-out may borrow them (as it would the carve-out)
+            fit = weak_fit.cross_validated_fit(
+                data.features, targets, weights, cs=tuple(c.weak_fit.cs),
+                folds=c.weak_fit.folds, hard=c.weak_fit.hard, rng=np.random.default_rng(
+                    [spec.seed, STREAMS["data"], index, WEAK_FIT_SALT]))
+            return (weak_fit.probe_params(fit, params), weak_fit_record(fit, n, data),
+                    (data, targets) if n else None)
+
         ckpt = StageCheckpointer(out / "ckpt" / f"stage{index}") if c.checkpoint else None
         try:
             done = ckpt.restore_done(params) if ckpt else None
@@ -240,6 +255,31 @@ class RunProgram:
         finally:
             if ckpt:
                 ckpt.close()
+
+
+WEAK_FIT_SALT = 0x77666974  # the folds' stream, apart from the carve-out's at the same path
+
+
+def uses_weak_fit(c, learner: Learner) -> bool:
+    """Whether a weak stage is the cross-validated L2 fit (`weak_fit`): a linear probe on
+    frozen features under `weak_fit.kind = "cv_l2"` with the plain loss (`loss=logconf`, Burns
+    et al.'s recipe, and LoRA and full finetuning keep the engine's early-stopped AdamW,
+    docs/decisions.md)."""
+    return (learner.probe and c.get("weak_fit", {}).get("kind", "engine") == "cv_l2"
+            and c.get("loss", "xent") == "xent")
+
+
+def weak_fit_record(fit, n: int, data) -> dict:
+    """A weak stage's record when it is the cross-validated fit: the fields of
+    `stage.stage_record` (no steps or carve-out: every label trains the fit, the solver's
+    iterations in `fit_iterations`) and the fit's own: the chosen C and the held-out accuracy
+    against the purchased labels per C of the grid."""
+    return {"source": "weak", "n_train": n, "n_val": 0, "val_borrowed": 0,
+            "visits": 0, "planned_visits": 0, "steps": 0, "best_step": 0,
+            "val_metric": None, "truncated": int(data.truncated.sum()),
+            "final_loss": None, "fit": "cv_l2", "fit_c": fit.c,
+            "fit_cv_accuracy": [None if np.isnan(a) else float(a) for a in fit.cv_accuracy],
+            "fit_iterations": fit.iterations, "fit_converged": fit.converged}
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ PACKAGES = ("scalable_elicitation", "analysis", "launch", "configs")
 LAYERS = (
     ("paths", "sharding", "budget", "assets", "tracking", "grouping", "memory", "hostmem"),
     ("data",),
-    ("batching", "metrics", "prompts"),
+    ("batching", "metrics", "prompts", "weak_fit"),
     ("models",),
     ("train", "checkpoint"),
     ("stage",),

@@ -5,16 +5,17 @@ from scalable_elicitation.labelers.interface import (Labeler, WeakLabels, labele
                                                      labelled_pool, make_weak_labels)
 from scalable_elicitation.labelers.model import ModelLabeler
 from scalable_elicitation.labelers.simple import FileLabeler, NoiseLabeler
+from scalable_elicitation.labelers.words import WordsLabeler
 
-KINDS = ("model", "noise", "file")
+KINDS = ("model", "noise", "file", "words")
 
 __all__ = ["KINDS", "FileLabeler", "Labeler", "ModelLabeler", "NoiseLabeler", "WeakLabels",
            "cached_metadata", "cached_weak_labels", "labeler_train_split", "labelled_pool",
-           "make_labeler", "make_weak_labels"]
+           "make_labeler", "make_weak_labels", "WordsLabeler"]
 
 
 def make_labeler(cfg, cache_dir) -> Labeler:
-    """The labeller a config's `labeler` block describes (`kind`: model, noise or file)."""
+    """The labeller a config's `labeler` block describes (`kind`: model, noise, file or words)."""
     if cfg.kind == "model":
         return ModelLabeler(
             source=cfg.source, n_train=cfg.n_train, trainable=cfg.trainable, lr=cfg.lr,
@@ -25,4 +26,6 @@ def make_labeler(cfg, cache_dir) -> Labeler:
         return NoiseLabeler(rate=cfg.rate, soft=cfg.get("soft", False))
     if cfg.kind == "file":
         return FileLabeler()
+    if cfg.kind == "words":  # weak by capacity: hashed bag of words on n_train labels
+        return WordsLabeler(n_train=cfg.n_train)
     raise ValueError(f"config.labeler.kind: {cfg.kind!r}; allowed: {', '.join(KINDS)}")
