@@ -94,6 +94,11 @@ class Surface:
         point would have bought), sweep prices, budget, oracle_fraction, status (``infeasible``
         or ``failed``).
       notes: how the noise was modelled, in words.
+      test_dev: [n_cells, n_boot] the test-set part of ``boot`` alone (float32; None when not
+        built from records).
+      test_run_var: [n_cells] the part of ``test_dev``'s variance that more seeds would shrink
+        (the runs' own test noise over the seeds; the rest only a larger test set shrinks).
+      n_test: test examples per task (median over the surface's tasks; None when unknown).
     """
 
     cells: pd.DataFrame
@@ -102,6 +107,9 @@ class Surface:
     unmeasured: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(
         columns=UNMEASURED_COLUMNS))
     notes: list[str] = dataclasses.field(default_factory=list)
+    test_dev: np.ndarray | None = None
+    test_run_var: np.ndarray | None = None
+    n_test: int | None = None
 
     @property
     def scope(self) -> tuple[str, str]:
@@ -114,7 +122,10 @@ class Surface:
         cells = self.cells[mask].reset_index(drop=True)
         keys = ["variant", "n_weak", "n_oracle"]
         members = self.members.merge(cells[keys], on=keys, how="inner")
-        return Surface(cells, self.boot[mask], members, self.unmeasured, self.notes)
+        return Surface(cells, self.boot[mask], members, self.unmeasured, self.notes,
+                       None if self.test_dev is None else self.test_dev[mask],
+                       None if self.test_run_var is None else self.test_run_var[mask],
+                       self.n_test)
 
 
 def _grid_points(row) -> list[tuple[float, float]]:
@@ -195,13 +206,21 @@ def build_surfaces(frame: pd.DataFrame, n_boot: int = DEFAULT_N_BOOT, seed: int 
         cells = cells.reset_index(drop=True)
         tasks = cells["tasks"].iloc[0].split("+")
         boot = np.empty((len(cells), n_boot), dtype=np.float32)
+        test_dev = np.empty((len(cells), n_boot), dtype=np.float32)
+        test_run_var = np.empty(len(cells))
         for i, row in enumerate(cells.itertuples(index=False)):
-            boot[i] = np.mean([resampled.boot[(t, row.model, row.variant, row.weak_labeler,
-                                               row.n_weak, row.n_oracle)] for t in tasks], axis=0)
+            keys = [(t, row.model, row.variant, row.weak_labeler, row.n_weak, row.n_oracle)
+                    for t in tasks]
+            boot[i] = np.mean([resampled.boot[k] for k in keys], axis=0)
+            test_dev[i] = np.mean([resampled.test[k] for k in keys], axis=0)
+            test_run_var[i] = np.mean([resampled.test_run_var[k] for k in keys]) / len(keys)
+        sizes = [resampled.n_test.get(t) for t in tasks]
+        sizes = [n for n in sizes if n]
         in_scope = (every_run["model"] == scope[0]) & (every_run["weak_labeler"] == scope[1])
         served = _members(every_run[in_scope])
         members = served.merge(cells[["variant", "n_weak", "n_oracle"]],
                                on=["variant", "n_weak", "n_oracle"])
         unmeasured = _unmeasured(excluded, scope, served)
-        surfaces.append(Surface(cells, boot, members, unmeasured, resampled.notes))
+        surfaces.append(Surface(cells, boot, members, unmeasured, resampled.notes, test_dev,
+                                test_run_var, int(np.median(sizes)) if sizes else None))
     return surfaces

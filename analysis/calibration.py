@@ -17,6 +17,10 @@ named a regime, and how often it named the true one:
   information: with one seed the call is deliberately conservative).
 
 Records go through the same path as real ones (per-example scores, :mod:`analysis.resample`).
+Last, the good buys (:func:`run_good_buys`): the bound's coverage, the rate at which every good
+buy is truly within 0.02 of the best, and the corrected accuracy's band coverage, on surfaces
+whose seed effects are shared by weak-using cells or opposite for weak- and oracle-heavy cells;
+:func:`run_settle` simulates the main job's settle loop on the same surfaces.
 Each replicate is its own surface (a model name), so the budgets counted are replicates x 8.
 
 Then the decisions of :mod:`analysis.decisions` (:func:`run_decisions`), on the default grid's
@@ -247,6 +251,12 @@ def summary_lines(replicates: int = 4, n_boot: int = 200, seed: int = 0) -> list
         lines.append(f"           {kind:<8} {n_seeds:>5} {r['budgets']:>7} {r['named']:>7.1%} "
                      f"{r['covered']:>7.1%} {r['best_ruled_out']:>8.1%} "
                      f"{r['any_ruled_out']:>7.1%} {r['median_regret_upper']:>22.3f}")
+    lines.append("good buys: seed effects      budgets  bound covers  good buys within 0.02  "
+                 "expected band covers")
+    for name, anti in (("shared", 0.0), ("opposite", 1.0)):
+        t = run_good_buys(anti, 5, 5 * replicates, n_boot, seed)
+        lines.append(f"           {name:<16} {len(t):>8} {t['covered'].mean():>13.1%} "
+                     f"{t['good_ok'].mean():>22.1%} {t['band_covers'].mean():>21.1%}")
     return lines
 
 
@@ -264,3 +274,95 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     np.set_printoptions(precision=3)
     sys.exit(main())
+
+
+def seeded_surfaces(replicates: int, anti: float, seed: int = 0):
+    """``replicates`` :class:`analysis.synthetic.SeededSurface` of the known decision surfaces
+    (the default grid's shape, realistic noise), with seed effects of sign ``anti`` (0: shared
+    by weak-using cells; 1: weak-heavy and oracle-heavy cells move in opposite directions)."""
+    from analysis.synthetic import SeededSurface
+    out = []
+    for r in range(replicates):
+        truth = known_truth(DECISION_BUDGETS, DECISION_REGIMES, DECISION_MARGINS,
+                            DECISION_FRACTIONS, r)[0]
+        out.append(SeededSurface(lambda w, o, t=truth: t(w, o), task=f"task-{r}",
+                                 model=f"anti{anti:g}-{r}", seed=seed * 1000 + r, anti=anti,
+                                 **REALISTIC_NOISE))
+    return out
+
+
+def judge_decisions(records: list[dict], sources, n_boot: int = 1000, seed: int = 0,
+                    level: float = 0.9, tolerance: float = 0.02) -> pd.DataFrame:
+    """One row per budget of every source's surface: the decision against the truth. Columns:
+    replicate, budget, chosen (name), regret_upper, true_regret, covered, n_good, good_ok
+    (every good buy truly within the tolerance of the best), expected_lo/hi, true_chosen,
+    band_covers, lead (the truly best's lead over the next), chosen_best, settled."""
+    from analysis.decisions import decision_table, parse_configuration_name
+    by_model = {s.model: s for s in sources}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        surfaces = build_surfaces(records_from_dicts(records).ok, n_boot=n_boot, seed=seed)
+    rows = []
+    for s in surfaces:
+        truth = by_model[s.scope[0]].truth
+        table = decision_table(s, level, tolerance).query("method == 'all'")
+        for d in table.itertuples():
+            cells = s.members[(s.members["budget"] == d.budget)][["n_weak", "n_oracle"]]
+            true = sorted({float(truth(w, o)) for w, o in zip(cells["n_weak"], cells["n_oracle"])},
+                          reverse=True)
+            best = true[0]
+            chosen = float(truth(d.n_weak, d.n_oracle))
+            good = [float(truth(*parse_configuration_name(g)))
+                    for g in filter(None, d.good_buys.split(";"))]
+            rows.append({"replicate": s.scope[0], "budget": d.budget,
+                         "regret_upper": d.regret_upper, "true_regret": best - chosen,
+                         "covered": best - chosen <= d.regret_upper + 1e-12,
+                         "n_good": len(good),
+                         "good_ok": all(best - g <= tolerance + 1e-12 for g in good),
+                         "expected_lo": d.expected_lo, "expected_hi": d.expected_hi,
+                         "true_chosen": chosen, "selection_bias": d.selection_bias,
+                         "band_covers": d.expected_lo <= chosen <= d.expected_hi,
+                         "lead": best - (true[1] if len(true) > 1 else -np.inf),
+                         "chosen_best": chosen >= best - 1e-12,
+                         "settled": d.regret_upper <= tolerance + 1e-12})
+    return pd.DataFrame(rows)
+
+
+def run_good_buys(anti: float, n_seeds: int = 5, replicates: int = 20, n_boot: int = 1000,
+                  seed: int = 0, tolerance: float = 0.02) -> pd.DataFrame:
+    """:func:`judge_decisions` of the grid's seeds only, on :func:`seeded_surfaces`."""
+    sources = seeded_surfaces(replicates, anti, seed)
+    records = [r for src in sources for r in src.grid(DECISION_BUDGETS, DECISION_FRACTIONS,
+                                                      range(n_seeds))]
+    return judge_decisions(records, sources, n_boot, seed, tolerance=tolerance)
+
+
+def run_settle(anti: float, n_seeds: int = 5, max_seeds: int = 20, replicates: int = 20,
+               n_boot: int = 1000, seed: int = 0, tolerance: float = 0.02,
+               max_rounds: int = 10) -> tuple[pd.DataFrame, dict]:
+    """The settle loop of the main job (:func:`analysis.settle.plan_seeds`, new seeds drawn from
+    the same surfaces) after ``n_seeds`` grid seeds; returns :func:`judge_decisions` of the
+    final records and counts: grid runs, runs added, runs to take every cell to the cap,
+    rounds."""
+    from analysis.settle import plan_seeds
+    sources = seeded_surfaces(replicates, anti, seed)
+    by_task = {s.task: s for s in sources}
+    records = [r for src in sources for r in src.grid(DECISION_BUDGETS, DECISION_FRACTIONS,
+                                                      range(n_seeds))]
+    fractions = {(r["task"], r["budget"], r["n_weak"], r["n_oracle"]): r["oracle_fractions"]
+                 for r in records}
+    grid, rounds = len(records), 0
+    for rounds in range(1, max_rounds + 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan = plan_seeds(records_from_dicts(records), tolerance, max_seeds, n_boot=n_boot,
+                              seed=seed)
+        if not plan.requests:
+            break
+        for q in plan.requests:
+            fr = fractions[(q.task, q.budget, q.n_weak, q.n_oracle)]
+            records += [by_task[q.task].record(q.budget, q.n_weak, q.n_oracle, fr, s)
+                        for s in q.seeds]
+    table = judge_decisions(records, sources, n_boot, seed, tolerance=tolerance)
+    return table, {"grid_runs": grid, "added": len(records) - grid,
+                   "to_cap": grid // n_seeds * (max_seeds - n_seeds), "rounds": rounds}

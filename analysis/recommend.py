@@ -4,10 +4,12 @@
 
 The recommendation is the decision of :mod:`analysis.decisions` among the *measured*
 configurations that the budget affords at these prices (costs re-priced exactly from the counts):
-the most accurate one (ties to the cheaper), a 90% band for its accuracy, a simultaneous 90%
-upper bound on how far it can lie below the best of those configurations (its regret), and the
-configurations and categories ruled out at 90% (simultaneous over all pairs), all from one set of
-paired resamples (seeds and test examples drawn jointly for every cell, :mod:`analysis.resample`).
+the good buys (simultaneous 90% regret bound at most ``--tolerance`` below the best of those
+configurations), the one to buy (the smallest bound; ties to the higher mean, then to fewer
+oracle labels), the accuracy to expect from it corrected for having chosen it with a 90% band,
+and the configurations and categories ruled out at 90% (simultaneous over all pairs), all from
+one set of paired resamples (seeds and test examples drawn jointly for every cell,
+:mod:`analysis.resample`).
 The regime of the choice (:mod:`analysis.regimes`) is reported with the p-value of its category's
 lead. Categories the sweep could not buy at this budget (infeasible or failed runs) are named,
 since they were never compared. The same oracle share scaled to spend the whole budget is
@@ -25,11 +27,11 @@ import numpy as np
 
 from analysis import pricing
 from analysis.aggregate import Surface, build_surfaces
-from analysis.decisions import decision_row
+from analysis.decisions import TOLERANCE, decision_row, long_name
 from analysis.records import Records, as_frame, load_records
 from analysis.regimes import REGIMES, category, classify
 from analysis.resample import DEFAULT_N_BOOT
-from analysis.tables import ALL, best_affordable, method_mask, priced
+from analysis.tables import ALL, method_mask, priced
 
 
 @dataclasses.dataclass
@@ -62,6 +64,10 @@ class Recommendation:
     ruled_out_configurations: tuple[str, ...] = ()
     n_candidates: int = 1
     level: float = 0.9
+    measured_accuracy: float = float("nan")  # the chosen one's mean, before the correction
+    good_buys: tuple[str, ...] = ()  # n_weak+n_oracle, smallest bound first
+    tolerance: float = 0.02
+    remaining: str = ""
 
     @property
     def p_value(self) -> float:
@@ -73,20 +79,27 @@ class Recommendation:
         lo, hi = self.accuracy_band
         pct = f"{100 * self.level:.0f}%"
         ruled = ", ".join(self.ruled_out_categories) or "no category"
+        good = "; ".join(map(long_name, self.good_buys))
         lines = [
             f"budget {self.budget:g} at prices oracle {self.oracle_price:g}, weak {self.weak_price:g} "
             f"({self.model}, weak labeller {self.weak_labeler}, tasks {self.tasks}):",
+            (f"  good buys (each at most {self.tolerance:g} below the best of the "
+             f"{self.n_candidates} measured configurations this budget affords, {pct} "
+             f"simultaneous): {good}" if good else
+             f"  no configuration is known to be within {self.tolerance:g} of the best of the "
+             f"{self.n_candidates} this budget affords: {self.remaining}"),
             f"  buy n_weak={self.n_weak}, n_oracle={self.n_oracle} (cost {self.cost:g}, "
-            f"{100 * self.oracle_fraction:.0f}% of it on oracle labels) and use {self.method}",
-            f"  accuracy {self.expected_accuracy:.3f} (mean over {self.n_seeds} seeds; {pct} band "
-            f"{lo:.3f}-{hi:.3f}, seeds and test examples resampled jointly; as the best of "
-            f"{self.n_candidates} affordable configurations it is somewhat optimistic)",
+            f"{100 * self.oracle_fraction:.0f}% of it on oracle labels) and use {self.method}: "
+            "the smallest regret bound",
+            f"  expect accuracy {self.expected_accuracy:.3f} ({pct} band {lo:.3f}-{hi:.3f}: its "
+            f"mean over {self.n_seeds} seeds, {self.measured_accuracy:.3f}, less the bias of "
+            "having chosen it, from a bootstrap of the choose-then-report procedure)",
             f"  at most {self.regret_upper:.3f} below the best of the {self.n_candidates} measured "
             f"configurations this budget affords ({pct}, simultaneous: multiple comparisons with "
             "the best)",
             f"  ruled out ({pct}, simultaneous over all pairs): {ruled}; "
             f"{len(self.ruled_out_configurations)} of {self.n_candidates} configurations"
-            + _listed(self.ruled_out_configurations),
+            + _listed([long_name(r) for r in self.ruled_out_configurations]),
             f"  regime: {self.regime}" + (
                 f" (the best is {self.category}; p = {self.p_value:.2g} for its lead over the "
                 f"best of the other categories, after picking the best of several "
@@ -143,7 +156,7 @@ def pick_surface(surfaces: list[Surface], model: str | None = None,
 
 def recommend(prices, budget, results, *, method: str | None = None, model: str | None = None,
               weak_labeler: str | None = None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
-              level: float = 0.9) -> Recommendation:
+              level: float = 0.9, tolerance: float = TOLERANCE) -> Recommendation:
     """Predicted best (n_weak, n_oracle, method) for ``budget`` at ``prices``.
 
     Args:
@@ -173,25 +186,29 @@ def recommend(prices, budget, results, *, method: str | None = None, model: str 
         raise ValueError(f"method {method!r} not in the results; have {sorted(set(cells['variant']))}")
     afford = pricing.affordable(cells["n_weak"], cells["n_oracle"], po, pw, b)
     afford &= method_mask(surface, method or ALL)
-    i = best_affordable(cells, afford)
-    if i is None:
+    if not afford.any():
         cheapest = cells["cost"].min()
         raise ValueError(f"no measured configuration costs <= budget {float(b):g} at prices "
                          f"oracle {float(po):g}, weak {float(pw):g}; the cheapest costs {cheapest:g}")
     idx = np.flatnonzero(afford)
     cats = [category(w, o) for w, o in zip(cells["n_weak"].iloc[idx], cells["n_oracle"].iloc[idx])]
     cl = classify(cells["accuracy"].iloc[idx], surface.boot[idx], cats, level)
-    decision = decision_row(cells.iloc[idx], surface.boot[idx], level)
+    test = (None, None) if surface.test_dev is None else \
+        (surface.test_dev[idx], surface.test_run_var[idx])
+    decision = decision_row(cells.iloc[idx], surface.boot[idx], level, tolerance, *test,
+                            surface.n_test)
     missing = _unmeasured_categories(surface, po, pw, b, method)
     stand_in = tuple(c for c in missing if c in set(cats))
-    best = cells.iloc[i]
-    lo, hi = decision["accuracy_lo"], decision["accuracy_hi"]
+    chosen = (cells["variant"] == decision["variant"]) & (cells["n_weak"] == decision["n_weak"]) \
+        & (cells["n_oracle"] == decision["n_oracle"]) & afford
+    best = cells[chosen].iloc[0]
+    lo, hi = decision["expected_lo"], decision["expected_hi"]
     n_w, n_o = int(best["n_weak"]), int(best["n_oracle"])
     share = Fraction(n_o) * po / pricing.exact_cost(n_w, n_o, po, pw)
     scaled_w, scaled_o = pricing.grid_counts(b, share, po, pw)
     return Recommendation(
         n_weak=n_w, n_oracle=n_o, method=str(best["variant"]), cost=float(best["cost"]),
-        expected_accuracy=float(best["accuracy"]), accuracy_band=(float(lo), float(hi)),
+        expected_accuracy=decision["expected_accuracy"], accuracy_band=(float(lo), float(hi)),
         n_seeds=int(best["n_seeds"]), regime=cl.regime, category=cl.category,
         confidence=cl.confidence, oracle_fraction=float(share), scaled_n_weak=scaled_w,
         scaled_n_oracle=scaled_o, oracle_price=float(po), weak_price=float(pw), budget=float(b),
@@ -201,7 +218,10 @@ def recommend(prices, budget, results, *, method: str | None = None, model: str 
         ruled_out_categories=tuple(filter(None, decision["ruled_out_categories"].split(";"))),
         ruled_out_configurations=tuple(filter(None,
                                               decision["ruled_out_configurations"].split(";"))),
-        n_candidates=decision["n_candidates"], level=level)
+        n_candidates=decision["n_candidates"], level=level,
+        measured_accuracy=float(best["accuracy"]),
+        good_buys=tuple(filter(None, decision["good_buys"].split(";"))), tolerance=tolerance,
+        remaining=decision["remaining"])
 
 
 def _unmeasured_categories(surface: Surface, po, pw, budget, method) -> tuple[str, ...]:
@@ -234,12 +254,15 @@ def main(argv=None) -> int:
     ap.add_argument("--n_boot", default=DEFAULT_N_BOOT, type=int,
                     help="resamples (seeds and test examples drawn jointly)")
     ap.add_argument("--seed", default=0, type=int)
+    ap.add_argument("--tolerance", default=TOLERANCE, type=float,
+                    help="a good buy is at most this far below the best affordable configuration")
     ap.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = ap.parse_args(argv)
     try:
         rec = recommend({"oracle": args.oracle_price, "weak": args.weak_price}, args.budget,
                         args.results, method=args.method, model=args.model,
-                        weak_labeler=args.weak_labeler, n_boot=args.n_boot, seed=args.seed)
+                        weak_labeler=args.weak_labeler, n_boot=args.n_boot, seed=args.seed,
+                        tolerance=args.tolerance)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

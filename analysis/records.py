@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import pricing, weak_to_strong
-from scalable_elicitation import methods
+from scalable_elicitation import identity, methods
 from scalable_elicitation.records import (REQUIRED_ALWAYS, REQUIRED_OK, STATUSES, flatten,
                                           variant_name)
 
@@ -47,15 +47,11 @@ SHOT_METHODS = tuple(name for name, m in methods.REGISTRY.items() if "shot_sourc
 # every other config value that defines a run (see :func:`config_identity` and
 # :func:`assign_variants`).
 CELL_KEYS = ("task", "model", "variant", "weak_labeler", "n_weak", "n_oracle")
-# Flattened config keys that do not define a run: seeds, the grid and its prices (cost is
-# re-priced from the counts), the counts themselves (cell keys), execution details, and the
-# keys already in the cell key or the variant name.
-NON_DEFINING_KEYS = frozenset({
-    "seed", "seeds", "seed_offset", "seed_rule", "budgets", "fractions", "budget", "fraction",
-    "grid_points", "n_weak", "n_oracle", "checkpoint", "checkpoint_interval_s", "remat",
-    "length_buckets", "variants", "progress", "task", "model", "method", "weak_labeler",
-    "ceiling"})  # ceiling: adds ceiling runs to a sweep (analysis.weak_to_strong)
-NON_DEFINING_PREFIXES = ("mesh.", "prices.", "tracking.", "wandb.", "tensorboard.")
+# Flattened config keys that do not define a run are those `scalable_elicitation.identity` calls
+# grid or placement (seeds, grid, prices: cost is re-priced from the counts; mesh, group size,
+# checkpoints, ...), the one classification the planner's run id follows too; and the keys
+# already in the cell key or the variant name.
+IN_CELL_KEYS = frozenset({"task", "model", "method", "weak_labeler"})
 # Config keys that only some methods use: each method names its own (``Method.keys``, the keys
 # that identify its runs); for every other method they do not define a run.
 METHOD_KEYS = frozenset(k for m in methods.REGISTRY.values() for k in m.keys)
@@ -192,8 +188,9 @@ def config_identity(method: str, config: dict[str, Any]) -> dict[str, Any]:
     """The config values that define a run beyond its task, model, method variant, weak
     labeller, counts and seed: a flat ``{dotted key: value}``.
 
-    Dropped: :data:`NON_DEFINING_KEYS` and prefixes (seeds, grid, prices, mesh, checkpointing,
-    ...), the method options already in the variant name, and options that do not apply: other
+    Dropped: what :mod:`scalable_elicitation.identity` calls grid or placement (seeds, grid,
+    prices, mesh, group size, checkpointing, ...), the cell's own keys, the method options already
+    in the variant name, and options that do not apply: other
     methods' own keys (shot settings for methods without shots, ``mixture.*`` outside
     ``mixture_sft``: ``Method.keys``), ``selection_temperature`` without entropy selection,
     ``lora.*`` unless ``trainable`` is ``lora``, and labeller keys its kind does not use.
@@ -205,7 +202,7 @@ def config_identity(method: str, config: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in config.items():
         last = key.rsplit(".", 1)[-1]
-        if key in NON_DEFINING_KEYS or key.startswith(NON_DEFINING_PREFIXES):
+        if key in IN_CELL_KEYS or not identity.defines(key):
             continue
         if "." not in key and last in option_names:
             continue  # in the variant name (or irrelevant to this method)
@@ -370,10 +367,10 @@ def assign_variants(frames: list[pd.DataFrame]) -> list[str]:
     return lines
 
 
-def _suffix_values(identity: dict[str, Any], keys: list[str] | None) -> str:
+def _suffix_values(ident: dict[str, Any], keys: list[str] | None) -> str:
     if keys is None:
-        return json.dumps(identity, sort_keys=True, default=str)
-    return json.dumps([identity.get(k, "unset") for k in keys], default=str)
+        return json.dumps(ident, sort_keys=True, default=str)
+    return json.dumps([ident.get(k, "unset") for k in keys], default=str)
 
 
 def _n_distinct(identities: list[dict[str, Any]], keys: list[str] | None) -> int:
@@ -381,8 +378,8 @@ def _n_distinct(identities: list[dict[str, Any]], keys: list[str] | None) -> int
     return len({_suffix_values(d, keys) for d in identities})
 
 
-def _without_task_keys(identity: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in identity.items() if not k.startswith(TASK_SPECIFIC_PREFIXES)
+def _without_task_keys(ident: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in ident.items() if not k.startswith(TASK_SPECIFIC_PREFIXES)
             and k not in TASK_SPECIFIC_KEYS}
 
 

@@ -24,14 +24,15 @@ import pandas as pd
 
 from analysis import figures, io, pricing, weak_to_strong
 from analysis.aggregate import Surface, build_surfaces
-from analysis.decisions import decision_lines, decision_table
+from analysis.decisions import (TOLERANCE, decision_lines, decision_table, long_name,
+                                parse_configuration_name, plain_sentence)
 from analysis.resample import DEFAULT_N_BOOT
 from analysis.fits import frontier_fit
 from analysis.prompt_effect import (prompt_effect_figure, prompt_effect_sentence,
                                     prompt_effect_table)
 from analysis.records import Records, load_records
 from analysis.regimes import (CONFIDENCE_MEANING, MIXED, QUALITY, QUANTITY, REGIME_COLUMNS,
-                              UNDETERMINED, boundaries, regime_table)
+                              REGIMES, UNDETERMINED, boundaries, category, regime_table)
 from analysis.tables import (ALL, best_within_budget, best_within_budget_markdown, frontier_table,
                              markdown_table, method_mask, priced, selection_bias_sentence)
 
@@ -80,10 +81,44 @@ def _missing(row) -> list[str]:
     return out
 
 
+def _good_categories(row) -> list[str]:
+    """The categories (in :data:`REGIMES` order) of a decision row's good buys."""
+    cats = {category(*parse_configuration_name(g))
+            for g in (row.good_buys or "").split(";") if g}
+    return [c for c in REGIMES if c in cats]
+
+
+def regime_reading(decisions: pd.DataFrame, level: float = 0.9) -> list[str]:
+    """The regime in words that follow from the decisions (never contradicting the answer):
+    per budget, the categories of its good buys, or that it is open."""
+    out = []
+    d = decisions[decisions["method"] == ALL] if len(decisions) else decisions
+    for (model, labeler, po, pw), t in d.groupby(["model", "weak_labeler", "oracle_price",
+                                                  "weak_price"], sort=False):
+        parts = []
+        for row in t.sort_values("budget").itertuples():
+            cats = _good_categories(row)
+            good = [long_name(g) for g in (row.good_buys or "").split(";") if g]
+            if not cats:
+                parts.append(f"at {row.budget:g} it is still open")
+            elif len(good) == 1:
+                parts.append(f"at {row.budget:g} the one good buy is {good[0]} ({cats[0]})")
+            elif len(cats) == 1:
+                parts.append(f"at {row.budget:g} the good buys are all {cats[0]}")
+            else:
+                parts.append(f"at {row.budget:g} {' and '.join(cats)} configurations are equally "
+                             "good buys, so no category is strictly best there, and none need be")
+        out.append(f"How to split, for {model} with weak labeller {labeler} (prices oracle "
+                   f"{po:g}, weak {pw:g}): " + "; ".join(parts) + ".")
+    return out
+
+
 def recommendation_paragraph(regimes: pd.DataFrame, bounds: pd.DataFrame,
                              bwb: pd.DataFrame, level: float = 0.9,
-                             single_seed: bool = False) -> str:
-    """One paragraph in words: the regimes by budget, where they change, and the best method.
+                             single_seed: bool = False,
+                             decisions: pd.DataFrame | None = None) -> str:
+    """One paragraph in words: how to split by budget (from the decisions when given), the
+    regime test's calls, where they change, and the best method.
 
     A budget where a category could not be bought says so, and its regime is stated as a
     comparison among the categories that were measured, never as a comparison with the one
@@ -93,7 +128,7 @@ def recommendation_paragraph(regimes: pd.DataFrame, bounds: pd.DataFrame,
     if regimes.empty:
         return ("No budget of a sweep could be classified (records carry no grid budget), so no "
                 "regime is stated; see the best-within-budget table.")
-    sentences = []
+    sentences = regime_reading(decisions, level) if decisions is not None else []
     overall = regimes[regimes["method"] == ALL]
     say = {QUANTITY: "buy only weak labels", QUALITY: "buy only oracle labels",
            MIXED: "buy a mix (weak first, then oracle)"}
@@ -121,15 +156,16 @@ def recommendation_paragraph(regimes: pd.DataFrame, bounds: pd.DataFrame,
                 share = ", ".join(f"{100 * f:.0f}%" for f in r["best_oracle_fraction"])
                 parts.append(f"at {budgets} {say[regime]}, spending {share} on oracle labels")
             elif regime == UNDETERMINED:
-                parts.append(f"at {budgets} the data do not separate the regimes at confidence "
-                             f"{level:g}, which does not make the configurations equally good "
-                             f"buys: the decision per budget (`decisions.csv`) says what to "
-                             f"buy, how far below the best measured mix it may be, and which "
-                             f"configurations are ruled out")
+                parts.append(f"at {budgets} it names no category: it asks whether one category "
+                             f"is strictly the best at confidence {level:g}, a stronger claim "
+                             "than a good buy's (within the tolerance of the best), and it does "
+                             "not make every configuration a good buy: `decisions.csv` says "
+                             "which are good buys and which are ruled out there")
             else:
                 parts.append(f"at {budgets} {say[regime]}")
-        sentences.append(f"For {model} with weak labeller {labeler} at the sweep's prices (oracle "
-                         f"{po:g}, weak {pw:g}): " + "; ".join(parts) + ".")
+        sentences.append(f"The regime test, for {model} with weak labeller {labeler} at the "
+                         f"sweep's prices (oracle {po:g}, weak {pw:g}): " + "; ".join(parts)
+                         + ".")
         if caveats:
             sentences.append("* " + "; ".join(caveats) + ".")
         b = bounds[(bounds["weak_price"] == pw) & (bounds["method"] == ALL)
@@ -218,11 +254,12 @@ class Report:
     recommendation: str
     decisions: pd.DataFrame | None = None  # analysis.decisions.decision_table of every surface
     weak_to_strong: pd.DataFrame | None = None  # analysis.weak_to_strong.weak_to_strong_table
+    answer: list[str] = dataclasses.field(default_factory=list)  # one plain sentence a budget
 
 
 def write_report(records: Records, out: Path, weak_prices=None, budgets=None, oracle_price="1",
                  n_boot: int = DEFAULT_N_BOOT, fit_boot: int = 100, seed: int = 0,
-                 level: float = 0.9) -> Report:
+                 level: float = 0.9, tolerance: float = TOLERANCE) -> Report:
     """Compute every table, fit and figure from ``records`` and write them under ``out``.
 
     Raises ValueError when there are no ok records.
@@ -241,7 +278,7 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
     budgets = [pricing.to_fraction(b) for b in (budgets or [])]
     surfaces = build_surfaces(ok, n_boot=n_boot, seed=seed, excluded=records.excluded)
     many = len(surfaces) > 1
-    frontier, tolerance, regimes, bwb, fit_rows, frac_rows = [], [], [], [], [], []
+    frontier, tol_frontiers, regimes, bwb, fit_rows, frac_rows = [], [], [], [], [], []
     decisions, effects = [], []
     written: dict[str, Path] = {}
     figs = []
@@ -249,25 +286,25 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
         fr = frontier_table(s, weak_prices, oracle_price, "pareto", level)
         tol = frontier_table(s, weak_prices, oracle_price, "tolerance", level)
         fits, rows = _fit_rows(s, weak_prices, oracle_price, fit_boot)
-        frontier.append(fr), tolerance.append(tol), fit_rows.extend(rows)
+        frontier.append(fr), tol_frontiers.append(tol), fit_rows.extend(rows)
         ffits = figures.fraction_fits(s, max_boot=fit_boot, level=level)
         frac_rows.extend(_fraction_fit_rows(s, ffits))
         regimes.append(regime_table(s, level))
-        decisions.append(decision_table(s, level))
+        decisions.append(decision_table(s, level, tolerance))
         effects.append(prompt_effect_table(s, level))
         if budgets:
             bwb.append(best_within_budget(s, weak_prices, budgets, oracle_price, level))
         figs += _figures(s, out, _suffix(s, many), ffits, fr, tol, fits, weak_prices,
                          oracle_price, figures.weak_test_accuracy(ok, s))
     frontier = pd.concat(frontier, ignore_index=True)
-    tolerance = pd.concat(tolerance, ignore_index=True)
+    tol_frontiers = pd.concat(tol_frontiers, ignore_index=True)
     regimes = pd.concat([r for r in regimes if len(r)], ignore_index=True) \
         if any(len(r) for r in regimes) else pd.DataFrame(columns=REGIME_COLUMNS)
     bounds = boundaries(regimes)
     bwb = pd.concat(bwb, ignore_index=True) if bwb else pd.DataFrame(
         columns=["weak_price", "budget", "method", "variant", "accuracy", "weak_fraction"])
     decisions = pd.concat(decisions, ignore_index=True)
-    tables = {"decisions": decisions, "frontier": frontier, "frontier_tolerance": tolerance,
+    tables = {"decisions": decisions, "frontier": frontier, "frontier_tolerance": tol_frontiers,
               "regimes": regimes,
               "regime_boundaries": bounds, "best_within_budget": bwb,
               "frontier_fit": pd.concat(fit_rows, ignore_index=True),
@@ -287,10 +324,25 @@ def write_report(records: Records, out: Path, weak_prices=None, budgets=None, or
         for p in paths:
             written[p.name] = p
     single_seed = any("no configuration has two seeds" in n for s in surfaces for n in s.notes)
-    paragraph = recommendation_paragraph(regimes, bounds, bwb, level, single_seed)
-    md = _report_markdown(records, surfaces, weak_prices, tables, bwb_md, figs, level, paragraph)
+    paragraph = recommendation_paragraph(regimes, bounds, bwb, level, single_seed, decisions)
+    answer = answer_sentences(decisions, level)
+    md = _report_markdown(records, surfaces, weak_prices, tables, bwb_md, figs, level, paragraph,
+                          answer)
     written["report.md"] = io.write_text(out / "report.md", md)
-    return Report(written, paragraph, decisions, tables["weak_to_strong"])
+    return Report(written, paragraph, decisions, tables["weak_to_strong"], answer)
+
+
+def answer_sentences(decisions: pd.DataFrame, level: float = 0.9) -> list[str]:
+    """One plain sentence per budget (across all variants, each sweep's own prices), headed by
+    the scope when there are several."""
+    d = decisions[decisions["method"] == ALL] if len(decisions) else decisions
+    groups = list(d.groupby(["model", "weak_labeler", "oracle_price", "weak_price"], sort=False))
+    out = []
+    for (model, labeler, po, pw), t in groups:
+        if len(groups) > 1:
+            out.append(f"{model}, weak labeller {labeler}, prices oracle {po:g}, weak {pw:g}:")
+        out += [plain_sentence(r, level) for r in t.sort_values("budget").itertuples()]
+    return out
 
 
 def _decisions_markdown(decisions: pd.DataFrame, level: float) -> list[str]:
@@ -298,13 +350,17 @@ def _decisions_markdown(decisions: pd.DataFrame, level: float) -> list[str]:
     own prices (``decisions.csv`` has every variant too)."""
     pct = f"{100 * level:.0f}%"
     lines = ["## Decisions (at each sweep's own prices)", "",
-             "For each budget: the configuration to buy (highest mean accuracy among those "
-             f"measured at that budget, ties to the cheaper) with its central {pct} band; a "
-             f"simultaneous one-sided {pct} upper bound on how far it can lie below the best "
-             "configuration measured there (its regret; multiple comparisons with the best, "
-             "Hsu 1984); and the categories every measured configuration of which is ruled out "
-             f"(regret above 0 at {pct}, simultaneous over all pairs). A category not measured "
-             "at a budget is never ruled out. All from the same paired resamples. Per variant: "
+             f"For each budget: every configuration's simultaneous one-sided {pct} upper bound "
+             "on how far it can lie below the best configuration measured there (its regret; "
+             "multiple comparisons with the best, Hsu 1984); the good buys, those whose bound "
+             "is at most the tolerance (`good_buys`); the one to buy, the smallest bound (ties "
+             "to the higher mean, then to fewer oracle labels); the accuracy to expect from it, "
+             "its measured mean less the bias of having chosen it (a bootstrap of the whole "
+             f"choose-then-report procedure), with a {pct} band for its true mean; the "
+             f"configurations ruled out (regret above 0 at {pct}, simultaneous over all pairs), "
+             "named; for a budget still open, what keeps it open and what would settle it "
+             "(`remaining`); and the seeds each configuration got. A category not measured at "
+             "a budget is never ruled out. All from the same paired resamples. Per variant: "
              "`decisions.csv`.", ""]
     body = decision_lines(decisions, "all", level)
     return lines + ([f"    {line}" for line in body] if body else ["(no budget)"]) + [""]
@@ -325,10 +381,11 @@ def _prompt_effect_markdown(table: pd.DataFrame, level: float) -> list[str]:
 
 
 def _report_markdown(records: Records, surfaces, weak_prices, tables, bwb_md, figs, level,
-                     paragraph: str) -> str:
+                     paragraph: str, answer: list[str]) -> str:
     c = records.counts
     regimes, bounds = tables["regimes"], tables["regime_boundaries"]
     lines = ["# Label quantity vs quality: analysis report", "",
+             "## The answer", "", *[f"- {a}" for a in answer], "",
              "## Recommendation", "",
              paragraph, "",
              *_decisions_markdown(tables["decisions"], level),
@@ -423,6 +480,9 @@ def main(argv=None) -> int:
                          "examples once per task)")
     ap.add_argument("--fit_boot", default=100, type=int, help="resamples used for curve-fit bands")
     ap.add_argument("--level", default=0.9, type=float, help="band and regime confidence level")
+    ap.add_argument("--tolerance", default=TOLERANCE, type=float,
+                    help="a good buy is at most this far below the best configuration measured "
+                         "at its budget (simultaneous regret bound)")
     ap.add_argument("--seed", default=0, type=int)
     args = ap.parse_args(argv)
     if not 0 < args.level < 1:
@@ -431,7 +491,7 @@ def main(argv=None) -> int:
         records = load_records(args.results)
         written = write_report(records, Path(args.out), args.weak_prices, args.budgets,
                                args.oracle_price, args.n_boot, args.fit_boot, args.seed,
-                               args.level).files
+                               args.level, args.tolerance).files
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,41 +12,50 @@ keeps the pairing the design gives it:
   A run without per-example scores (JSONL-only records) gets an independent
   ``Binomial(n_test, accuracy) / n_test`` draw instead, which ignores the pairing and so errs
   wide. ``e_test`` of a cell is the mean over its runs.
-* ``e_seed``, the seeds. A seed fixes the weak labeller and the pools of every cell it touches
-  (on the default grid the labeller's pool accuracy moved by 0.05 between seeds, in every cell),
-  so a cell's seed effect is modelled as ``w_k * L_s + eps_ks``: a labeller effect ``L_s`` shared
-  by every cell that ran seed ``s``, loaded by the cell's weak share of training labels
-  ``w_k = n_weak / (n_weak + n_oracle)`` (an all-oracle cell does not see the labeller), plus a
-  cell's own noise ``eps_ks``. Resample ``b`` draws one ``L_s`` per seed of the task,
-  ``N(0, sigma_L^2)``, used by every cell that ran that seed, and one ``eps`` per cell:
+* ``e_seed``, the seeds. A seed fixes everything random about a run that is not the test set:
+  the weak labeller, the pools and their prefixes, the initialisation and the batch order, in
+  every cell it touches; so a seed's runs move together across cells, in either direction
+  (on the default grid, per-seed correlations between cells ranged from -0.76 to +0.86).
+  Resample ``b`` therefore draws the seeds themselves, once for the whole task: a multiplier
+  ``z[s, b] ~ N(0, 1)`` per seed id (a Gaussian multiplier, or wild, bootstrap), and every
+  cell's deviation is ``sum_s (a_ks - A_k) z[s, b] / sqrt(n_k (n_k - 1))`` over its own seeds.
+  Two cells that ran the same seeds then move with the seeds' own covariance (sample covariance
+  / n), whatever its sign, so the resampled difference of any two is what a paired t-test
+  would use; cells with different seed sets (some failed, or settle added seeds to some) share
+  the draws of the seeds they share. Three choices keep the levels honest with few seeds,
+  each measured on the null decision surfaces of :mod:`analysis.calibration` (20 replicates x
+  5 budgets, two seeds of the simulation; "ruled out" should happen at <= 10% of budgets):
 
-      e_seed[k, b] = w_k * t_L[b] * sigma_L * mean_{s in S_k} z[s, b]
-                     + t_k[b] * sqrt(v_k / n_k) * eta[k, b],   z, eta ~ N(0, 1).
+  - ``t[b] = sqrt(df / chi2_df)`` with ``df = n - 1``, one chi-square draw per resample shared by
+    all cells of the task (comonotone across their ``df``): a spread estimated on ``n - 1``
+    degrees of freedom is itself uncertain, so each cell and each same-seed difference is
+    Student-t, and a quantile at any level (90% bands, one-sided bounds) is at the level it
+    claims;
+  - the sample correlations are shrunk towards 0 by ``CORRELATION_PRIOR_DF`` pseudo-seeds of
+    independence (weight ``(n - 1) / (n - 1 + 0.5)`` on the sample's, an independent normal
+    for the rest): with 3-5 seeds a chance correlation near 1 makes a difference look certain,
+    and a maximum over many pairs sharing one chi-square draw is lighter-tailed than the real
+    one. Without shrinking, something was ruled out at 10-14% of null budgets; with 0.5,
+    6-8%. With 20 seeds the weight is 0.97: settled contenders keep nearly all their pairing;
+  - each run's own test noise (two runs disagree on some examples) is in both parts: the
+    spread of a cell's runs and ``e_test``. Subtracting an estimate of it (on ``n - 1`` df) from
+    the seed spread narrowed cells whose seed noise is mostly test noise past their level
+    (ruled out at 14% of null budgets with 3 seeds); counted twice, it errs wide by a little.
 
-  Why parametric and not a multiset of seed indices with each cell's own residuals: with 3-5
-  seeds, the covariance of two cells' residuals is estimated on 2-4 degrees of freedom, and a
-  chance correlation near 1 makes their difference look certain; the factor model estimates the
-  shared part from every weak-using cell of the task at once (``L_hat_s``, the least-squares
-  fit of the residuals ``a_ks - A_k`` on ``w_k``, less its own noise), so paired comparisons
-  keep the labeller's pairing without trusting 3-point correlations. Effects the model does not
-  share (e.g. nested pools across budgets) stay in ``eps``, independent across cells, which errs
-  wide for comparisons.
+  The Bayesian bootstrap (Exp(1) weights per seed) was tried first: with 3 seeds its discrete,
+  skewed draws ruled something out at 14% of null budgets.
 
-  ``v_k`` is the cell's own-noise variance: the variance of its residuals after the labeller
-  part (ddof 1), less the runs' own test noise (the run-to-run variance of their test-resample
-  deviations, which ``e_test`` already carries: not counted twice), shrunk towards the pooled
-  value of cells of the same *kind* only (:func:`cell_kind`: oracle-only, mostly oracle, mostly
-  weak, weak-only by training labels; an oracle-only cell never borrows the spread of weak-heavy
-  ones), the pool weighing ``PRIOR_DF`` degrees of freedom. A cell with one seed (the others
-  failed or were infeasible) takes its kind's pool; where the kind has no replicated cell, the
-  largest pool of the task (conservative). Seeds a cell lacks simply do not enter its mean.
-* Few seeds: a spread estimated on ``df`` degrees of freedom is itself uncertain, so each part is
-  scaled by ``t[b] = sqrt(df / chi2_df)``, one chi-square draw per resample (shared by all cells
-  of the task, comonotone across their ``df``): each part is then Student-t with the degrees of
-  freedom behind it, so a quantile at any level (90% bands, one-sided 90% bounds, the
-  simultaneous quantiles of :mod:`analysis.decisions`) is at the level it claims, not only the
-  one a fixed factor was tuned to. ``df`` of ``sigma_L`` is the task's seeds minus 1; of ``v_k``
-  its own ``n_k - 1`` plus ``PRIOR_DF``, capped by its pool's.
+  A cell with fewer than ``MIN_JOINT_SEEDS`` seeds (its other runs failed or were infeasible)
+  cannot be resampled on its own seeds: its seed noise is a normal draw, independent of the
+  other cells, with the variance pooled over the replicated cells *of its own budget* (seed
+  noise differs most between budgets: many weak labels at a small budget scatter most; the
+  task's widest budget pool where its budget has none), shrunk with its own spread if it has
+  two seeds (``PRIOR_DF``). Independence is right on average and wrong for any one pair (it
+  ignores the cell's correlation with the others, either sign): the notes name such cells, and
+  tests/test_analysis_settle.py checks the bands of its differences on surfaces with positive
+  and with negative seed correlations. A cell with enough seeds keeps its own spread: pooling
+  it with others (by budget, or by weak share as before) gave oracle-only cells the spread of
+  weak-label cells, or the reverse.
 * One seed per task (no cell has two): seed noise cannot be told from real differences. Its
   variance is then estimated from the differences between neighbouring configurations of one
   variant and budget (ordered by oracle labels), ``(A_next - A) / sqrt(2)``, a difference-based
@@ -69,8 +78,11 @@ from analysis.records import CELL_KEYS
 
 DEFAULT_N_BOOT = 2000  # resamples everywhere by default (sd of a 90% quantile ~ 1% of its width)
 MIN_POOL_DF = 4  # one-seed fallback: differences a pool needs before it is used
-PRIOR_DF = 4  # weight of a kind's pool, in degrees of freedom, against a cell's own spread
-KINDS = ("oracle-only", "mostly oracle", "mostly weak", "weak-only")
+PRIOR_DF = 4  # a modelled cell: weight of its budget's pool, in df, against its own spread
+# shrinks the seeds' sample correlations towards 0 (module docstring): on the null decision
+# surfaces, something was ruled out at 10-14% of budgets with none, 6-8% with 0.5 or 1
+CORRELATION_PRIOR_DF = 0.5
+MIN_JOINT_SEEDS = 3  # fewer seeds than this: the cell's seed noise is modelled (module docstring)
 
 
 @dataclasses.dataclass
@@ -80,28 +92,17 @@ class CellResamples:
     Attributes:
       boot: ``{CELL_KEYS tuple: [n_boot] array}``.
       notes: plain-language lines on how the noise was modelled (for the report).
+      test: ``{CELL_KEYS tuple: [n_boot] e_test}``, the test-set part of ``boot`` alone.
+      test_run_var: ``{CELL_KEYS tuple: v_test / n}``, the part of that part's variance that is
+        the runs' own (it shrinks with more seeds; the rest does not: a larger test set would).
+      n_test: ``{task: test examples}`` (None where unknown).
     """
 
     boot: dict[tuple, np.ndarray]
     notes: list[str]
-
-
-def weak_share(n_weak, n_oracle) -> np.ndarray:
-    """Share of the training labels that are weak (0 when nothing was bought)."""
-    n_weak = np.asarray(n_weak, dtype=float)
-    total = n_weak + np.asarray(n_oracle, dtype=float)
-    return np.where(total > 0, n_weak / np.maximum(total, 1), 0.0)
-
-
-def cell_kind(n_weak: int, n_oracle: int) -> str:
-    """Kind of a cell for pooling seed noise: by its weak share of training labels (seed noise
-    grows with it: weak-only runs on a few labels scatter most, oracle-only runs least)."""
-    w = float(weak_share(n_weak, n_oracle))
-    if w <= 0:
-        return KINDS[0]
-    if w >= 1:
-        return KINDS[3]
-    return KINDS[1] if w < 0.5 else KINDS[2]
+    test: dict[tuple, np.ndarray] = dataclasses.field(default_factory=dict)
+    test_run_var: dict[tuple, float] = dataclasses.field(default_factory=dict)
+    n_test: dict[str, int | None] = dataclasses.field(default_factory=dict)
 
 
 def _read_parquet(path: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -215,8 +216,6 @@ class _Task:
     acc: np.ndarray        # [runs]
     mean: np.ndarray       # [K] mean over the cell's seeds
     size: np.ndarray       # [K] seeds of the cell
-    share: np.ndarray      # [K] weak share of training labels
-    kinds: list            # [K] cell_kind
     groups: list           # [K] (variant, budget): the one-seed fallback's neighbourhoods
     order: list            # [K] (n_oracle, -n_weak): neighbour order within a group
     v_test: np.ndarray     # [K] runs' own test-noise variance (NaN for one seed)
@@ -248,70 +247,10 @@ def _task_arrays(rows: pd.DataFrame, n_boot: int, rng: np.random.Generator,
     budgets = [None if b is None or (isinstance(b, float) and math.isnan(b)) else float(b)
                for b in budgets]
     n_weak, n_oracle = cells["n_weak"].to_numpy(), cells["n_oracle"].to_numpy()
-    task = _Task(cell_of, seed_of, acc, mean, size, weak_share(n_weak, n_oracle),
-                 [cell_kind(w, o) for w, o in zip(n_weak, n_oracle)],
+    task = _Task(cell_of, seed_of, acc, mean, size,
                  list(zip(cells["variant"].tolist(), budgets)),
                  list(zip(n_oracle.tolist(), (-n_weak).tolist())), v_test, e_test)
     return task, list(cells[keys].itertuples(index=False, name=None))
-
-
-def _labeller_effect(task: _Task) -> tuple[float, int, np.ndarray]:
-    """``(sigma_L^2, df, eps)``: the shared labeller effect's variance across seeds, its degrees
-    of freedom, and every run's residual after it (centred within its cell).
-
-    ``L_hat_s`` is the least-squares fit of the replicated weak-using cells' residuals on their
-    weak share at seed ``s``; its spread across seeds, less the cells' own noise it averages
-    (``sum w^2 v_eps / (sum w^2)^2``), estimates ``sigma_L^2``.
-    """
-    k, s, w = task.cell_of, task.seed_of, task.share[task.cell_of]
-    resid = task.acc - task.mean[k]
-    use = (task.size[k] >= 2) & (w > 0)
-    n_seeds = int(s.max()) + 1 if len(s) else 0
-    den = np.bincount(s[use], weights=w[use] ** 2, minlength=n_seeds)
-    num = np.bincount(s[use], weights=(w * resid)[use], minlength=n_seeds)
-    valid = den > 0
-    if valid.sum() < 2:
-        return 0.0, 0, resid
-    lhat = np.where(valid, num / np.where(valid, den, 1), 0.0)
-    lhat[valid] -= lhat[valid].mean()
-    fitted = np.where(use, w * lhat[s], 0.0)
-    size = np.maximum(task.size, 1)
-    fitted -= (np.bincount(k, weights=fitted, minlength=len(size)) / size)[k]
-    eps = resid - fitted
-    df = int(valid.sum()) - 1
-    v_eps = np.bincount(k, weights=eps ** 2, minlength=len(size)) / np.maximum(task.size - 1, 1)
-    cells = np.unique(k[use])
-    w2 = task.share[cells] ** 2
-    noise = float((w2 * v_eps[cells]).sum() / w2.sum() ** 2)
-    return max(0.0, float((lhat[valid] ** 2).sum() / df) - noise), df, eps
-
-
-def _own_variances(task: _Task, eps: np.ndarray,
-                   counts: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(v, df)`` per cell: own-noise variance (less the runs' test noise) shrunk towards the
-    pooled value of its kind, and the degrees of freedom behind it (module docstring)."""
-    n = len(task.size)
-    own_df = np.maximum(task.size - 1, 0)
-    raw = np.bincount(task.cell_of, weights=eps ** 2, minlength=n) / np.maximum(own_df, 1)
-    own = np.where(own_df > 0, np.maximum(0.0, raw - np.nan_to_num(task.v_test)), np.nan)
-    pools = {}
-    for kind in KINDS:
-        members = [c for c in range(n) if task.kinds[c] == kind and own_df[c] > 0]
-        if members:
-            df = int(own_df[members].sum())
-            pools[kind] = (float((own_df[members] * own[members]).sum() / df), df)
-    widest = max(pools.values()) if pools else (0.0, 1)
-    v, df = np.zeros(n), np.ones(n)
-    for c in range(n):
-        pool_v, pool_df = pools.get(task.kinds[c], widest)
-        if own_df[c] > 0:
-            v[c] = (own_df[c] * own[c] + PRIOR_DF * pool_v) / (own_df[c] + PRIOR_DF)
-            df[c] = min(pool_df, own_df[c] + PRIOR_DF)
-        else:
-            v[c], df[c] = pool_v, pool_df
-            counts["borrowed"] += 1
-            counts["other_kind"] += task.kinds[c] not in pools
-    return v, df
 
 
 def _comonotone_t(u: np.ndarray, df: np.ndarray) -> np.ndarray:
@@ -322,25 +261,64 @@ def _comonotone_t(u: np.ndarray, df: np.ndarray) -> np.ndarray:
     return out
 
 
-def _paired_seed_noise(task: _Task, n_boot: int, rng: np.random.Generator,
-                       counts: dict[str, int], notes: list[str], name: str) -> np.ndarray:
-    """[K, n_boot] ``e_seed`` of a task with replicated cells (module docstring)."""
-    var_l, df_l, eps = _labeller_effect(task)
-    v, df = _own_variances(task, eps, counts)
+def _budget_pools(task: _Task, var: np.ndarray):
+    """``{budget: (variance, df)}`` pooled over a budget's cells with two or more seeds, and
+    the widest of them (for a budget with none)."""
+    pools = {}
+    for budget in {g[1] for g in task.groups}:
+        members = [k for k in np.flatnonzero(task.size >= 2) if task.groups[k][1] == budget]
+        if members:
+            df = int((task.size[members] - 1).sum())
+            pools[budget] = (float(((task.size[members] - 1) * var[members]).sum() / df), df)
+    widest = max(pools.values()) if pools else (0.0, 1)
+    return pools, widest
+
+
+def _joint_seed_noise(task: _Task, n_boot: int, rng: np.random.Generator,
+                      counts: dict[str, int], notes: list[str], name: str) -> np.ndarray:
+    """[K, n_boot] ``e_seed`` of a task with replicated cells: seeds drawn jointly (a Gaussian
+    multiplier per seed id), the model only for cells with too few seeds (module docstring)."""
     n_cells, n_seeds = len(task.size), int(task.seed_of.max()) + 1
-    present = np.zeros((n_cells, n_seeds))
-    present[task.cell_of, task.seed_of] = 1.0
-    present /= np.maximum(present.sum(1, keepdims=True), 1)
-    z = rng.standard_normal((n_seeds, n_boot))
-    shared = (task.share * math.sqrt(var_l))[:, None] * (present @ z)
-    shared *= _t_scale(_uniforms(n_boot, rng), df_l)[None, :] if df_l else 0.0
-    own = np.sqrt(v / np.maximum(task.size, 1))[:, None] * rng.standard_normal((n_cells, n_boot))
-    own *= _comonotone_t(_uniforms(n_boot, rng), df)
-    notes.append(f"{name}: {n_seeds} seeds; labeller effect shared by the cells of a seed, sd "
-                 f"{math.sqrt(var_l):.3f} at weak share 1 ({df_l} df); own seed noise sd "
-                 + ", ".join(f"{kind} {math.sqrt(np.mean(v[[c == kind for c in task.kinds]])):.3f}"
-                             for kind in KINDS if kind in task.kinds) + ".")
-    return shared + own
+    dev = np.zeros((n_cells, n_seeds))
+    dev[task.cell_of, task.seed_of] = task.acc - task.mean[task.cell_of]
+    n = task.size.astype(float)
+    var = np.where(n >= 2, (dev ** 2).sum(1) / np.maximum(n - 1, 1), np.nan)  # [K] s^2
+    z = rng.standard_normal((n_seeds, n_boot))                                  # [S, B]
+    u = _uniforms(n_boot, rng)
+    joint = n >= MIN_JOINT_SEEDS
+    pools, widest = _budget_pools(task, var)
+    v, df = np.zeros(n_cells), np.ones(n_cells)
+    for k in range(n_cells):
+        pool_v, pool_df = pools.get(task.groups[k][1], widest)
+        counts["other_budget"] += task.groups[k][1] not in pools and not joint[k]
+        own_df = n[k] - 1
+        if joint[k]:
+            v[k], df[k] = var[k], own_df
+        elif own_df > 0:
+            v[k] = (own_df * var[k] + PRIOR_DF * pool_v) / (own_df + PRIOR_DF)
+            df[k] = min(pool_df, own_df + PRIOR_DF)
+        else:
+            v[k], df[k] = pool_v, pool_df
+    # the seeds' own pattern, standardised per cell (sum of squares n - 1): [K, B] of unit
+    # variance, carrying the sample correlations of cells that share seeds
+    sd = np.sqrt(np.where(var > 0, var, np.inf))
+    paired = np.where(joint[:, None], (dev / sd[:, None]) @ z, 0.0) / \
+        np.sqrt(np.maximum(n - 1, 1))[:, None]
+    # weight of the sample correlations: CORRELATION_PRIOR_DF pseudo-seeds of independence
+    lam = np.where(joint, (n - 1) / (n - 1 + CORRELATION_PRIOR_DF), 0.0)
+    own = rng.standard_normal((n_cells, n_boot))
+    out = (np.sqrt(v / n)[:, None] * (np.sqrt(lam)[:, None] * paired
+                                      + np.sqrt(1 - lam)[:, None] * own)
+           * _comonotone_t(u, df))
+    few = np.flatnonzero(~joint)
+    counts["modelled"] += len(few)
+    counts["joint"] += int(joint.sum())
+    median = int(np.median(n[joint])) if joint.any() else 0
+    notes.append(f"{name}: {n_seeds} seed ids; {int(joint.sum())} of {n_cells} configurations "
+                 f"resampled on their own seeds (median {median} seeds)"
+                 + (f", {len(few)} with fewer than {MIN_JOINT_SEEDS} seeds modelled"
+                    if len(few) else "") + ".")
+    return out
 
 
 def _neighbour_pool(task: _Task, members: list[int]):
@@ -388,15 +366,20 @@ def _neighbour_seed_noise(task: _Task, n_boot: int, rng: np.random.Generator,
 
 
 def _task_resamples(rows: pd.DataFrame, n_boot: int, rng: np.random.Generator,
-                    counts: dict[str, int], notes: list[str]) -> dict[tuple, np.ndarray]:
-    """Resampled cell means of one task (see the module docstring)."""
+                    counts: dict[str, int], notes: list[str], out: CellResamples) -> None:
+    """Resampled cell means of one task into ``out`` (see the module docstring)."""
     task, keys = _task_arrays(rows, n_boot, rng, counts)
     if (task.size >= 2).any():
-        e_seed = _paired_seed_noise(task, n_boot, rng, counts, notes, str(keys[0][0]))
+        e_seed = _joint_seed_noise(task, n_boot, rng, counts, notes, str(keys[0][0]))
     else:
         e_seed = _neighbour_seed_noise(task, n_boot, rng, counts)
     boot = (task.mean[:, None] + task.e_test + e_seed).astype(np.float32)
-    return dict(zip(keys, boot))
+    out.boot.update(zip(keys, boot))
+    out.test.update(zip(keys, task.e_test.astype(np.float32)))
+    out.test_run_var.update(zip(keys, np.nan_to_num(task.v_test) / task.size))
+    n_test = pd.to_numeric(rows["n_test"], errors="coerce").dropna() \
+        if "n_test" in rows.columns else pd.Series(dtype=float)
+    out.n_test[str(keys[0][0])] = int(n_test.median()) if len(n_test) else None
 
 
 def resample_cells(frame: pd.DataFrame, n_boot: int = DEFAULT_N_BOOT,
@@ -407,12 +390,13 @@ def resample_cells(frame: pd.DataFrame, n_boot: int = DEFAULT_N_BOOT,
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
     counts = {"examples": 0, "binomial": 0, "none": 0, "unreplicated": 0, "no_seed_noise": 0,
-              "borrowed": 0, "other_kind": 0}
-    boot: dict[tuple, np.ndarray] = {}
+              "joint": 0, "modelled": 0, "other_budget": 0}
+    out = CellResamples({}, [])
     task_notes: list[str] = []
     for _, rows in frame.groupby("task", sort=True):
-        boot.update(_task_resamples(rows, n_boot, rng, counts, task_notes))
-    return CellResamples(boot, _notes(counts, len(frame), task_notes))
+        _task_resamples(rows, n_boot, rng, counts, task_notes, out)
+    out.notes = _notes(counts, len(frame), task_notes)
+    return out
 
 
 def _notes(counts: dict[str, int], n_runs: int, task_notes: list[str]) -> list[str]:
@@ -424,13 +408,17 @@ def _notes(counts: dict[str, int], n_runs: int, task_notes: list[str]) -> list[s
              + (f"; none for {counts['none']} (no scores and no n_test)" if counts["none"] else "")
              + "."]
     if task_notes:
-        notes.append("Seed noise (seeds drawn jointly for every cell of a task; spreads Student-t "
-                     "for the seeds behind them): " + " ".join(task_notes))
-    if counts["borrowed"]:
-        notes.append(f"{counts['borrowed']} cell(s) have one seed: their own seed noise is their "
-                     "kind's pooled value" + (f" ({counts['other_kind']} with no replicated cell "
-                                              "of their kind took the task's widest pool)"
-                                              if counts["other_kind"] else "") + ".")
+        notes.append("Seed noise (seed ids drawn jointly for every configuration of a task, "
+                     "a Gaussian multiplier per seed; spreads Student-t for the seeds behind "
+                     "them): " + " ".join(task_notes))
+    if counts["modelled"]:
+        notes.append(f"{counts['modelled']} configuration(s) have fewer than {MIN_JOINT_SEEDS} "
+                     "seeds: their seed noise is drawn from the spread pooled over their budget's "
+                     "replicated configurations, independently of the others (their comparisons "
+                     "ignore the seeds' pairing)" + (f"; {counts['other_budget']} took the "
+                                                    "task's widest budget pool, theirs having "
+                                                    "none" if counts["other_budget"] else "")
+                     + ".")
     if counts["unreplicated"]:
         notes.append(f"{counts['unreplicated']} cell(s) belong to tasks where no configuration has "
                      "two seeds: their seed noise is estimated from the differences between "

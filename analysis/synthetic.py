@@ -138,20 +138,9 @@ def grid_records(truth, budgets=BUDGETS, fractions=FRACTIONS, oracle_price=1, we
                     else:
                         seeds = 7 if stages and min(stages) <= 10 else 3
                     for s in range(seeds):
-                        cfg = {"task": task, "model": model, "method": method, **options,
-                               **(config or {}), "seed": s, "n_weak": n_weak,
-                               "n_oracle": n_oracle, "n_test": n_test}
-                        rec = {
-                            "run_id": _run_id([cfg, float(weak_price), variant]), "task": task,
-                            "model": model, "method": method, "seed": s,
-                            "weak_labeler": weak_labeler, "weak_label_accuracy": 0.72,
-                            "prices": {"oracle": oracle_price, "weak": weak_price},
-                            "budget": budget, "oracle_fractions": fracs,
-                            "grid_points": [[budget, f] for f in fracs],
-                            "planned": {"weak": n_weak, "oracle": n_oracle},
-                            "n_shots": options.get("k", 0), "config": cfg,
-                            "versions": {"analysis": "synthetic"}, "wall_s": 1.0,
-                        }
+                        rec = _base_record(task, model, method, options, config, s, n_weak,
+                                           n_oracle, n_test, oracle_price, weak_price, variant,
+                                           weak_labeler, budget, fracs)
                         if n_weak > weak_pool:
                             rec.update(status="infeasible", n_weak=0, n_oracle=0, cost=0,
                                        error=f"needs {n_weak} weak labels, pool holds {weak_pool}")
@@ -160,23 +149,95 @@ def grid_records(truth, budgets=BUDGETS, fractions=FRACTIONS, oracle_price=1, we
                         w = n_weak / max(n_weak + n_oracle, 1)
                         acc = float(np.clip(truth(n_weak, n_oracle, variant) + w * effect(t, s)
                                             + rng.normal(0, noise + share_noise * w), 0, 1))
-                        if test is not None:
-                            rec["scores"] = test.scores(acc, rng, tau)
-                            acc = float(np.mean((rec["scores"]["score"] > 0)
-                                                == (rec["scores"]["label"] == 1)))
-                        elif binomial:
-                            acc = float(rng.binomial(n_test, acc) / n_test)
-                        rec.update(
-                            status="ok", n_weak=n_weak, n_oracle=n_oracle,
-                            cost=pricing.cost(n_weak, n_oracle, oracle_price, weak_price),
-                            stages=[{"source": src, "n_train": n, "n_val": 0} for src, n in
-                                    (("weak", n_weak), ("oracle", n_oracle)) if n > 0],
-                            metrics={"accuracy": acc, "auroc": min(1.0, acc + 0.05),
-                                     "accuracy_ci": [acc - 0.03, acc + 0.03],
-                                     "auroc_ci": [acc, acc + 0.1], "agreement_with_weak": 0.7},
-                            n_test=n_test)
+                        _measure(rec, acc, test, rng, tau, binomial, n_test, oracle_price,
+                                 weak_price)
                         records.append(rec)
     return records
+
+
+def _base_record(task, model, method, options, config, s, n_weak, n_oracle, n_test,
+                 oracle_price, weak_price, variant, weak_labeler, budget, fracs) -> dict:
+    """The fields of a synthetic record known before it is measured."""
+    cfg = {"task": task, "model": model, "method": method, **options, **(config or {}),
+           "seed": s, "n_weak": n_weak, "n_oracle": n_oracle, "n_test": n_test}
+    return {"run_id": _run_id([cfg, float(weak_price), variant]), "task": task,
+            "model": model, "method": method, "seed": s, "weak_labeler": weak_labeler,
+            "weak_label_accuracy": 0.72, "prices": {"oracle": oracle_price, "weak": weak_price},
+            "budget": budget, "oracle_fractions": fracs,
+            "grid_points": [[budget, f] for f in fracs],
+            "planned": {"weak": n_weak, "oracle": n_oracle}, "n_shots": options.get("k", 0),
+            "config": cfg, "versions": {"analysis": "synthetic"}, "wall_s": 1.0}
+
+
+def _measure(rec: dict, acc: float, test, rng, tau, binomial, n_test, oracle_price,
+             weak_price) -> None:
+    """Complete ``rec`` as an ok run of expected accuracy ``acc`` (per-example scores on the
+    task's ``test`` set, or a binomial draw, or ``acc`` itself)."""
+    n_weak, n_oracle = rec["planned"]["weak"], rec["planned"]["oracle"]
+    if test is not None:
+        rec["scores"] = test.scores(acc, rng, tau)
+        acc = float(np.mean((rec["scores"]["score"] > 0) == (rec["scores"]["label"] == 1)))
+    elif binomial:
+        acc = float(rng.binomial(n_test, acc) / n_test)
+    rec.update(status="ok", n_weak=n_weak, n_oracle=n_oracle,
+               cost=pricing.cost(n_weak, n_oracle, oracle_price, weak_price),
+               stages=[{"source": src, "n_train": n, "n_val": 0} for src, n in
+                       (("weak", n_weak), ("oracle", n_oracle)) if n > 0],
+               metrics={"accuracy": acc, "auroc": min(1.0, acc + 0.05),
+                        "accuracy_ci": [acc - 0.03, acc + 0.03], "auroc_ci": [acc, acc + 0.1],
+                        "agreement_with_weak": 0.7},
+               n_test=n_test)
+
+
+class SeededSurface:
+    """One task whose record for any configuration and seed can be drawn at any time, the same
+    every time: for simulations that add seeds after the grid (:mod:`analysis.settle`).
+
+    Seed ``s`` fixes an effect ``L_s ~ N(0, labeller_sd^2)`` that moves a cell of weak share
+    ``w`` by ``(w - anti (1 - w)) L_s``: with ``anti = 0`` the shared labeller effect of
+    :func:`grid_records`; with ``anti > 0`` a seed that helps the weak-heavy cells hurts the
+    oracle-heavy ones (its pools' draw of easy texts went to one side), so cells at the two ends
+    are negatively correlated across seeds. Each (cell, seed) adds its own
+    ``N(0, (noise + share_noise w)^2)`` and is scored per example on the task's one test set.
+    """
+
+    def __init__(self, truth, task: str = "synthetic", model: str = "toy-model", seed: int = 0,
+                 n_test: int = 1000, noise: float = 0.01, share_noise: float = 0.05,
+                 labeller_sd: float = 0.03, anti: float = 0.0, tau: float = 0.5,
+                 oracle_price=1, weak_price=0.1):
+        self.truth, self.task, self.model, self.seed = truth, task, model, seed
+        self.noise, self.share_noise, self.labeller_sd, self.anti = (noise, share_noise,
+                                                                     labeller_sd, anti)
+        self.tau, self.n_test = tau, n_test
+        self.oracle_price, self.weak_price = oracle_price, weak_price
+        self.test = TestSet(task, n_test, np.random.default_rng([seed, 1]))
+
+    def record(self, budget, n_weak: int, n_oracle: int, fractions, s: int) -> dict:
+        """The record of configuration (n_weak, n_oracle) at ``budget`` (serving
+        ``fractions``) with seed ``s``."""
+        rec = _base_record(self.task, self.model, "seq_sft", {}, None, s, n_weak, n_oracle,
+                           self.n_test, self.oracle_price, self.weak_price, "seq_sft",
+                           "toy-weak", budget, list(fractions))
+        w = n_weak / max(n_weak + n_oracle, 1)
+        effect = np.random.default_rng([self.seed, 7, s]).normal(0, self.labeller_sd)
+        rng = np.random.default_rng([self.seed, 8, n_weak, n_oracle, s])
+        acc = float(np.clip(self.truth(n_weak, n_oracle) + (w - self.anti * (1 - w)) * effect
+                            + rng.normal(0, self.noise + self.share_noise * w), 0, 1))
+        _measure(rec, acc, self.test, rng, self.tau, False, self.n_test, self.oracle_price,
+                 self.weak_price)
+        return rec
+
+    def grid(self, budgets, fractions, seeds) -> list[dict]:
+        """Records of every grid point (one run per distinct counts of a budget) and seed."""
+        out = []
+        for budget in budgets:
+            points: dict[tuple[int, int], list[float]] = {}
+            for f in fractions:
+                points.setdefault(pricing.grid_counts(budget, f, self.oracle_price,
+                                                      self.weak_price), []).append(f)
+            for (n_weak, n_oracle), fracs in points.items():
+                out += [self.record(budget, n_weak, n_oracle, fracs, s) for s in seeds]
+        return out
 
 
 def write_runs(records: list[dict], folder) -> Path:

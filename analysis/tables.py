@@ -97,24 +97,33 @@ def best_affordable(cells: pd.DataFrame, mask: np.ndarray) -> int | None:
     return int(idx[order[0]])
 
 
-def selection_bias(acc, boot) -> float:
-    """Bootstrap estimate of how far the best of several cell means overstates the best true
-    mean: ``mean_b max_k boot[k, b] - max_k acc[k]``.
+def chosen_optimism(acc, boot) -> np.ndarray:
+    """[n_boot] how far the cell a choose-the-most-accurate procedure picks overstates its own
+    mean, once per resample: ``boot[c_b, b] - acc[c_b]`` with ``c_b = argmax_k boot[k, b]``.
 
-    The largest of several noisy means is biased up even when every configuration is equally
-    good (the winner's curse); the resamples repeat the pick with fresh noise around the observed
-    means, so the average excess of their maximum over the observed maximum estimates that bias
-    (Efron's bootstrap bias estimate). About 0 for one configuration, and larger the more close
-    configurations compete and the noisier they are.
+    The bootstrap of the whole choose-then-report procedure (Efron & Tibshirani 1993, ch. 10;
+    the winner's curse): in the resampled world the observed means are the truth, each resample
+    picks afresh, and its pick's excess over its own truth is the error a report of the pick's
+    mean makes. Its mean is the selection bias of the chosen cell's reported accuracy, and its
+    quantiles give a band for that cell's true mean (:mod:`analysis.decisions`).
 
     Args:
       acc: [n] mean accuracy of the candidate cells; boot: [n, n_boot] their resampled means.
     """
     acc = np.asarray(acc, dtype=float)
+    boot = np.asarray(boot, dtype=float).reshape(len(acc), -1)
+    pick = np.nanargmax(boot, axis=0)
+    return boot[pick, np.arange(boot.shape[1])] - acc[pick]
+
+
+def selection_bias(acc, boot) -> float:
+    """How far the reported accuracy of the most accurate of several cells overstates that
+    cell's true mean, on average (:func:`chosen_optimism`'s mean). About 0 for one cell, and
+    larger the more close cells compete and the noisier they are. NaN for none."""
+    acc = np.asarray(acc, dtype=float)
     if len(acc) == 0:
         return float("nan")
-    boot = np.asarray(boot, dtype=float).reshape(len(acc), -1)
-    return float(np.nanmean(np.nanmax(boot, axis=0)) - np.nanmax(acc))
+    return float(np.mean(chosen_optimism(acc, boot)))
 
 
 def best_within_budget(surface: Surface, weak_prices, budgets, oracle_price=1,
@@ -190,9 +199,9 @@ def selection_bias_sentence(table: pd.DataFrame, method: str = ALL) -> str:
             f"{format(lo, spec)}-{format(hi, spec)}"
     return (f"Picking the best of {span(n.min(), n.max(), 'd')} configurations biases the "
             f"best-within-budget accuracies up by about {span(bias.min(), bias.max(), '.1f')} "
-            f"accuracy points (median {bias.median():.1f}; a bootstrap estimate from the same "
-            "resamples, `selection_bias` in `best_within_budget.csv`), as estimates of the best "
-            "accuracy a budget can buy.")
+            f"accuracy points (median {bias.median():.1f}; a bootstrap of the choose-then-report "
+            "procedure on the same resamples, `selection_bias` in `best_within_budget.csv`), as "
+            "estimates of the chosen configuration's own accuracy.")
 
 
 def best_within_budget_markdown(table: pd.DataFrame) -> str:

@@ -131,12 +131,13 @@ def run_claimed(sweep, specs, *, claim: Callable[..., ContextManager[str]] | Non
 
 
 def run_experiment(sweep, specs, *, claim=None, tracker=None, out=None, prepare: bool = True,
-                   desc: str = "runs", show_progress: bool = True) -> Done:
+                   desc: str = "runs", show_progress: bool = True, shapes=None) -> Done:
     """Every run of `specs` that is not done, in groups of `sweep.group_size(specs)` trained
     together (docs/design.md#many-runs-at-once), then once more those a live worker held (it may
     have died meanwhile, leaving a stale lock). Each seed's task and weak labels load first, so bad
     data fails once, before any run (`prepare`). Summary lines go to `out` (default: above a
-    progress bar on stderr)."""
+    progress bar on stderr). `shapes`: the padded shapes to compile for (default: these runs'
+    own; settle passes the whole plan's, so added seeds reuse its compiled programs)."""
     if prepare:
         sweep.prepare(s.seed for s in specs)
     from tqdm import tqdm
@@ -145,7 +146,7 @@ def run_experiment(sweep, specs, *, claim=None, tracker=None, out=None, prepare:
     out = out or (lambda msg: bar.write(msg, file=sys.stderr))
     sweep.progress = lambda msg: bar.set_postfix_str(msg, refresh=False)
     size = sweep.group_size(specs)
-    shapes = sweep.group_shapes(specs)  # one compiled shape for every group and lone stage
+    shapes = shapes or sweep.group_shapes(specs)  # one compiled shape for every group and stage
     # runs claimed and driven together: several groups' worth, so each stage group can be
     # formed from stages of similar length (runs of one budget and fraction differ by seed)
     chunk_size = size * RUNS_PER_GROUP_CLAIMED if size > 1 else 1
@@ -172,3 +173,39 @@ def run_experiment(sweep, specs, *, claim=None, tracker=None, out=None, prepare:
     if done.busy:
         out(f"{len(done.busy)} run(s) held by live workers, left to them: " + " ".join(done.busy))
     return done
+
+
+def settle(sweep, specs, *, tolerance: float, max_seeds: int, tracker=None,
+           out: Callable[[str], None] = print, max_rounds: int = 10) -> list[dict]:
+    """Add seeds where a budget's decision is still open (`analysis.settle`): after the grid's
+    runs, while some budget's chosen configuration has a regret bound above `tolerance` and its
+    contenders have fewer than `max_seeds` seeds, run new seeds of those contenders (the specs
+    of the grid with new seed ids: ordinary records, resumable, never a duplicate: a seed with
+    any record is not asked for again), re-analyse and repeat; at most `max_rounds` rounds.
+    Prints one line per round and budget. Returns the records it ran."""
+    from analysis.records import load_records
+    from analysis.settle import plan_seeds
+
+    by_id = {sweep.run_id(s): s for s in specs}
+    shapes = sweep.group_shapes(specs)  # the whole plan's: added seeds reuse its programs
+    added: list[dict] = []
+    for round_ in range(1, max_rounds + 1):
+        plan = plan_seeds(load_records(sweep.workdir / "runs"), tolerance, max_seeds)
+        new = []
+        for req in plan.requests:
+            template = by_id.get(req.run_id)
+            if template is None:  # a record of another sweep in this workdir: not ours to grow
+                continue
+            for seed in req.seeds:
+                spec = dataclasses.replace(template, seed=int(seed))
+                by_id[sweep.run_id(spec)] = spec  # a template for the next rounds too
+                if sweep.status(spec) == "todo":
+                    new.append(spec)
+        for line in plan.status:
+            out(f"settle round {round_}: {line}")
+        if not new:
+            break
+        out(f"settle round {round_}: {len(new)} new run(s)")
+        added += run_experiment(sweep, new, tracker=tracker, shapes=shapes, desc="settle",
+                                show_progress=False, out=lambda msg: None).records
+    return added

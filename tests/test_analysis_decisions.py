@@ -83,8 +83,9 @@ def test_known_surface_regret_bound_covers_and_best_category_survives(n_seeds):
 def test_cells_sharing_a_seed_effect_keep_their_pairing():
     # two variants buying the same weak-only labels: a seed's labeller moves both by the same
     # amount (sd 0.05), their own noise is small (sd 0.002). Drawn independently per cell
-    # (the old resampling) their difference would spread like sqrt(2) x one cell's; drawn
-    # jointly it spreads like their own noise only.
+    # their difference would spread like sqrt(2) x one cell's; drawn on the same seed ids it
+    # spreads like their own noise, plus what shrinking 5 seeds' sample correlation by half a
+    # pseudo-seed leaves (sqrt(0.5 / 4.5) = 0.33 of it)
     recs = synthetic.grid_records(lambda w, o, v: 0.7, budgets=(64,), fractions=(0,),
                                   variants=("seq_sft", "seq_sft+logconf"), n_seeds=5, seed=3,
                                   noise=0.002, labeller_sd=0.05)
@@ -94,7 +95,7 @@ def test_cells_sharing_a_seed_effect_keep_their_pairing():
     ratio = _scale(a - b) / np.hypot(_scale(a), _scale(b))
     print(f"\npaired difference spread / independent spread: {ratio:.2f}")
     assert _scale(a) > 0.01                   # the shared effect is in each cell's band
-    assert ratio < 0.3                        # independent draws give about 1
+    assert ratio < 0.4                        # independent draws give about 1
 
 
 def test_oracle_only_cells_do_not_get_the_spread_of_weak_cells():
@@ -166,7 +167,8 @@ def test_a_cell_missing_seeds_and_a_one_seed_task_are_handled():
     assert all(np.isfinite(b).all() and _scale(b) > 0 for b in res.boot.values())
     notes = " ".join(res.notes)
     print("\n" + "\n".join(res.notes))
-    assert "1 cell(s) have one seed" in notes
+    # the all-weak cell kept 2 seeds, the mixed one 1: both modelled from their budget's pool
+    assert "2 configuration(s) have fewer than 3 seeds" in notes
     assert "no configuration has two seeds" in notes      # the one-seed task, said so
 
 
@@ -192,9 +194,13 @@ def test_decide_picks_the_best_bounds_its_regret_and_rules_out_the_clearly_worse
     assert "quantity-dominant" not in ruled_out_categories(["mixed"], [True])
     one = decide([0.7], np.full((1, 100), 0.7))
     assert one.regret_upper == 0.0 and not one.ruled_out.any()
-    # ties go to the cheaper configuration
-    cells = pd.DataFrame({"accuracy": [0.8, 0.8], "cost": [64.0, 32.0], "variant": "v"})
+    # equal bounds and means: the one with fewer oracle labels
+    cells = pd.DataFrame({"accuracy": [0.8, 0.8], "n_oracle": [32, 0], "n_seeds": 5})
     assert decide([0.8, 0.8], np.full((2, 100), 0.8), cells).chosen == 1
+    # every bound is simultaneous with the chosen one's; the good buys are those within the
+    # tolerance, and here the close runner-up is one, the clearly worse one is not
+    assert d.regret_uppers[0] == d.regret_upper and d.good.tolist() == [True, False, True]
+    assert decide(acc, boot, tolerance=0.001).good.tolist() == [False, False, False]
     with pytest.raises(ValueError, match="level"):
         decide(acc, boot, level=1.5)
 
@@ -221,18 +227,28 @@ def test_main_job_writes_decisions_and_prints_a_line_per_budget(sweep):
     table = pd.read_csv(sweep / "report" / "decisions.csv")
     for col in ("weak_price", "budget", "variant", "n_weak", "n_oracle", "accuracy",
                 "accuracy_lo", "accuracy_hi", "regret_upper", "ruled_out_categories", "model",
-                "weak_labeler", "tasks", "oracle_price", "cost", "n_ruled_out"):
+                "weak_labeler", "tasks", "oracle_price", "cost", "n_ruled_out", "good_buys",
+                "remaining", "expected_accuracy", "expected_lo", "expected_hi",
+                "selection_bias", "seeds"):
         assert col in table.columns, col
     assert set(table["method"]) == {"seq_sft", "all"}
     for budget in calibration.DECISION_BUDGETS:
-        assert f"budget {budget}: buy " in text
-    assert text.index("Decisions") < text.index("Recommendation")
-    assert "below the best measured mix (90%); ruled out: " in text
+        assert f"At {budget} oracle-label units: " in text
+    assert text.index("The answer") < text.index("Decisions") < text.index("Recommendation")
+    # a budget is either settled (good buys) or says what keeps it open
+    settled = table["regret_upper"] <= table["tolerance"]
+    assert (settled == (table["remaining"].fillna("") == "")).all()
+    assert (settled == (table["good_buys"].fillna("") != "")).all()
+    assert "seeds per configuration: " in text
+    assert (table["expected_lo"] <= table["expected_accuracy"]).all()
+    assert (table["expected_accuracy"] <= table["accuracy"] + 1e-9).all()
     assert (table["regret_upper"] >= 0).all()
     assert (table["accuracy_lo"] <= table["accuracy"]).all()
     assert (table["accuracy"] <= table["accuracy_hi"]).all()
     md = (sweep / "report" / "report.md").read_text()
-    assert "## Decisions" in md and "budget 128: buy" in md
+    assert md.index("## The answer") < md.index("## Recommendation") < md.index("## Decisions")
+    assert "At 128 oracle-label units: " in md
+    assert "the data do not separate the regimes" not in md
 
 
 def test_recommend_answers_any_budget_and_price_pair_from_the_affordable_set(sweep):
@@ -245,6 +261,8 @@ def test_recommend_answers_any_budget_and_price_pair_from_the_affordable_set(swe
     assert rec.regret_upper >= 0
     text = rec.summary()
     assert "below the best of the" in text and "ruled out (90%" in text
+    assert "less the bias of having chosen it" in text
+    assert rec.expected_accuracy <= rec.measured_accuracy
     assert "strictly best" not in text and "p = " in text
 
 

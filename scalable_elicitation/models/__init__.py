@@ -260,9 +260,8 @@ def _load_hf_folder(path: pathlib.Path, *, options, **kw) -> ModelBundle:
                         kw["rules"])
     tokenizer = None
     if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
-        from transformers import AutoTokenizer  # seconds to import: only when there is one
-
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        # seconds to import: only when there is one
+        tokenizer = W.transformers_module().AutoTokenizer.from_pretrained(str(path))
     return ModelBundle(model, tokenizer, cfg, str(path), kw["trainable"], lora_cfg, mesh,
                        unused, args)
 
@@ -286,7 +285,7 @@ def _load_gguf(path: pathlib.Path, *, options, **kw) -> ModelBundle:
 def byte_tokenizer():
     """A byte-level tokenizer (one token per byte, ids 0..255; 256 = pad/eos) for tiny models."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    PreTrainedTokenizerFast = W.transformers_module().PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
+import sys
 import re
 from typing import Callable, Iterable
 
@@ -381,10 +383,30 @@ def gguf_config(reader: gguf_file.GGUFFile) -> tuple[ArchConfig, str]:
     return cfg, arch
 
 
+def transformers_module():
+    """`transformers`, imported without its "PyTorch was not found. Models won't be available"
+    advice: this project imports it only for tokenizers and configs, where that line misleads.
+    Only this import is quietened (its advisory-warnings switch is set while the package
+    initialises, then restored); anything transformers says later is left as it is."""
+    if "transformers" in sys.modules:
+        return sys.modules["transformers"]
+    switch = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+    before = os.environ.get(switch)
+    os.environ[switch] = "1"
+    try:
+        import transformers
+    finally:
+        if before is None:
+            os.environ.pop(switch, None)
+        else:
+            os.environ[switch] = before
+    return transformers
+
+
 def gguf_tokenizer(reader: gguf_file.GGUFFile):
     """A transformers fast tokenizer rebuilt from GGUF metadata (byte-level BPE), no torch."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    PreTrainedTokenizerFast = transformers_module().PreTrainedTokenizerFast
 
     kind = gguf_field(reader, "tokenizer.ggml.model")
     if kind != "gpt2":
