@@ -115,20 +115,39 @@ def _op_flops(line: str, shapes: dict) -> float:
         c = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", line)
         k = math.prod(lhs[i] for i in _dims(c.group(1))) if c else 1
         return 2.0 * out * k
-    labels = re.search(r"dim_labels=\w+_(\w+)->", line)  # kernel: input features x window
-    if labels and "o" in labels.group(1):
-        o = labels.group(1).index("o")
-        per_out = math.prod(d for i, d in enumerate(rhs) if i != o)
-    else:
-        per_out = math.prod(rhs[:-1])
-    groups = re.search(r"feature_group_count=(\d+)", line)
-    return 2.0 * out * per_out / (int(groups.group(1)) if groups else 1)
+    # a convolution, as XLA:TPU writes most dots (batch and head dimensions become window
+    # dimensions over padded or dilated inputs): per output element, the kernel's input
+    # features times the window taps that land on real input, per window dimension
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", line)
+    if not labels:
+        return 0.0
+    lhs_l, rhs_l = labels.group(1), labels.group(2)
+    window = re.search(r"window=\{size=([0-9x]+)", line)
+    sizes = [int(v) for v in window.group(1).split("x")] if window else []
+    dilate = re.search(r"lhs_dilate=([0-9x]+)", line)
+    dilation = [int(v) for v in dilate.group(1).split("x")] if dilate else [1] * len(sizes)
+    taps = 1
+    for k, size in enumerate(sizes):
+        length = lhs[lhs_l.index(str(k))] if str(k) in lhs_l else 1
+        taps *= min(-(-size // dilation[k]), length)
+    return 2.0 * out * rhs[rhs_l.index("i")] * taps
 
 
 @dataclasses.dataclass
 class Census:
     flops: float = 0.0
-    collectives: dict = dataclasses.field(default_factory=dict)  # kind -> [count, bytes]
+    # channel (one collective, which XLA:TPU may split over several fusions) -> [kind, count,
+    # bytes]; `collectives` sums them by kind
+    channels: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def collectives(self) -> dict:
+        out: dict = {}
+        for kind, n, b in self.channels.values():
+            entry = out.setdefault(kind, [0, 0])
+            entry[0] += n
+            entry[1] += b
+        return out
     by_op: dict = dataclasses.field(default_factory=dict)  # JAX op name -> FLOPs
     custom_calls: set = dataclasses.field(default_factory=set)
 
@@ -161,10 +180,10 @@ def census(hlo: str, skip_conditionals: bool = True) -> Census:
                 c.by_op[key] = c.by_op.get(key, 0.0) + f
             for kind in COLLECTIVES:
                 if re.search(rf"\s{kind}(-start)?\(", line):
+                    channel = re.search(r"channel_id=(\d+)", line)
+                    key = channel.group(1) if channel else f"{name}:{line[:80]}"
                     lhs = line.split("=", 1)[1].split(kind)[0]
-                    entry = c.collectives.setdefault(kind, [0, 0])
-                    entry[0] += 1
-                    entry[1] += _bytes(lhs)
+                    c.channels.setdefault(key, [kind, 1, _bytes(lhs)])
             cc = re.search(r'custom_call_target="([^"]+)"', line)
             if cc:
                 c.custom_calls.add(cc.group(1))
@@ -191,10 +210,8 @@ def census(hlo: str, skip_conditionals: bool = True) -> Census:
                 for key, f in sub.by_op.items():
                     c.by_op[key] = c.by_op.get(key, 0.0) + times * f
                 c.custom_calls |= sub.custom_calls
-                for kind, (n, b) in sub.collectives.items():
-                    entry = c.collectives.setdefault(kind, [0, 0])
-                    entry[0] += times * n
-                    entry[1] += times * b
+                for key, (kind, n, b) in sub.channels.items():
+                    c.channels.setdefault(key, [kind, times * n, times * b])
         memo[name] = c
         return c
 
