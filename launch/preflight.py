@@ -305,7 +305,10 @@ def row(prog, target, n_devices: int, result: Compiled, attention: str,
                          else "analytic (the GPU compiler gives no cost analysis)"),
         "model_flops_per_step": model,
         "step_time_lower_bound_s": bound,
-        "mfu_ceiling": (model / (n_devices * target.peak_flops * bound)) if bound else None,
+        # at most 1: the analytic count may exceed the compiled one (BERT is counted with
+        # Llama's projections), and a ceiling above 1 says nothing
+        "mfu_ceiling": min(1.0, model / (n_devices * target.peak_flops * bound))
+        if bound else None,
         "collectives": {k: {"count": n, "bytes": b} for k, (n, b) in
                         sorted(c.collectives.items())},
         "attention": attention, "compile_s": round(result.seconds, 1),

@@ -201,3 +201,12 @@ def constrain_rows(x):
     if x.shape[0] % data_parallel_size(mesh, rules):
         return x
     return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim, rules))
+
+
+def traced_platform() -> str:
+    """The platform a step is being traced for: its mesh's devices' (compile-only ones of a
+    preflight target included) while `activation_sharding` is active, else JAX's backend."""
+    ctx = _ACTIVATIONS.get()
+    if ctx is not None:
+        return ctx[0].devices.flat[0].platform
+    return jax.default_backend()
