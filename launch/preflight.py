@@ -500,14 +500,13 @@ def _failure_line(config, config_path, target, prog, result, devices, log) -> st
     if prog.grouped and prog.members > 1:
         return head + f"; --config.parallel_runs=1 or fewer runs per group"
     for flag, changes in _alternatives(config):
-        try:
-            alt = _with(config, changes)
+        try:  # one run: whether the setting fits at all, not how many runs it holds
+            alt = _with(config, {**changes, "parallel_runs": 1})
             p = plan(alt, config_path, target, devices)
             same = [q for q in p.programs if q.name == prog.name]
             if not same:
                 continue
-            q = dataclasses.replace(same[0], members=1)
-            r = compile_program(q, 1)
+            r = compile_program(same[0], 1)
         except Exception as err:  # noqa: BLE001 - an alternative that cannot build
             log(f"  (alternative {flag}: {type(err).__name__}: {err})")
             continue

@@ -252,10 +252,19 @@ def largest_fitting(compile_at: Callable[[int], Memory], memory: int, start: int
         guess = g
     best = max(k for k in seen if ok(k))
     guess = max(guess, best)
-    for _ in range(4):  # confirm the line's prediction, stepping down if the compiler disagrees
-        if ok(guess):
-            return max(best, guess)
-        guess = max(best, int(guess * 0.85))
-        if guess == best:
+    bad = cap + 1  # the smallest size known not to fit
+    for _ in range(5):  # confirm the line's prediction; after a miss, a line through the edge
+        if guess <= best:
             break
+        if ok(guess):  # the line's prediction fits: the line says one more does not
+            best = guess
+            if bad > cap or guess >= bad - 1:
+                break
+            guess = bad - 1
+            continue
+        bad = guess
+        low, high = at(best), at(bad)
+        per = (high.total - low.total) / (bad - best) if high.error is None else 0
+        guess = int(best + (memory - low.total) // per) if per > 0 else best + (bad - best) // 2
+        guess = min(guess, bad - 1)
     return best

@@ -206,3 +206,23 @@ def test_h100_study_attention_reaches_cudnn():
     rows, _ = preflight.run(config, None, "h100x8", search=False, log=lambda m: None)
     loop = [r for r in rows if r["program"] == "train_loop"][0]
     assert "cudnn" in loop["attention"]
+
+
+@pytest.mark.parametrize("start", [1, 4, 40])
+def test_largest_fitting_group_is_found_by_a_few_compiles(start):
+    """`aot.largest_fitting` against a 'compiler' whose bytes grow 3 per member from 10, with
+    a bump the line through two sizes does not predict: the edge is found, by few compiles."""
+    from scalable_elicitation import aot
+    calls = []
+
+    def compile_at(g):
+        calls.append(g)
+        return aot.Memory(0, 0, 10 + 3 * g + (2 if g > 11 else 0), 0)
+
+    # 10 + 3g + 2 <= 50 -> g <= 12
+    assert aot.largest_fitting(compile_at, 50, start, 64) == 12
+    assert len(calls) <= 8 and len(set(calls)) == len(calls)
+    assert aot.largest_fitting(compile_at, 12, start, 64) == 0  # one run does not fit
+    refused = aot.largest_fitting(lambda g: aot.Memory(0, 0, 99, 0, "RESOURCE_EXHAUSTED"),
+                                  50, start, 64)
+    assert refused == 0
