@@ -44,13 +44,20 @@ from launch import targets as targets_lib  # noqa: E402
 from scalable_elicitation import aot  # noqa: E402
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
-                                          lock_config=True)
-_TARGET = flags.DEFINE_string("target", None, "Accelerator target: " + ", ".join(
-    targets_lib.TARGETS) + ".")
-_OUT = flags.DEFINE_string("out", None, "Write the table as JSON here.")
-_SEARCH = flags.DEFINE_bool("search", True, "Find each grouped program's largest fitting "
-                            "group by compiling (a few more compiles).")
+_CONFIG = _TARGET = _OUT = _SEARCH = None
+
+
+def define_flags() -> None:
+    """The command line's flags, defined when it runs (not on import: the main job defines
+    --config too, and a test process imports both)."""
+    global _CONFIG, _TARGET, _OUT, _SEARCH
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
+                                              lock_config=True)
+    _TARGET = flags.DEFINE_string("target", None, "Accelerator target: " + ", ".join(
+        targets_lib.TARGETS) + ".")
+    _OUT = flags.DEFINE_string("out", None, "Write the table as JSON here.")
+    _SEARCH = flags.DEFINE_bool("search", True, "Find each grouped program's largest fitting "
+                                "group by compiling (a few more compiles).")
 
 GIB = 1 << 30
 NO_WORKDIR = "/nonexistent/preflight"  # a planner needs a path; nothing is ever written there
@@ -552,5 +559,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flag_as_required("config")
     app.run(lambda argv: sys.exit(main(argv)))

@@ -26,6 +26,7 @@ from scalable_elicitation.models import weights as W
 from scalable_elicitation.models.bert import BertModel
 from scalable_elicitation.models.config import (TRAINABLE_SCOPES, ArchConfig, LoraConfig,
                                                 from_hf_config)
+from scalable_elicitation.models.known import arch_config
 from scalable_elicitation.models.llama import LlamaModel
 from scalable_elicitation.sharding import DEFAULT_RULES, freeze_rules, make_mesh, state_shardings
 
@@ -167,15 +168,21 @@ def abstract_bundle(source: str, *, num_labels: int = 2, dtype: str = "bfloat16"
     `jax.ShapeDtypeStruct` carrying the sharding the real load gives it on `mesh` (which may
     be made of compile-only devices), for compiling a model's programs ahead of time
     (launch/preflight.py). The architecture comes from `known.arch_config`: no download."""
-    from scalable_elicitation.models.known import arch_config
-
     if trainable not in TRAINABLE_SCOPES:
         raise ValueError(f"trainable={trainable!r}; allowed: {TRAINABLE_SCOPES}")
     if trainable == "lora" and lora is None:
         lora = LoraConfig()
     if trainable != "lora":
         lora = None
-    cfg = arch_config(source, pooling=pooling, attention=attention)
+    src = str(source)
+    if src.startswith("tiny:"):
+        if src.split(":", 1)[1] not in TINY_CONFIGS:
+            raise ValueError(f"unknown tiny model {src!r}; allowed: "
+                             f"{['tiny:' + k for k in TINY_CONFIGS]}")
+        options = {k: v for k, v in (("pooling", pooling), ("attention", attention)) if v}
+        cfg = dataclasses.replace(TINY_CONFIGS[src.split(":", 1)[1]], **options)
+    else:
+        cfg = arch_config(src, pooling=pooling, attention=attention)
     param_dtype = jnp.dtype(jnp.float32 if trainable == "full" else _dtype(dtype)).name
     _, graphdef, state, shardings = _abstract_model(cfg, num_labels, lora, param_dtype,
                                                     compute_dtype, remat, mesh,

@@ -1,7 +1,7 @@
 """Architectures the project knows by name, so a model can be built abstractly (shapes and
 shardings, no weights) without a download: the study's hub models by their Hugging Face ids
 (their `config.json` fields, as published), the offline assets (whose installed folders hold a
-`config.json`), tiny test models, a local Hugging Face folder or a `.gguf` file (header only).
+`config.json`), a local Hugging Face folder or a `.gguf` file (header only).
 
     cfg = arch_config("meta-llama/Meta-Llama-3-8B")   # an ArchConfig, nothing downloaded
 """
@@ -37,20 +37,14 @@ HUB_CONFIGS = {
 
 def arch_config(source: str, *, pooling: str | None = None, attention: str | None = None
                 ) -> ArchConfig:
-    """The `ArchConfig` of a model source (`models.load_pretrained`'s kinds) read without its
-    weights; `pooling` and `attention` override the family's as `load_pretrained` does."""
+    """The `ArchConfig` of a model source (`models.load_pretrained`'s kinds but `tiny:`, which
+    `models.abstract_bundle` knows) read without its weights; `pooling` and `attention`
+    override the family's as `load_pretrained` does."""
     from scalable_elicitation import assets
-    from scalable_elicitation.models import TINY_CONFIGS
     from scalable_elicitation.models import weights as W
 
     src = str(source)
-    if src.startswith("tiny:"):
-        name = src.split(":", 1)[1]
-        if name not in TINY_CONFIGS:
-            raise ValueError(f"unknown tiny model {src!r}; allowed: "
-                             f"{['tiny:' + k for k in TINY_CONFIGS]}")
-        cfg = TINY_CONFIGS[name]
-    elif src in HUB_CONFIGS:
+    if src in HUB_CONFIGS:
         cfg = from_hf_config(HUB_CONFIGS[src], pooling=pooling)
     elif src in assets.ASSETS:
         cfg = W.hf_config_from_folder(assets.asset_path(src), pooling)
@@ -63,7 +57,6 @@ def arch_config(source: str, *, pooling: str | None = None, attention: str | Non
         raise ValueError(
             f"model {src!r} is not known without a download: use a hub id the project knows "
             f"({', '.join(HUB_CONFIGS)}), an asset ({', '.join(sorted(assets.ASSETS))}), "
-            "tiny:llama / tiny:bert, a local Hugging Face folder with config.json or a .gguf "
-            "file")
+            "a local Hugging Face folder with config.json or a .gguf file")
     options = {k: v for k, v in (("pooling", pooling), ("attention", attention)) if v}
     return dataclasses.replace(cfg, **options)
