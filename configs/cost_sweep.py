@@ -196,6 +196,9 @@ def get_config(arg=None):
         c.train.lr = STUDY_LORA_LR
         c.train.batch_size = 32
         c.train.micro_batch = 1  # the study's: 32 passes of one sequence, gradients summed
+        # the base sharded over every device (FSDP): an 8B model's bfloat16 weights (15 GiB)
+        # replicated do not fit a v5e chip's 15.75 GiB (docs/preflight.md)
+        c.mesh.data, c.mesh.fsdp = 1, -1
         c.train.max_visits = 30000
         c.train.eval_every = 50
         c.train.patience = 4

@@ -23,6 +23,12 @@ Environment (optional):
   SE_SKIP_INSTALL=1  reuse the code already installed on the workers
   SE_SHIP_DIRTY=1    ship the working tree with its uncommitted changes (by default the install
                   ships commit HEAD and refuses while there are uncommitted changes)
+  SE_PREFLIGHT_PYTHON  the Python (with the tpu extra) that runs the preflight (default python3)
+  SE_SKIP_PREFLIGHT=1  launch without the preflight
+
+Preflight: before any VM is created, launch/preflight.py compiles the sweep's programs for
+TPU_TYPE on this machine (CPU only; needs the tpu extra) and stops the launch when one does not
+fit the TPU's memory (exit 3) or JAX cannot compile for it (exit 2). See docs/preflight.md.
 
 Install: on every worker, a Python >= 3.11 (fetched with uv when the image's python3 is older)
 and the same set-up as scripts/bootstrap.sh with the tpu extra (package, jax[tpu], offline
@@ -106,6 +112,23 @@ if [[ -n "${TPU_PROJECT:-}" ]]; then where+=(--project="$TPU_PROJECT"); fi
 remote_dir="${SE_REMOTE_DIR:-scalable_elicitation}"
 rdir="$(printf '%q' "$remote_dir")"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# The preflight (launch/preflight.py, docs/preflight.md): the sweep's programs compiled for
+# TPU_TYPE on this machine's CPU before any VM exists; a config that does not fit, or a JAX
+# that cannot compile for TPUs, stops the launch here with the preflight's own lines.
+if [[ "${SE_SKIP_PREFLIGHT:-0}" != 1 ]]; then
+  pre=()
+  for arg in "$@"; do
+    case "$arg" in --config=*|--config.*) pre+=("$arg") ;; esac
+  done
+  (cd "$repo" && JAX_PLATFORMS=cpu "${SE_PREFLIGHT_PYTHON:-python3}" -m launch.preflight \
+    "${pre[@]}" --target="$TPU_TYPE") && status=0 || status=$?
+  if [[ "$status" -ne 0 ]]; then
+    echo "tpu_vm.sh: the preflight for $TPU_TYPE failed (exit $status, above); no VM was" \
+      "created. Fix the config, or set SE_SKIP_PREFLIGHT=1 to launch anyway" >&2
+    exit "$status"
+  fi
+fi
 
 # Pack the code first, so that a refusal comes before a VM is created.
 archive=""

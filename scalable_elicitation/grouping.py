@@ -24,6 +24,10 @@ GROUP_SHARDINGS = ("auto", "rows", "runs")
 # time there. An accelerator reads the shared frozen base once per step for all members.
 MAX_AUTO_GROUP = {("cpu", True): 8, ("cpu", False): 1}
 MAX_AUTO_GROUP_ACCELERATOR = 64
+# On an accelerator the memory model's group size is checked by compiling the group loop
+# (`runner.compiled_group_size`): the largest group whose compiled bytes stay within this share
+# of a device's memory (the rest for the runtime, the scoring step's buffers and fragmentation).
+COMPILED_SHARE = 0.9
 RUNS_PER_GROUP_CLAIMED = 4  # a worker claims (and drives) this many groups' runs at once
 
 

@@ -63,19 +63,27 @@ class LearnerConfig:
                              f"{max(self.buckets)}; add a bucket >= max_length")
 
 
+def learner_mesh(cfg: LearnerConfig, devices=None):
+    """(mesh, global rows per forward and backward pass) of a learner: `cfg.mesh` over
+    `devices` (default all; compile-only devices of a target for launch/preflight.py), after
+    checking that the batch and micro-batch divide over its data-parallel devices."""
+    mesh = make_mesh(dict(cfg.mesh), devices=devices)
+    dp = data_parallel_size(mesh)
+    if cfg.batch_size % dp:
+        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the "
+                         f"data-parallel size {dp} of mesh {dict(mesh.shape)}")
+    micro = cfg.micro_batch * dp
+    if cfg.micro_batch < 0 or (micro and cfg.batch_size % micro):
+        raise ValueError(f"micro_batch={cfg.micro_batch} rows per device on {dp} "
+                         f"data-parallel devices must divide batch_size={cfg.batch_size} "
+                         "(0: the whole batch in one pass)")
+    return mesh, micro
+
+
 class Learner:
     def __init__(self, cfg: LearnerConfig, cache_dir: str | os.PathLike | None = None):
         self.cfg = cfg
-        mesh = make_mesh(dict(cfg.mesh))
-        dp = data_parallel_size(mesh)
-        if cfg.batch_size % dp:
-            raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the "
-                             f"data-parallel size {dp} of mesh {dict(mesh.shape)}")
-        micro = cfg.micro_batch * dp
-        if cfg.micro_batch < 0 or (micro and cfg.batch_size % micro):
-            raise ValueError(f"micro_batch={cfg.micro_batch} rows per device on {dp} "
-                             f"data-parallel devices must divide batch_size={cfg.batch_size} "
-                             "(0: the whole batch in one pass)")
+        mesh, micro = learner_mesh(cfg)
         lora = (LoraConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
                 if cfg.trainable == "lora" else None)
         # full finetuning keeps float32 master weights and computes in `dtype`

@@ -236,3 +236,29 @@ def xla_bytes(analysis) -> int:
     and temporaries, less the outputs that reuse donated arguments (aliased)."""
     return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+
+
+def forward_flops(arch: Arch, tokens: int, length: int, lora_rank: int = 0,
+                  lora_targets=PROJECTIONS) -> float:
+    """Multiply-add FLOPs (2 per multiply-add) of one forward pass over `tokens` tokens in
+    sequences of `length`: every block's projections, the attention's two products over all
+    `length` keys (the masked half is computed too), LoRA's low-rank products; no LM head
+    (the classifier's is negligible)."""
+    shapes = arch.projection_shapes()
+    per_token = sum(i * o for i, o in shapes.values())
+    per_token += lora_rank * sum(shapes[t][0] + shapes[t][1] for t in lora_targets)
+    attention = 2 * arch.heads * arch.head_dim * length
+    return 2.0 * arch.layers * tokens * (per_token + attention)
+
+
+def train_flops(arch: Arch, scope: str, tokens: int, length: int, lora_rank: int = 8,
+                lora_targets=PROJECTIONS) -> float:
+    """FLOPs of one training step (forward and backward) over `tokens` tokens: the forward
+    pass, the backward pass's input gradients (as much again), and weight gradients (as much
+    again) only for trained matrices: all of them for `full`, LoRA's factors for `lora`."""
+    rank = lora_rank if scope == "lora" else 0
+    forward = forward_flops(arch, tokens, length, rank, lora_targets)
+    if scope == "full":
+        return 3.0 * forward
+    lora = forward_flops(arch, tokens, 0, rank, lora_targets) - forward_flops(arch, tokens, 0)
+    return 2.0 * forward + lora

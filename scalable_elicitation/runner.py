@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from scalable_elicitation import grouping, groups, memory, records, schedules
+from scalable_elicitation import aot, grouping, groups, memory, records, schedules
 from scalable_elicitation.checkpoint import remove_run_checkpoints
 from scalable_elicitation.data import PoolExhaustedError
 from scalable_elicitation.methods import InfeasibleRun
@@ -67,20 +67,22 @@ class Sweep(Planner):
         axis = groups.run_mesh_axis(mesh, self.config.get("group_sharding", "auto"),
                                     len(specs))
         devices = 1 if axis is None else mesh.shape[axis]  # whole runs spread over them
-        return auto_group_size(self.data.learner, largest, len(specs), devices=devices)
+        start = auto_group_size(self.data.learner, largest, len(specs), devices=devices)
+        device = jax.local_devices()[0]
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+        if device.platform == "cpu" or not limit:
+            return start
+        # an accelerator: the memory model's size checked, and corrected, by the compiler
+        learner = self.data.learner
+        lrn = aot.learned(learner.cfg, list(mesh.devices.flat))
+        return compiled_group_size(lrn, self.config, specs, limit, start,
+                                   min(len(specs), grouping.max_auto_group(
+                                       device.platform, learner.probe)))
 
     def group_shapes(self, specs) -> groups.Shapes:
         """The padded shapes of every group of these runs: their largest stage's training
         and validation rows and steps, and the group size, so the loop compiles once."""
-        c, sizes = self.config, {n for s in specs for n in (s.n_weak, s.n_oracle) if n > 0}
-        rows = val = steps = 0
-        for n in sizes:
-            cfg = schedules.stage_config(c, "oracle", n)
-            tr, va = split_validation(n, cfg, np.random.default_rng(0))  # sizes only
-            rows, val = max(rows, len(tr)), max(val, len(va))
-            steps = max(steps, stage_schedule(len(tr), len(va), cfg,
-                                              c.train.batch_size).total)
-        return groups.Shapes(rows, val, steps, self.group_size(specs))
+        return groups.Shapes(*stage_shapes(self.config, specs), self.group_size(specs))
 
     def prepare(self, seeds) -> None:
         """Load each seed's task and weak labels up front, so bad data fails once, clearly,
@@ -165,15 +167,48 @@ class Sweep(Planner):
         del live[i]
 
 
-def resolve_auto_dtype(config):
+def compiled_group_size(lrn, config, specs, memory_bytes: int, start: int, cap: int,
+                        compile_at=None, seen: dict | None = None) -> int:
+    """The largest group of these runs whose compiled group loop (`aot.loop_program` of the
+    learner `lrn`, at the sweep's stage shapes) needs at most `grouping.COMPILED_SHARE` of
+    `memory_bytes` per device, searched from `start` (the memory model's size) by compiling
+    (`aot.largest_fitting`); at least 1. `compile_at(program, size)` defaults to
+    `aot.compile_memory`. Used by `Sweep.group_size` on an accelerator, and by
+    launch/preflight.py for a target, so both choose the same size."""
+    rows, val_rows, steps = stage_shapes(config, specs)
+    prog = aot.loop_program("", lrn, loss=config.loss, rows=rows, val_rows=val_rows,
+                            steps=steps, members=start,
+                            group_sharding=config.get("group_sharding", "auto"))
+    compile_at = compile_at or aot.compile_memory
+    size = aot.largest_fitting(lambda g: compile_at(prog, g),
+                               int(grouping.COMPILED_SHARE * memory_bytes), start, cap, seen)
+    return max(1, size)
+
+
+def stage_shapes(config, specs) -> tuple[int, int, int]:
+    """(training rows, validation rows, steps) of the largest stage of these runs: the sizes
+    every group of a sweep is padded to (`Sweep.group_shapes`)."""
+    sizes = {n for s in specs for n in (s.n_weak, s.n_oracle) if n > 0}
+    rows = val = steps = 0
+    for n in sizes:
+        cfg = schedules.stage_config(config, "oracle", n)
+        tr, va = split_validation(n, cfg, np.random.default_rng(0))  # sizes only
+        rows, val = max(rows, len(tr)), max(val, len(va))
+        steps = max(steps, stage_schedule(len(tr), len(va), cfg,
+                                          config.train.batch_size).total)
+    return rows, val, steps
+
+
+def resolve_auto_dtype(config, platform: str | None = None):
     """The config with `dtype="auto"` made concrete for this backend: float32 on CPU,
     bfloat16 on GPU and TPU (float32 matmuls run as TF32 or several bfloat16 passes there, at
     about half the speed and twice the memory). Resolved before anything is hashed, so a run's
-    id and record name the dtype it used, and a CPU sweep's records are those of float32."""
+    id and record name the dtype it used, and a CPU sweep's records are those of float32.
+    `platform`: the backend it will run on (default JAX's; a preflight names its target's)."""
     if config.get("dtype") != "auto":
         return config
     config = config.copy_and_resolve_references()
-    config.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    config.dtype = "float32" if (platform or jax.default_backend()) == "cpu" else "bfloat16"
     return config
 
 
@@ -185,20 +220,28 @@ def auto_group_size(learner, largest_stage: int, n_runs: int, *, memory_share: f
     bucket, and the largest stage's rows as training and as validation data) against the free
     memory of the devices a group spreads over (`groups.device_memory`). The frozen base is
     not counted: it is loaded already, so the devices' free memory excludes it."""
-    cfg, bundle = learner.cfg, learner.bundle
     platform, free = groups.device_memory(devices)
+    estimate = member_estimate(learner.cfg, learner.bundle, learner.steps.micro_batch,
+                               learner.probe, largest_stage, platform)
+    cap = cap or grouping.max_auto_group(platform, learner.probe)
+    return grouping.auto_group_size(estimate.per_member, free, n_runs, cap, memory_share)
+
+
+def member_estimate(cfg, bundle, micro_batch: int, probe: bool, largest_stage: int,
+                    platform: str) -> memory.Estimate:
+    """`memory.estimate` for a learner's config and model (`cfg` a `LearnerConfig`, `bundle`
+    its model, loaded or abstract): the numbers `auto_group_size` sizes groups with, and
+    launch/preflight.py sets beside the compiler's."""
     length = min([b for b in cfg.buckets if b >= cfg.max_length] or [max(cfg.buckets)])
     targets = (bundle.lora.targets or bundle.config.lora_targets) if bundle.lora else ()
-    estimate = memory.estimate(
-        memory.Arch.of(bundle.config), scope="head" if learner.probe else cfg.trainable,
+    return memory.estimate(
+        memory.Arch.of(bundle.config), scope="head" if probe else cfg.trainable,
         batch_size=cfg.batch_size, length=length,
         param_dtype=bundle.build_args.get("param_dtype", cfg.dtype),
         compute_dtype=bundle.build_args.get("compute_dtype") or cfg.dtype,
-        micro_batch=learner.steps.micro_batch, remat=cfg.remat, train_rows=largest_stage,
+        micro_batch=micro_batch, remat=cfg.remat, train_rows=largest_stage,
         val_rows=largest_stage, lora_rank=cfg.lora_rank, lora_targets=targets,
-        platform=platform)
-    cap = cap or grouping.max_auto_group(platform, learner.probe)
-    return grouping.auto_group_size(estimate.per_member, free, n_runs, cap, memory_share)
+        platform=platform, attention=cfg.attention)
 
 
 @dataclasses.dataclass

@@ -6,6 +6,8 @@ does not divide (SmolLM2's 9 heads on tensor=2) is replicated with a warning, no
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
 from typing import Mapping, Sequence
 
@@ -167,3 +169,44 @@ def broadcast_flag(value: bool) -> bool:
     """Process 0's decision, on every process (a collective, as `broadcast_int`): decisions
     made from a process's own clock (when to save) must not split between processes."""
     return bool(broadcast_int(1 if value else 0))
+
+
+# The mesh a step is being traced for, while `Steps` traces it (`activation_sharding`).
+_ACTIVATIONS: contextvars.ContextVar = contextvars.ContextVar("activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules=DEFAULT_RULES):
+    """While a step is traced: the mesh over which `constrain_rows` splits activations."""
+    token = _ACTIVATIONS.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVATIONS.reset(token)
+
+
+def constrain_rows(x):
+    """`x` [rows, ...] with its rows split over the batch's mesh axes, when a step for a mesh
+    that shards weights (fsdp or tensor > 1) is being traced. Without it XLA's propagation,
+    seeing weights split on their input dimension, split the contraction instead and kept
+    every row of every activation on every device (an 8B LoRA step on v5e-8: 0.9 GiB of
+    saved MLP activations a member where 0.1 would do; docs/preflight.md). A data-parallel
+    mesh needs none (its rows stay split), and whole runs on devices must not be split."""
+    ctx = _ACTIVATIONS.get()
+    if ctx is None:
+        return x
+    mesh, rules = ctx
+    if mesh.shape.get("fsdp", 1) * mesh.shape.get("tensor", 1) == 1:
+        return x
+    if x.shape[0] % data_parallel_size(mesh, rules):
+        return x
+    return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim, rules))
+
+
+def traced_platform() -> str:
+    """The platform a step is being traced for: its mesh's devices' (compile-only ones of a
+    preflight target included) while `activation_sharding` is active, else JAX's backend."""
+    ctx = _ACTIVATIONS.get()
+    if ctx is not None:
+        return ctx[0].devices.flat[0].platform
+    return jax.default_backend()

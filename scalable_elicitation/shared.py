@@ -19,14 +19,15 @@ from scalable_elicitation.learner import Learner, LearnerConfig
 from scalable_elicitation.prompt_inputs import SeedPrompts
 
 
-def learner_config(config) -> LearnerConfig:
+def learner_config(config, platform: str | None = None) -> LearnerConfig:
     """The learner a (run's) config asks for: model, trainable scope, lengths, batch, mesh,
     attention (`auto`: fused on GPUs and TPUs, our einsum path on CPU, where it is the
-    reference the fused one is checked against)."""
+    reference the fused one is checked against). `platform`: the backend it will run on
+    (default JAX's; launch/preflight.py names its target's)."""
     c = config
     attention = c.get("attention", "einsum")
     if attention == "auto":
-        attention = "einsum" if jax.default_backend() == "cpu" else "fused"
+        attention = "einsum" if (platform or jax.default_backend()) == "cpu" else "fused"
     return LearnerConfig(
         c.model, trainable=c.trainable, dtype=c.dtype, lora_rank=c.lora.rank,
         lora_alpha=c.lora.alpha, lora_dropout=c.lora.dropout, max_length=c.max_length,

@@ -18,7 +18,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from scalable_elicitation.models import ModelBundle
-from scalable_elicitation.sharding import state_shardings
+from scalable_elicitation.sharding import activation_sharding, state_shardings
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,8 +219,10 @@ class Steps:
 
     # -- forward ----------------------------------------------------------------------------
     def logits(self, params, frozen, batch, dropout_key=None):
-        """Class logits [B, 2] of a batch (traceable; not jitted by itself)."""
-        return self._logits_fn(params, frozen, batch, dropout_key)
+        """Class logits [B, 2] of a batch (traceable; not jitted by itself); activations'
+        rows split over the mesh's batch axes (`sharding.constrain_rows`)."""
+        with activation_sharding(self.mesh):
+            return self._logits_fn(params, frozen, batch, dropout_key)
 
     def _train_step(self, loss_kind, state: TrainState, frozen, batch, hp):
         self.compiles["train"] += 1  # runs at trace time only
@@ -250,7 +252,10 @@ class Steps:
         batch's weight, so the sum is the whole-batch mean. `logconf`'s self-labels need the
         whole batch's quantile, so its targets come from a forward pass over every
         micro-batch first (no gradient). A micro-batch with no real rows (a short batch's
-        padding) is skipped when the step runs alone (under `jax.vmap` both branches run)."""
+        padding) is computed like any other (its loss and gradients are zero): the step
+        always runs under the group loop's `jax.vmap`, where a `lax.cond` that skipped it
+        became a select whose operands, the frozen base among them, were copied once per
+        member (a 0.5B model's blocks per member on TPU; docs/preflight.md)."""
         micro = self.micro_batch
         n = batch["weight"].shape[0] // micro
 
@@ -279,9 +284,7 @@ class Steps:
                 logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
                 return (-(tg * logp).sum(-1) * mb["weight"]).sum() / total
 
-            loss, grads = jax.lax.cond(
-                mb["weight"].sum() > 0, lambda: jax.value_and_grad(loss_fn)(params),
-                lambda: (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params)))
+            loss, grads = jax.value_and_grad(loss_fn)(params)
             return (acc[0] + loss,
                     jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc[1], grads)), None
 

@@ -3,6 +3,9 @@
 # on CPU with 8 fake devices (tests/conftest.py sets them). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the tpu extra (libtpu) too: tests/test_preflight.py compiles the sweep's real programs for
+# TPU topologies on this CPU (docs/preflight.md); without it those tests skip, saying why
+export SE_EXTRAS="${SE_EXTRAS:-test,analysis,tpu}"
 bash scripts/bootstrap.sh
 VENV="${SE_VENV:-.venv}"
 export JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1

@@ -132,7 +132,7 @@ def _run_sbatch(tmp_path, env_extra):
     _write_exe(bin_dir / "srun", STUB_SRUN)
     task = _write_exe(bin_dir / "stub-python", STUB_TASK)
     env = _clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", STUB_LOG=str(log),
-                     PYTHON=str(task), **env_extra)
+                     PYTHON=str(task), **{"SE_SKIP_PREFLIGHT": "1", **env_extra})
     out = subprocess.run(["bash", str(ROOT / "launch/gpu_slurm.sbatch"), "--config=c.py",
                           "--workdir=w", "--shard=0/1"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
@@ -309,7 +309,7 @@ def _run_tpu(tmp_path, tpu_type, *args, worker=False, repo=None, **env_extra):
     _write_exe(bin_dir / "gcloud", STUB_GCLOUD)
     env = _clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", STUB_LOG=str(log),
                      STUB_BIN=str(bin_dir), TPU_NAME="se-test", TPU_ZONE="zone-a",
-                     TPU_TYPE=tpu_type, **env_extra)
+                     TPU_TYPE=tpu_type, **{"SE_SKIP_PREFLIGHT": "1", **env_extra})
     if worker:  # emulate one worker with the image's Python 3.10 and nothing newer on PATH
         home, wbin = tmp_path / "worker", tmp_path / "worker-bin"
         for d in (home, wbin):
@@ -481,3 +481,68 @@ def test_local_never_more_workers_than_gpus_unless_asked(tmp_path, env, gpus_lis
     sharing = env.get("SE_SHARE_DEVICES") == "1"
     assert all(w["PREALLOCATE"] == ("false" if sharing else "unset") for w in workers)
 
+
+
+# the preflight's interpreter: records its arguments and exits with STUB_PREFLIGHT_EXIT
+STUB_PREFLIGHT = r"""#!/usr/bin/env bash
+printf '%s\n' "$@" > "$STUB_LOG/preflight.args"
+echo "DOES NOT FIT: train_loop on v5p-8: needs 99.00 GiB per device" >&2
+exit "${STUB_PREFLIGHT_EXIT:-0}"
+"""
+
+
+@pytest.mark.parametrize("code", [0, 2, 3])
+def test_tpu_preflight_gates_the_vm(tmp_path, code):
+    """The preflight runs for TPU_TYPE with the config flags only, before any gcloud call
+    that creates or installs; a failing one stops the launch with its exit code."""
+    stub = _write_exe(tmp_path / "preflight-python", STUB_PREFLIGHT)
+    out, calls = _run_tpu(tmp_path, "v5p-8", *ARGS, "--config.train.lr=0.1", "--shard=0/2",
+                          SE_SKIP_INSTALL="1", SE_SKIP_PREFLIGHT="0",
+                          SE_PREFLIGHT_PYTHON=str(stub), STUB_PREFLIGHT_EXIT=str(code))
+    args = (tmp_path / "log" / "preflight.args").read_text().splitlines()
+    assert args == ["-m", "launch.preflight", "--config=configs/cost_sweep.py:lora",
+                    "--config.train.lr=0.1", "--target=v5p-8"]
+    assert out.returncode == code, out.stderr
+    if code:
+        assert not calls, calls  # no VM described, created or used
+        assert "DOES NOT FIT" in out.stderr and "SE_SKIP_PREFLIGHT=1" in out.stderr
+    else:
+        assert any(c[3] == "create" for c in calls)
+
+
+def test_tpu_skip_preflight_runs_none(tmp_path):
+    stub = _write_exe(tmp_path / "preflight-python", STUB_PREFLIGHT)
+    out, calls = _run_tpu(tmp_path, "v5p-8", *ARGS, SE_SKIP_INSTALL="1",
+                          SE_SKIP_PREFLIGHT="1", SE_PREFLIGHT_PYTHON=str(stub),
+                          STUB_PREFLIGHT_EXIT="3")
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "log" / "preflight.args").exists()
+
+
+def _sbatch_preflight(tmp_path, **env_extra):
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    for d in (bin_dir, log):
+        d.mkdir(exist_ok=True)
+    _write_exe(bin_dir / "srun", STUB_SRUN)
+    python = _write_exe(bin_dir / "stub-python", STUB_PREFLIGHT)
+    env = _clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}", STUB_LOG=str(log),
+                     PYTHON=str(python), **_allocation(tmp_path, 1, 8, "gpus-per-node"),
+                     **env_extra)
+    return subprocess.run(["bash", str(ROOT / "launch/gpu_slurm.sbatch"), "--config=c.py:study",
+                           "--workdir=w", "--config.model=m"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60), log
+
+
+def test_slurm_preflight_failure_starts_no_srun(tmp_path):
+    out, log = _sbatch_preflight(tmp_path, SE_PREFLIGHT_TARGET="h100x8", STUB_PREFLIGHT_EXIT="3")
+    assert out.returncode == 3 and "DOES NOT FIT" in out.stderr
+    assert "SE_SKIP_PREFLIGHT=1" in out.stderr
+    assert not (log / "srun.args").exists()
+    assert (log / "preflight.args").read_text().splitlines() == [
+        "-m", "launch.preflight", "--config=c.py:study", "--config.model=m", "--target=h100x8"]
+
+
+def test_slurm_preflight_needs_its_target_or_the_switch(tmp_path):
+    out, log = _sbatch_preflight(tmp_path)
+    assert out.returncode == 2 and "SE_PREFLIGHT_TARGET" in out.stderr
+    assert not (log / "srun.args").exists()

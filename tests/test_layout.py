@@ -23,7 +23,7 @@ LAYERS = (
     ("train", "checkpoint"),
     ("stage",),
     ("learner", "groups"),
-    ("labelers", "methods", "selection", "prompt_inputs"),
+    ("labelers", "methods", "selection", "prompt_inputs", "aot"),
     ("records", "planning", "schedules"),
     ("shared",),
     ("run_program",),

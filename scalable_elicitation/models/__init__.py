@@ -26,11 +26,13 @@ from scalable_elicitation.models import weights as W
 from scalable_elicitation.models.bert import BertModel
 from scalable_elicitation.models.config import (TRAINABLE_SCOPES, ArchConfig, LoraConfig,
                                                 from_hf_config)
+from scalable_elicitation.models.known import arch_config
 from scalable_elicitation.models.llama import LlamaModel
 from scalable_elicitation.sharding import DEFAULT_RULES, freeze_rules, make_mesh, state_shardings
 
 __all__ = ["ArchConfig", "LoraConfig", "ModelBundle", "load_pretrained", "build_model",
-           "trainable_filter", "WeightImportError", "TINY_CONFIGS", "from_hf_config"]
+           "trainable_filter", "WeightImportError", "TINY_CONFIGS", "from_hf_config",
+           "abstract_bundle"]
 
 WeightImportError = W.WeightImportError
 
@@ -133,10 +135,9 @@ def build_model(cfg: ArchConfig, *, num_labels=2, dtype="float32", compute_dtype
     return nnx.merge(graphdef, state), lora, mesh, args
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled_init(cfg, num_labels, lora, param_dtype, compute_dtype, remat, mesh, rules):
-    """(graphdef, jitted init(key) -> sharded state), cached: random init compiles slowly on
-    CPU (threefry), and sweeps and tests build the same architecture many times."""
+def _abstract_model(cfg, num_labels, lora, param_dtype, compute_dtype, remat, mesh, rules):
+    """(create(key) -> model, graphdef, abstract state, its shardings on `mesh`): the one
+    place that decides where a model's weights live, for a real init and an abstract one."""
     cls = _model_class(cfg)
 
     def create(key):
@@ -145,9 +146,53 @@ def _compiled_init(cfg, num_labels, lora, param_dtype, compute_dtype, remat, mes
 
     abstract = nnx.eval_shape(lambda: create(jax.random.key(0)))
     graphdef, abstract_state = nnx.split(abstract)
-    shardings = state_shardings(abstract_state, mesh, rules)
+    return create, graphdef, abstract_state, state_shardings(abstract_state, mesh, rules)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(cfg, num_labels, lora, param_dtype, compute_dtype, remat, mesh, rules):
+    """(graphdef, jitted init(key) -> sharded state), cached: random init compiles slowly on
+    CPU (threefry), and sweeps and tests build the same architecture many times."""
+    create, graphdef, _, shardings = _abstract_model(cfg, num_labels, lora, param_dtype,
+                                                     compute_dtype, remat, mesh, rules)
     init = jax.jit(lambda key: nnx.state(create(key)), out_shardings=shardings)
     return graphdef, init
+
+
+def abstract_bundle(source: str, *, num_labels: int = 2, dtype: str = "bfloat16",
+                    compute_dtype: str | None = None, lora: LoraConfig | None = None,
+                    trainable: str = "lora", mesh=None, rules=DEFAULT_RULES,
+                    pooling: str | None = None, remat: bool = False,
+                    attention: str | None = None) -> ModelBundle:
+    """`load_pretrained`'s bundle without weights or tokenizer: every parameter a
+    `jax.ShapeDtypeStruct` carrying the sharding the real load gives it on `mesh` (which may
+    be made of compile-only devices), for compiling a model's programs ahead of time
+    (launch/preflight.py). The architecture comes from `known.arch_config`: no download."""
+    if trainable not in TRAINABLE_SCOPES:
+        raise ValueError(f"trainable={trainable!r}; allowed: {TRAINABLE_SCOPES}")
+    if trainable == "lora" and lora is None:
+        lora = LoraConfig()
+    if trainable != "lora":
+        lora = None
+    src = str(source)
+    if src.startswith("tiny:"):
+        if src.split(":", 1)[1] not in TINY_CONFIGS:
+            raise ValueError(f"unknown tiny model {src!r}; allowed: "
+                             f"{['tiny:' + k for k in TINY_CONFIGS]}")
+        options = {k: v for k, v in (("pooling", pooling), ("attention", attention)) if v}
+        cfg = dataclasses.replace(TINY_CONFIGS[src.split(":", 1)[1]], **options)
+    else:
+        cfg = arch_config(src, pooling=pooling, attention=attention)
+    param_dtype = jnp.dtype(jnp.float32 if trainable == "full" else _dtype(dtype)).name
+    _, graphdef, state, shardings = _abstract_model(cfg, num_labels, lora, param_dtype,
+                                                    compute_dtype, remat, mesh,
+                                                    freeze_rules(rules))
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         state, shardings)
+    args = dict(num_labels=num_labels, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                remat=remat, rules=freeze_rules(rules))
+    return ModelBundle(nnx.merge(graphdef, state), None, cfg, str(source), trainable, lora,
+                       mesh, build_args=args)
 
 
 @functools.lru_cache(maxsize=16)

@@ -13,6 +13,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from scalable_elicitation.models.config import ArchConfig, LoraConfig
+from scalable_elicitation.sharding import traced_platform
 
 HEAD_INIT_STD = 0.02
 HEAD_INIT_SCALE = 0.01  # the study scaled the default head init by 0.01
@@ -145,12 +146,19 @@ def attention(q, k, v, bias, fused: bool = False):
     """Softmax attention with grouped KV heads.
 
     q: [B, Lq, H, hd]; k, v: [B, Lk, KV, hd]; bias: [B, Lq, Lk] additive (0 or NEG_INF).
-    `fused`: `jax.nn.dot_product_attention` (grouped KV heads natively; its implementation
-    chosen by JAX for the platform: cuDNN's fused kernel on GPUs where it applies, XLA
-    elsewhere), else our einsum path with float32 scores.
+    `fused`: `jax.nn.dot_product_attention` (grouped KV heads natively), asked for cuDNN's
+    fused kernel on GPUs (left to choose, JAX compiled the study's shapes for an H100 target to
+    XLA's generic attention, 4.5 GiB more per GPU than einsum; docs/preflight.md) and XLA's
+    own elsewhere; else our einsum path with float32 scores.
     """
     if fused:
-        return jax.nn.dot_product_attention(q, k, v, bias=bias[:, None, :, :].astype(q.dtype))
+        bias = bias[:, None, :, :].astype(q.dtype)  # [B, 1, Lq, Lk]
+        if traced_platform() not in ("gpu", "cuda"):
+            return jax.nn.dot_product_attention(q, k, v, bias=bias)
+        # one bias per head: the cuDNN call's batching rule (a group's vmap) reshapes the
+        # bias to [members x B, heads, ...] and fails on a bias broadcast over heads
+        bias = jnp.broadcast_to(bias, (q.shape[0], q.shape[2]) + bias.shape[2:])
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
     b, lq, h, hd = q.shape
     kv = k.shape[2]
     g = h // kv

@@ -13,6 +13,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from scalable_elicitation.models import layers as L
 from scalable_elicitation.models.config import ArchConfig, LoraConfig
+from scalable_elicitation.sharding import constrain_rows
 
 # What a block keeps for the backward pass (`layers.scan_layers`' `save`): the projections'
 # outputs (queries and keys after RoPE: before it, the backward pass redid RoPE and its
@@ -136,9 +137,9 @@ class LlamaModel(nnx.Module):
             if prefix_kv is not None:
                 layer_prefix = tuple(jnp.broadcast_to(t, (b,) + t.shape[1:])
                                      for t in layer_prefix)
-            out, kv = _block(cfg, rope, layer, carry, bias, layer_key,
+            out, kv = _block(cfg, rope, layer, constrain_rows(carry), bias, layer_key,
                              layer_prefix)
-            return out, kv
+            return constrain_rows(out), kv
 
         # the fused kernel's own residuals (cuDNN's softmax statistics) have no names to save:
         # under the policy its forward would rerun in the backward pass, so it keeps JAX's

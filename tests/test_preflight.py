@@ -1,0 +1,230 @@
+"""The preflight (launch/preflight.py): reading compiled programs, targets, exit codes; and,
+where the tpu extra is installed, the sweep's real programs compiled for TPU topologies on
+this CPU (the GPU ones where the cuda12 plugin is)."""
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from launch import preflight, targets
+from scalable_elicitation import memory
+from scalable_elicitation.models.known import HUB_CONFIGS, arch_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HAS_TPU = importlib.util.find_spec("libtpu") is not None
+HAS_CUDA = importlib.util.find_spec("jax_cuda12_plugin") is not None
+needs_tpu = pytest.mark.skipif(not HAS_TPU, reason="the tpu extra (libtpu) is not installed: "
+                               "pip install -e '.[tpu]' to compile for TPU targets")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="the cuda12 plugin is not installed: "
+                                "pip install -e '.[gpu]' to compile for GPU targets")
+
+
+def test_census_counts_loop_bodies_times_their_trip_counts():
+    """XLA's cost analysis counts a loop body once; the census multiplies it out."""
+    n, m, k, trips = 16, 32, 24, 7
+    w = jnp.ones((trips, k, k), jnp.float32)
+
+    def f(x, w):
+        def body(h, wi):
+            return jnp.tanh(h @ wi), None
+        return jax.lax.scan(body, x, w)[0] @ jnp.ones((k, m))
+
+    compiled = jax.jit(f).lower(jnp.ones((n, k)), w).compile()
+    want = trips * 2 * n * k * k + 2 * n * k * m
+    assert preflight.census(compiled.as_text()).flops == pytest.approx(want)
+    reported = compiled.cost_analysis()
+    reported = reported[0] if isinstance(reported, list) else reported
+    assert reported["flops"] < 0.5 * want  # what the census corrects
+
+
+def test_census_finds_collectives_with_their_bytes():
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+    x = jax.device_put(np.ones((8, 128), np.float32), NamedSharding(mesh, P("d")))
+    compiled = jax.jit(lambda x: x.sum(0), out_shardings=NamedSharding(mesh, P())).lower(
+        x).compile()
+    c = preflight.census(compiled.as_text())
+    assert "all-reduce" in c.collectives
+    count, nbytes = c.collectives["all-reduce"]
+    assert count >= 1 and nbytes >= 128 * 4
+
+
+def test_study_models_are_known_without_a_download():
+    cfg = arch_config("meta-llama/Meta-Llama-3-8B")
+    arch = memory.Arch.of(cfg)
+    assert arch.base_params() == 8_030_261_248  # the published count of Llama-3-8B
+    assert arch_config("Qwen/Qwen1.5-0.5B").tie_word_embeddings
+    assert set(HUB_CONFIGS) >= {"meta-llama/Meta-Llama-3-8B", "Qwen/Qwen1.5-0.5B",
+                                "Qwen/Qwen1.5-4B"}
+    with pytest.raises(ValueError, match="not known without a download"):
+        arch_config("someone/some-model")
+
+
+def test_targets_and_their_descriptions():
+    with pytest.raises(ValueError, match="v5p-8"):
+        targets.get("v9-8")
+    assert targets.get("v5e-8").name == "v5litepod-8"
+    h100 = targets.get("h100x8")
+    assert h100.memory == 84942979072 and h100.hbm_bw > 3e12  # read from its description
+    assert targets.get("h100x16").hosts == 2
+
+
+def test_train_flops_count_what_lora_skips():
+    arch = memory.Arch.of(arch_config("meta-llama/Meta-Llama-3-8B"))
+    full = memory.train_flops(arch, "full", 512, 512)
+    lora = memory.train_flops(arch, "lora", 512, 512)
+    fwd = memory.forward_flops(arch, 512, 512)
+    assert full == pytest.approx(3 * fwd) and 2 * fwd < lora < 2.01 * fwd
+
+
+def _preflight(*args, env_extra=None, timeout=900):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env_extra or {})}
+    env.pop("XLA_FLAGS", None)  # the target's devices, not 8 fake CPU ones
+    return subprocess.run([sys.executable, "-m", "launch.preflight", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="the cuda12 plugin is installed: GPU targets compile")
+def test_a_target_without_its_extra_exits_2_naming_it(tmp_path):
+    out = _preflight("--config=configs/cost_sweep.py:smoke", "--target=h100x8",
+                     f"--out={tmp_path / 'x.json'}")
+    assert out.returncode == 2, out.stderr
+    line = [x for x in out.stderr.splitlines() if x.startswith("preflight:")][0]
+    assert "'gpu' extra" in line and "pip install -e '.[gpu]'" in line
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_an_unknown_target_exits_2():
+    out = _preflight("--config=configs/cost_sweep.py:smoke", "--target=v9-8")
+    assert out.returncode == 2 and "known:" in out.stderr
+
+
+@needs_tpu
+@pytest.mark.parametrize("target", ["v5e-8", "v5p-8"])
+def test_tiny_models_compile_the_real_programs_for_tpu(target, tmp_path, monkeypatch):
+    """The smoke config's programs (train loop at the scheduler's group size, scoring) and a
+    probe's (features forward, labeller stage) compile for the target's devices; no
+    workdir or record appears."""
+    from configs import cost_sweep
+    monkeypatch.chdir(tmp_path)
+    config = cost_sweep.get_config("smoke")
+    rows, failures = preflight.run(config, str(ROOT / "configs/cost_sweep.py"), target,
+                                   search=False, log=lambda m: None)
+    assert not failures
+    by = {r["program"]: r for r in rows}
+    assert set(by) == {"eval", "train_loop"}
+    n = targets.get(target).chips
+    for r in rows:
+        assert r["target"] == targets.get(target).name and r["n_devices"] == n
+        assert r["fits"] and 0 < r["bytes_per_device"]["total"] < r["device_bytes"]
+        assert r["flops_per_step"] > 0 and 0 < r["mfu_ceiling"] <= 1
+    loop = by["train_loop"]
+    # the compiled program's FLOPs against the analytic count of the same step: the program
+    # also runs the loss, the optimizer and the pooling, so it may only exceed it modestly
+    assert 0.8 < loop["flops_per_step"] / loop["model_flops_per_step"] < 3
+    assert list(tmp_path.iterdir()) == [] and not pathlib.Path(preflight.NO_WORKDIR).exists()
+
+
+@needs_tpu
+def test_probe_and_labeller_programs_compile_for_tpu(monkeypatch, tmp_path):
+    from configs import cost_sweep
+    monkeypatch.chdir(tmp_path)
+    config = cost_sweep.get_config("model=tiny:llama")
+    config.labeler.source = "tiny:bert"
+    config.budgets, config.fractions, config.seeds = (8,), ("0", "1"), 1
+    rows, failures = preflight.run(config, None, "v5p-8", search=False, log=lambda m: None)
+    assert not failures
+    assert {r["program"] for r in rows} == {"features", "train_loop", "labeler_features",
+                                            "labeler_train_loop"}
+
+
+@needs_tpu
+def test_study_step_for_v5p_8_bytes_are_the_compilers(tmp_path, monkeypatch):
+    """The 8B study step compiles for v5p-8, and the row's bytes are the compiler's own."""
+    from configs import cost_sweep
+    from scalable_elicitation import aot, runner
+    from scalable_elicitation.shared import learner_config
+    monkeypatch.chdir(tmp_path)
+    config = cost_sweep.get_config("study")
+    config.model = "meta-llama/Meta-Llama-3-8B"
+    config.labeler.kind = "noise"
+    config.parallel_runs = 1
+    target = targets.get("v5p-8")
+    rows, failures = preflight.run(config, None, "v5p-8", search=False, log=lambda m: None)
+    assert not failures
+    loop = [r for r in rows if r["program"] == "train_loop"][0]
+    devices = targets.devices(target)
+    config = runner.resolve_auto_dtype(config, "tpu")
+    lrn = aot.learned(learner_config(config, "tpu"), devices)
+    assert dict(lrn.mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 1}
+    from scalable_elicitation.planning import Planner
+    specs = Planner(config, preflight.NO_WORKDIR).plan(
+        [{"budget": b, "fraction": f, "seed": 0} for b in config.budgets
+         for f in config.fractions])
+    r, v, s = runner.stage_shapes(config, specs)
+    fn, args = aot.loop_program("", lrn, loss="xent", rows=r, val_rows=v, steps=s, members=1,
+                                group_sharding="auto").build(1)
+    m = fn.lower(*args).compile().memory_analysis()
+    assert loop["bytes_per_device"] == {
+        "argument": m.argument_size_in_bytes, "output": m.output_size_in_bytes,
+        "temp": m.temp_size_in_bytes, "alias": m.alias_size_in_bytes,
+        "total": memory.xla_bytes(m)}
+    assert loop["fits"] and loop["bytes_per_device"]["total"] < 95 * (1 << 30)
+
+
+@needs_tpu
+def test_a_config_that_cannot_fit_exits_3_with_one_clear_line(tmp_path):
+    """Full finetuning of Qwen1.5-4B in float32 with the base on every v5e chip (64 GB of
+    weights and Adam state a chip) cannot fit 16 GiB: exit 3, one line per program that does
+    not fit, naming it, the shortfall and the setting that fits (the base sharded)."""
+    out = _preflight("--config=configs/cost_sweep.py:smoke", "--config.model=Qwen/Qwen1.5-4B",
+                     "--config.trainable=full", "--config.dtype=float32", "--target=v5e-8",
+                     "--nosearch", f"--out={tmp_path / 'r.json'}")
+    assert out.returncode == 3, out.stderr[-3000:]
+    lines = [x for x in out.stderr.splitlines() if x.startswith("DOES NOT FIT")]
+    rows = json.loads((tmp_path / "r.json").read_text())
+    failing = [r["program"] for r in rows if not r["fits"]]
+    assert "train_loop" in failing and len(lines) == len(failing), out.stderr[-3000:]
+    for program, line in zip(failing, lines):  # one line per program, in order
+        assert line.startswith(f"DOES NOT FIT: {program} on v5litepod-8: needs ")
+        assert "short by" in line and "--config.mesh.data=1 --config.mesh.fsdp=-1 fits" in line
+
+
+@needs_cuda
+def test_h100_study_attention_reaches_cudnn():
+    """On an H100 target the study's fused attention compiles to cuDNN's fused kernel."""
+    from configs import cost_sweep
+    config = cost_sweep.get_config("study")
+    config.model = "meta-llama/Meta-Llama-3-8B"
+    config.labeler.kind = "noise"
+    config.parallel_runs = 1
+    rows, _ = preflight.run(config, None, "h100x8", search=False, log=lambda m: None)
+    loop = [r for r in rows if r["program"] == "train_loop"][0]
+    assert "cudnn" in loop["attention"]
+
+
+@pytest.mark.parametrize("start", [1, 4, 40])
+def test_largest_fitting_group_is_found_by_a_few_compiles(start):
+    """`aot.largest_fitting` against a 'compiler' whose bytes grow 3 per member from 10, with
+    a bump the line through two sizes does not predict: the edge is found, by few compiles."""
+    from scalable_elicitation import aot
+    calls = []
+
+    def compile_at(g):
+        calls.append(g)
+        return aot.Memory(0, 0, 10 + 3 * g + (2 if g > 11 else 0), 0)
+
+    # 10 + 3g + 2 <= 50 -> g <= 12
+    assert aot.largest_fitting(compile_at, 50, start, 64) == 12
+    assert len(calls) <= 8 and len(set(calls)) == len(calls)
+    assert aot.largest_fitting(compile_at, 12, start, 64) == 0  # one run does not fit
+    refused = aot.largest_fitting(lambda g: aot.Memory(0, 0, 99, 0, "RESOURCE_EXHAUSTED"),
+                                  50, start, 64)
+    assert refused == 0
