@@ -214,7 +214,11 @@ def test_dry_run_lists_grid_with_costs_and_marks_infeasible(tmp_path):
     parsed = [LINE.match(line) for line in lines]
     assert all(parsed), lines  # nothing but run lines on stdout
     rows = [(int(m[1]), int(m[2]), float(m[3]), m[4]) for m in parsed]
-    assert len(rows) == 9  # 3 budgets x 3 fractions, 1 seed: no merges in this grid
+    # 3 budgets x 3 fractions, 1 seed: no merges in this grid; and a ceiling run (the same
+    # texts' ground truth, config.ceiling) beside each of the 3 all-weak points
+    assert len(rows) == 9 + 3
+    all_weak = [r for r in rows if r[1] == 0 and r[0] > 0]
+    assert len(all_weak) == 6 and len(set(all_weak)) == 3
     for nw, no, cost, status in rows:
         assert cost == pytest.approx(no + 0.1 * nw)
         assert status == ("infeasible" if cost > 1000 else "todo")

@@ -16,7 +16,8 @@ PACKAGES = ("scalable_elicitation", "analysis", "launch", "configs")
 
 # Layers of scalable_elicitation, bottom first: a module may import its own layer or lower ones.
 LAYERS = (
-    ("paths", "sharding", "budget", "assets", "tracking", "grouping", "memory", "hostmem"),
+    ("paths", "sharding", "budget", "assets", "tracking", "grouping", "memory", "hostmem",
+     "identity"),
     ("data",),
     ("batching", "metrics", "prompts", "weak_fit"),
     ("models",),
