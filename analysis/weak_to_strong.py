@@ -25,7 +25,6 @@ Nothing here imports JAX.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -174,11 +173,3 @@ def markdown(table: pd.DataFrame, level: float = 0.9) -> list[str]:
                      "seeds only: their bands are too narrow.")
     return lines + [""]
 
-
-def write(ok: pd.DataFrame, ceiling: pd.DataFrame, out: Path, *, n_boot: int = 2000,
-          seed: int = 0, level: float = 0.9) -> pd.DataFrame:
-    """Compute the table and write `out/weak_to_strong.csv`; returns the table."""
-    from analysis import io
-    table = weak_to_strong_table(ok, ceiling, n_boot=n_boot, seed=seed, level=level)
-    io.write_csv(Path(out) / "weak_to_strong.csv", table)
-    return table
