@@ -328,10 +328,10 @@ def _fmt_gib(n) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| program | target | mesh | runs | GiB/device (arg+out+temp-alias) | of GiB | "
-            "fits | max group | TFLOP/step | step >= s | MFU <= | collectives/step | "
-            "attention |")
-    lines = [head, "|" + "---|" * 13]
+    head = ("| program | target | mesh | runs | GiB/device (arg+out+temp-alias) | "
+            "memory model GiB | of GiB | fits | max group | TFLOP/step | step >= s | MFU <= | "
+            "collectives/step | attention |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         b = r["bytes_per_device"]
         mesh = ",".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1) or "1"
@@ -341,7 +341,9 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['program']} | {r['target']} | {mesh} | {r['members']} | "
             f"{_fmt_gib(b['total'])} ({_fmt_gib(b['argument'])}+{_fmt_gib(b['output'])}+"
-            f"{_fmt_gib(b['temp'])}-{_fmt_gib(b['alias'])}) | {_fmt_gib(r['device_bytes'])} | "
+            f"{_fmt_gib(b['temp'])}-{_fmt_gib(b['alias'])}) | "
+            f"{'-' if r.get('memory_model_bytes') is None else _fmt_gib(r['memory_model_bytes'])}"
+            f" | {_fmt_gib(r['device_bytes'])} | "
             f"{'yes' if r['fits'] else 'NO'} | {r['max_group_size']} | "
             f"{r['flops_per_step'] / 1e12:.2f} | "
             f"{'-' if bound is None else f'{bound:.3g}'} | "
@@ -362,6 +364,11 @@ class Plan:
     n_runs: int
     estimate: object  # memory.Estimate of one member (the scheduler's numbers)
     seen: dict  # the group loop compiled by size
+    spread: int = 1  # devices whole runs are spread over (1: every run on every device)
+
+    def model_bytes(self, members: int) -> int:
+        """The memory model's bytes per device for the group loop of `members` runs."""
+        return self.estimate.group_bytes(-(-members // self.spread))
 
 
 def frozen_bytes_per_device(frozen) -> int:
@@ -386,17 +393,20 @@ def plan(config, config_path: str | None, target, devices) -> Plan:
     specs = Planner(config, NO_WORKDIR).plan(points)
     rows, val_rows, steps = runner.stage_shapes(config, specs)
     strong = aot.learned(learner_config(config, platform), devices)
-    largest = max([max(s.n_weak, s.n_oracle) for s in specs] or [1])
-    estimate = runner.member_estimate(strong.lcfg, strong.bundle, strong.micro, strong.probe,
-                                      largest, platform)
     placement = config.get("group_sharding", "auto")
+    axis = groups.run_mesh_axis(strong.mesh, placement, len(specs))
+    spread = 1 if axis is None else strong.mesh.shape[axis]  # whole runs over these devices
+    # the memory model for one device: its share of the mesh when runs are placed as rows,
+    # whole runs on one device otherwise (as `runner.auto_group_size`)
+    estimate = runner.member_estimate(strong.lcfg, strong.bundle, strong.micro, strong.probe,
+                                      rows, platform, val_rows=val_rows,
+                                      mesh=dict(strong.mesh.shape) if axis is None else None)
     seen: dict = {}  # compiled group loops by size, shared with the largest-group search
     if config.get("parallel_runs", 0) >= 1:
         size = int(config.parallel_runs)
     else:  # as `Sweep.group_size`: the estimate against the memory left beside the base
-        axis = groups.run_mesh_axis(strong.mesh, placement, len(specs))
-        spread = 1 if axis is None else strong.mesh.shape[axis]
-        free = spread * (target.memory - frozen_bytes_per_device(strong.steps.frozen))
+        free = spread * (target.memory - frozen_bytes_per_device(strong.steps.frozen)
+                         - estimate.gathered)
         cap = min(len(specs), grouping.max_auto_group(platform, strong.probe))
         start = grouping.auto_group_size(estimate.per_member, max(free, 0), len(specs), cap)
         # then checked by compiling, as the scheduler does on the accelerator
@@ -417,7 +427,7 @@ def plan(config, config_path: str | None, target, devices) -> Plan:
         programs += [aot.inference_program("labeler_", weak),
                      aot.loop_program("labeler_", weak, loss="xent", rows=lab.n_train,
                                   val_rows=1, steps=total, members=1, group_sharding="rows")]
-    return Plan(programs, strong, size, len(specs), estimate, seen)
+    return Plan(programs, strong, size, len(specs), estimate, seen, spread)
 
 
 # Settings tried, in order, for a program that does not fit: the first that compiles within
@@ -455,7 +465,21 @@ def _with(config, changes: dict):
 def run(config, config_path: str | None, target_name: str, *, search: bool = True,
         log=print) -> tuple[list[dict], list[str]]:
     """Compile the sweep's programs for a target: (JSON rows, failure lines). Raises
-    `targets.MissingExtra` when this JAX cannot compile for the target."""
+    `targets.MissingExtra` when this JAX cannot compile for the target. JAX's persistent
+    compilation cache is off meanwhile: a compile-only device cannot load a cached
+    executable ("PjRtCompiler must be constructed with a Client"), and a preflight's
+    programs are never run."""
+    import jax
+    cached = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        return _run(config, config_path, target_name, search=search, log=log)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cached)
+
+
+def _run(config, config_path: str | None, target_name: str, *, search: bool,
+         log) -> tuple[list[dict], list[str]]:
     from scalable_elicitation import grouping, planning
     from scalable_elicitation.runner import resolve_auto_dtype
 
@@ -469,7 +493,8 @@ def run(config, config_path: str | None, target_name: str, *, search: bool = Tru
     log(f"preflight: {target.name}: {len(devices)} {devices[0].device_kind} devices, "
         f"{target.hosts} host(s), {target.memory / GIB:.2f} GiB each; mesh "
         f"{dict(p.strong.mesh.shape)}; {p.n_runs} runs, groups of {p.group_size} "
-        f"(memory model: {p.estimate.per_member / GIB:.3f} GiB a member)")
+        f"(memory model: {p.estimate.shared / GIB:.2f} GiB shared, "
+        f"{p.estimate.per_member / GIB:.3f} GiB a member, per device)")
     rows, failures = [], []
     for prog in p.programs:
         strong = not prog.name.startswith("labeler")
@@ -488,8 +513,8 @@ def run(config, config_path: str | None, target_name: str, *, search: bool = Tru
                                      result.census.custom_calls, target.kind)
         mesh = dict(p.strong.mesh.shape)
         r = row(prog, target, len(devices), result, attention, max_group, target.kind, mesh)
-        r["memory_model_bytes"] = (p.estimate.shared + prog.members * p.estimate.per_member
-                                   if prog.name == "train_loop" else None)
+        r["memory_model_bytes"] = (p.model_bytes(prog.members) if prog.name == "train_loop"
+                                   else None)
         rows.append(r)
         if not r["fits"]:
             failures.append(_failure_line(config, config_path, target, prog, result, devices,

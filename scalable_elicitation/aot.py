@@ -14,6 +14,7 @@ Used by launch/preflight.py (for a target) and by the scheduler on an accelerato
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Callable
 
@@ -127,8 +128,7 @@ def loop_program(prefix: str, lrn: Learned, *, loss: str, rows: int, val_rows: i
     def build(G):
         axis = groups.run_mesh_axis(mesh, group_sharding, G)
         Gp = G if axis is None else -(-G // mesh.shape[axis]) * mesh.shape[axis]
-        N = groups._bucket(max(rows, 1), bs)
-        M = -(-groups._bucket(max(val_rows, 1), bs) // bs) * bs
+        N, M = groups.padded_rows(rows, val_rows, bs)
         T = groups._bucket(max(steps, 1), 64)
         state = jax.eval_shape(st._init_state, lrn.params, jax.random.key(0))
         host = {"metric": ((Gp,), jnp.float32), "best_step": ((Gp,), jnp.int32),
@@ -199,6 +199,16 @@ class Memory:
         return self.argument + self.output + self.temp - self.alias
 
 
+def argument_bytes(args) -> int:
+    """Bytes of abstract arguments one device holds: each leaf's shard (whole where it has
+    no sharding)."""
+    def one(x):
+        sharding = getattr(x, "sharding", None)
+        shape = sharding.shard_shape(x.shape) if sharding is not None else x.shape
+        return math.prod(shape) * jnp.dtype(x.dtype).itemsize
+    return int(sum(one(x) for x in jax.tree.leaves(args)))
+
+
 def compile_memory(prog: Program, members: int) -> Memory:
     """Lower and compile `prog` for `members` runs; an out-of-memory refusal by the compiler
     (RESOURCE_EXHAUSTED) is a result, not an exception."""
@@ -209,10 +219,12 @@ def compile_memory(prog: Program, members: int) -> Memory:
         text = str(err)
         if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
             raise
+        # the message names the temporaries' bytes; the arguments are the abstract
+        # arguments' shards, known without the compiler
         need = re.search(r"required for [^(]*\(([\d.]+)([GM])\)", text)
-        total = int(float(need.group(1)) * (GIB if need.group(2) == "G" else 1 << 20)) \
+        temp = int(float(need.group(1)) * (GIB if need.group(2) == "G" else 1 << 20)) \
             if need else 0
-        return Memory(0, 0, total, 0, text.splitlines()[0][:300])
+        return Memory(argument_bytes(args), 0, temp, 0, text.splitlines()[0][:300])
     m = compiled.memory_analysis()
     return Memory(int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
                   int(m.temp_size_in_bytes), int(m.alias_size_in_bytes), None, compiled)

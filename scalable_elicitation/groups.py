@@ -79,6 +79,14 @@ def _bucket(n: int, lo: int) -> int:
     return 1 << max(0, (max(n, lo) - 1).bit_length())
 
 
+def padded_rows(rows: int, val_rows: int, batch_size: int) -> tuple[int, int]:
+    """(training, validation) rows a member stores in a group padded for a stage of `rows`
+    and `val_rows` (`_layout`): training rows to a power of two, validation rows to a power
+    of two rounded up to whole batches."""
+    val = _bucket(max(val_rows, 1), batch_size)
+    return _bucket(max(rows, 1), batch_size), -(-val // batch_size) * batch_size
+
+
 def _padded_order(n_train: int, total: int, batch_size: int, key_seed: Sequence[int],
                   width: int) -> tuple[np.ndarray, np.ndarray]:
     """`stage.batch_order` padded to `width` steps (steps past `total` have no real rows)."""
@@ -360,9 +368,9 @@ def _layout(steps: Steps, members: Sequence[Member], spec: BatchSpec, shapes: Sh
                           ([len(t) for t in m.val.tokens] if m.has_val else []) + [1])
                       for m in members)
         spec = dataclasses.replace(spec, buckets=(bucket_for(longest, spec.buckets),))
-    N = _bucket(max([len(m.train) for m in members] + [shapes.rows]), bs)
-    M = _bucket(max([len(m.val) if m.has_val else 1 for m in members] + [shapes.val_rows]), bs)
-    M = -(-M // bs) * bs
+    N, M = padded_rows(max([len(m.train) for m in members] + [shapes.rows]),
+                       max([len(m.val) if m.has_val else 1 for m in members]
+                           + [shapes.val_rows]), bs)
     T = _bucket(max([p.total for p in plans] + [shapes.steps]), 64)
     return _Layout(G, Gp, axis, plans, N, M, T, spec, tokens)
 

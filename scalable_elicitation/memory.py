@@ -4,11 +4,22 @@ the sequence length, remat and each member's stored data, without JAX, so planni
 groups before anything loads and the scheduler (`runner.auto_group_size`) from numbers it reads
 off the learner.
 
-    est = estimate(Arch.of(bundle.config), scope="lora", param_dtype="bfloat16", ...)
-    est.group_bytes(G)   # shared frozen base + G * per member
+    est = estimate(Arch.of(bundle.config), scope="lora", param_dtype="bfloat16", ...,
+                   mesh={"data": 1, "fsdp": 4, "tensor": 1})
+    est.group_bytes(G)   # one device's bytes: its share of the base + G * a member's share
+
+Every term is one device's share on `mesh` (default: one device), with the group's runs
+placed as "rows" places them (`groups.run_mesh_axis`: every member on every device): each
+weight split as `sharding.DEFAULT_RULES` splits it (`AXIS_OF`; a dimension its axes do not
+divide stays whole, as there), each pass's rows over the data-parallel axes (data x fsdp),
+the members' stored data whole on every device. Whole runs on devices ("runs") are a group
+on a one-device mesh per device.
 
 What is counted, and why (each term is a field of `Estimate`):
 - `frozen`: the base weights in the parameter dtype, read by every member (shared).
+- `gathered`: with weights split over devices (fsdp or tensor > 1), the whole weights of the
+  blocks being computed, gathered from every device's shard: `GATHERED_BLOCKS` blocks
+  (shared).
 - per member: trainable parameters, Adam's two moments and the group's best parameters (float32);
   the gradients (float32; twice with micro-batches: the micro-batch's and the running sum); the
   member's data on the device (training and validation token ids and masks, int32, or a probe's
@@ -20,6 +31,10 @@ What is counted, and why (each term is a field of `Estimate`):
   block's input with it; plus the working set of the block being differentiated, its residuals
   again (sliced out of the stacked scan buffers, or recomputed under remat) and their cotangents
   (`BACKWARD_WORK`).
+
+On an accelerator the member's trainable state is also held as `UPDATE_COPIES` float32
+temporaries (gradients, the running sum, the optimizer's update): fitted to the TPU
+compiler's bytes (docs/preflight.md#the-memory-model).
 
 XLA:CPU computes bfloat16 elementwise work in float32 and keeps float32 copies, so on CPU the
 activations are counted at 4 bytes whatever the compute dtype (`activation_itemsize`); an
@@ -40,6 +55,22 @@ BACKWARD_WORK = 1.5
 # residuals on XLA:CPU (benchmarks/memory_model.py).
 NAMED_WORK = 0.9
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+# The mesh axis that splits each logical dimension of a weight (`sharding.DEFAULT_RULES`; a
+# test keeps the two equal); any other dimension (head_dim, layers, lora, labels) stays whole.
+AXIS_OF = {"embed": "fsdp", "vocab": "tensor", "mlp": "tensor", "heads": "tensor",
+           "kv_heads": "tensor"}
+# Logical (input, output) dimensions of each projection (`models/llama.py`).
+PROJECTION_AXES = {"q": ("embed", "heads"), "k": ("embed", "kv_heads"),
+                   "v": ("embed", "kv_heads"), "o": ("heads", "embed"),
+                   "gate": ("embed", "mlp"), "up": ("embed", "mlp"), "down": ("mlp", "embed")}
+# Blocks whose whole weights a device holds at once when the mesh splits weights: the block
+# being computed and the next one, gathered ahead (the TPU compiler's shared temporaries for
+# the 8B study step on v5p-8: 0.58-0.78 GiB, a block being 0.41 GiB).
+GATHERED_BLOCKS = 2
+# Float32 copies of a member's trainable parameters an accelerator's compiled step holds
+# beside the gradients (the optimizer's update and the loop's carry): 3.9 for LoRA rank 128
+# on v5p-8, from the TPU compiler's temporaries at rank 8 and 128 (docs/preflight.md).
+UPDATE_COPIES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +98,32 @@ class Arch:
                        self.kv_heads * self.head_dim)
         return {"q": (d, q), "k": (d, kv), "v": (d, kv), "o": (q, d), "gate": (d, f),
                 "up": (d, f), "down": (f, d)}
+
+    def dim(self, name: str) -> int:
+        """The size of a logical dimension (`AXIS_OF`'s names)."""
+        return {"embed": self.hidden, "vocab": self.vocab, "mlp": self.intermediate,
+                "heads": self.heads, "kv_heads": self.kv_heads}[name]
+
+    def split(self, name: str, mesh) -> int:
+        """Into how many shards `mesh` ({axis: size}) splits a logical dimension: its axis's
+        size, or 1 where that size does not divide it (`sharding.logical_to_spec` then
+        replicates it)."""
+        n = int((mesh or {}).get(AXIS_OF.get(name), 1))
+        return n if n > 1 and self.dim(name) % n == 0 else 1
+
+    def block_params(self) -> int:
+        """Parameters of one decoder block: its projections and two norms."""
+        return sum(i * o for i, o in self.projection_shapes().values()) + 2 * self.hidden
+
+    def base_params_per_device(self, mesh=None) -> int:
+        """`base_params` held by one device of `mesh`: each projection and the embedding (and
+        LM head) split on both their dimensions, the norms whole."""
+        block = sum(i * o // (self.split(a, mesh) * self.split(b, mesh))
+                    for (i, o), (a, b) in zip(self.projection_shapes().values(),
+                                              PROJECTION_AXES.values())) + 2 * self.hidden
+        embed = self.vocab * self.hidden // (self.split("vocab", mesh)
+                                             * self.split("embed", mesh))
+        return self.layers * block + embed * (1 if self.tied else 2) + self.hidden
 
     def base_params(self) -> int:
         """Parameters of the decoder without the classification head."""
@@ -109,6 +166,25 @@ def trainable_params(arch: Arch, scope: str, lora_rank: int = 8,
                                     for t in lora_targets)
 
 
+def trainable_params_per_device(arch: Arch, scope: str, mesh=None, lora_rank: int = 8,
+                                lora_targets=PROJECTIONS, num_labels: int = 2) -> int:
+    """`trainable_params` held by one device of `mesh`: the head split on its input, LoRA's
+    A [in, r] on its input and B [r, out] on its output dimension, the whole base as the
+    base is split."""
+    head = arch.hidden * num_labels // arch.split("embed", mesh)
+    if scope == "head":  # a probe's head and bias, replicated (`Steps.for_probe`)
+        return arch.hidden * num_labels + num_labels
+    if scope == "full":
+        return arch.base_params_per_device(mesh) + head
+    if scope != "lora":
+        raise ValueError(f"scope={scope!r}; allowed: lora, full, head")
+    shapes = arch.projection_shapes()
+    factors = sum(lora_rank * (shapes[t][0] // arch.split(PROJECTION_AXES[t][0], mesh)
+                               + shapes[t][1] // arch.split(PROJECTION_AXES[t][1], mesh))
+                  for t in lora_targets)
+    return head + arch.layers * factors
+
+
 def block_residual_bytes(arch: Arch, scope: str, act: int, length: int, lora_rank: int = 8,
                          lora_targets=PROJECTIONS) -> int:
     """Bytes one token saves in one decoder block for the backward pass (`llama._block`), with
@@ -119,8 +195,8 @@ def block_residual_bytes(arch: Arch, scope: str, act: int, length: int, lora_ran
     - SwiGLU's gate and up outputs, the sigmoid, silu and their product (five of the MLP width);
     - the input of each trainable projection: one copy per distinct input (the normed hidden
       for q, k, v; the attention output for o; the normed hidden for gate, up; the MLP
-      activation for down), float32 for LoRA (its factors run in float32), `act` for full
-      finetuning; and LoRA's low-rank product (float32) per adapted projection.
+      activation for down), float32 for LoRA on CPU (its factors run in float32), `act`
+      otherwise; and LoRA's low-rank product (float32) per adapted projection.
     A frozen projection saves nothing: its weight gradient is never formed."""
     d, f, hd = arch.hidden, arch.intermediate, arch.head_dim
     q, kv = arch.heads * hd, arch.kv_heads * hd
@@ -128,7 +204,10 @@ def block_residual_bytes(arch: Arch, scope: str, act: int, length: int, lora_ran
     if scope == "head":
         return out
     trained = set(PROJECTIONS if scope == "full" else lora_targets)
-    keep = F32 if scope == "lora" else act
+    # LoRA's inputs are cast to float32 for its factors: XLA:CPU (act >= 4) keeps the
+    # float32 copy; an accelerator's compiler fuses the cast into the product and keeps the
+    # input in the compute dtype (the TPU compiler's buffers for the 8B study step)
+    keep = F32 if scope == "lora" and act >= F32 else act
     inputs = {"qkv": (d, {"q", "k", "v"}), "o": (q, {"o"}), "gate_up": (d, {"gate", "up"}),
               "down": (f, {"down"})}
     out += sum(width * keep for width, names in inputs.values() if names & trained)
@@ -163,10 +242,11 @@ class Estimate:
     data: int  # the member's training and validation inputs on the device (group loop only)
     saved: int  # activations saved for the backward pass of one pass
     work: int  # the block being differentiated: its residuals again and their cotangents
+    gathered: int = 0  # whole weights of the blocks being computed, when the mesh splits them
 
     @property
     def shared(self) -> int:
-        return self.frozen
+        return self.frozen + self.gathered
 
     @property
     def step_member(self) -> int:
@@ -179,7 +259,8 @@ class Estimate:
         return self.step_member + self.best + self.data
 
     def step_bytes(self, members: int = 1) -> int:
-        """A (vmapped) train step of `members` runs: the frozen base once, the rest each."""
+        """A (vmapped) train step of `members` runs: the frozen base once, the rest each
+        (one device's bytes, as every term)."""
         return self.shared + members * self.step_member
 
     def group_bytes(self, members: int = 1) -> int:
@@ -194,21 +275,30 @@ def estimate(arch: Arch, *, scope: str, batch_size: int, length: int,
              param_dtype="float32", compute_dtype=None, micro_batch: int = 0,
              remat: bool = False, train_rows: int = 0, val_rows: int = 0,
              lora_rank: int = 8, lora_targets=PROJECTIONS, platform: str = "gpu",
-             num_labels: int = 2, attention: str = "einsum") -> Estimate:
-    """A group member's bytes, by term. `micro_batch`: global rows per forward and backward
-    pass (0: the whole batch); `train_rows`, `val_rows`: the member's examples stored on the
-    device; `scope="head"` is a probe on cached features (no pass through the model);
-    `attention`: the model's kind (`ArchConfig.attention`), which decides what a block
-    keeps."""
-    n_train = trainable_params(arch, scope, lora_rank, lora_targets, num_labels)
+             num_labels: int = 2, attention: str = "einsum", mesh=None) -> Estimate:
+    """A group member's bytes on one device of `mesh` ({"data", "fsdp", "tensor": size};
+    None: one device), by term. `micro_batch`: global rows per forward and backward pass (0:
+    the whole batch), split over the mesh's data-parallel axes; `train_rows`, `val_rows`: the
+    member's examples stored on the device (whole on each); `scope="head"` is a probe on
+    cached features (no pass through the model); `attention`: the model's kind
+    (`ArchConfig.attention`), which decides what a block keeps."""
+    mesh = {k: int(v) for k, v in (mesh or {}).items()}
+    n_train = trainable_params_per_device(arch, scope, mesh, lora_rank, lora_targets,
+                                          num_labels)
     rows = micro_batch if 0 < micro_batch < batch_size else batch_size
-    grads = n_train * F32 * (2 if rows < batch_size else 1)
+    passes = rows < batch_size
+    rows = -(-rows // (mesh.get("data", 1) * mesh.get("fsdp", 1)))  # this device's rows
+    copies = (2 if passes else 1) + (UPDATE_COPIES if platform != "cpu" else 0)
+    grads = n_train * F32 * copies
     if scope == "head":  # features [rows, hidden] float32 and the head's logits
         return Estimate(0, n_train * F32, 2 * n_train * F32, n_train * F32, grads,
                         (train_rows + val_rows) * (arch.hidden + 2) * F32,
                         rows * arch.hidden * F32, 0)
     act = activation_itemsize(compute_dtype or param_dtype, platform)
-    frozen = 0 if scope == "full" else arch.base_params() * itemsize(param_dtype)
+    frozen = 0 if scope == "full" else arch.base_params_per_device(mesh) * itemsize(param_dtype)
+    split = mesh.get("fsdp", 1) * mesh.get("tensor", 1) > 1
+    gathered = (GATHERED_BLOCKS * arch.block_params()
+                * itemsize(compute_dtype or param_dtype) if split else 0)
     tokens = rows * length
     block = block_residual_bytes(arch, scope, act, length, lora_rank, lora_targets) * tokens
     # LoRA with einsum attention keeps only the named values (`named_residual_bytes`); the
@@ -228,7 +318,7 @@ def estimate(arch: Arch, *, scope: str, batch_size: int, length: int,
     # validation rows' labels and mask
     data = (train_rows + val_rows) * length * 8 + train_rows * 8 + val_rows * 5
     return Estimate(frozen, n_train * F32, 2 * n_train * F32, n_train * F32, grads, data,
-                    saved, work)
+                    saved, work, gathered)
 
 
 def xla_bytes(analysis) -> int:

@@ -60,14 +60,15 @@ class Sweep(Planner):
         specs = list(specs)
         if not specs:
             return 1
-        largest = max(max(s.n_weak, s.n_oracle) for s in specs)
+        rows, val_rows, _ = stage_shapes(self.config, specs)
         mesh = self.data.learner.steps.mesh
         # a group large enough to fill the devices with whole runs may place them so
         # (`grouping.placement`); the memory of all its devices is then the group's
         axis = groups.run_mesh_axis(mesh, self.config.get("group_sharding", "auto"),
                                     len(specs))
         devices = 1 if axis is None else mesh.shape[axis]  # whole runs spread over them
-        start = auto_group_size(self.data.learner, largest, len(specs), devices=devices)
+        start = auto_group_size(self.data.learner, rows, len(specs), devices=devices,
+                                val_rows=val_rows)
         device = jax.local_devices()[0]
         limit = (device.memory_stats() or {}).get("bytes_limit")
         if device.platform == "cpu" or not limit:
@@ -212,36 +213,47 @@ def resolve_auto_dtype(config, platform: str | None = None):
     return config
 
 
-def auto_group_size(learner, largest_stage: int, n_runs: int, *, memory_share: float = 0.5,
-                    cap: int | None = None, devices: int = 1) -> int:
+def auto_group_size(learner, rows: int, n_runs: int, *, memory_share: float = 0.5,
+                    cap: int | None = None, devices: int = 1, val_rows: int | None = None) -> int:
     """The automatic group size (`grouping.auto_group_size`) for this learner: the bytes one
     member adds to a group (`memory.estimate(...).per_member`: its state, gradients, one
     pass's activations at the learner's dtypes, widths, micro-batch, remat and longest
-    bucket, and the largest stage's rows as training and as validation data) against the free
-    memory of the devices a group spreads over (`groups.device_memory`). The frozen base is
-    not counted: it is loaded already, so the devices' free memory excludes it."""
+    bucket, and its stored training and validation rows, `groups.padded_rows` of the
+    largest stage's) against the free memory of the devices a group spreads over
+    (`groups.device_memory`). The frozen base is not counted: it is loaded already, so the
+    devices' free memory excludes it. On an accelerator each term is one device's share of
+    the learner's mesh when every member spans the mesh (`devices=1`: runs placed as rows),
+    and the weights a split base gathers are taken from the free memory; CPU devices share
+    one pool of RAM, so there the group is counted whole."""
     platform, free = groups.device_memory(devices)
+    mesh = dict(learner.steps.mesh.shape) if platform != "cpu" and devices == 1 else None
     estimate = member_estimate(learner.cfg, learner.bundle, learner.steps.micro_batch,
-                               learner.probe, largest_stage, platform)
+                               learner.probe, rows, platform, val_rows=val_rows, mesh=mesh)
     cap = cap or grouping.max_auto_group(platform, learner.probe)
-    return grouping.auto_group_size(estimate.per_member, free, n_runs, cap, memory_share)
+    return grouping.auto_group_size(estimate.per_member, max(free - estimate.gathered, 0),
+                                    n_runs, cap, memory_share)
 
 
-def member_estimate(cfg, bundle, micro_batch: int, probe: bool, largest_stage: int,
-                    platform: str) -> memory.Estimate:
+def member_estimate(cfg, bundle, micro_batch: int, probe: bool, rows: int, platform: str,
+                    *, val_rows: int | None = None, mesh=None) -> memory.Estimate:
     """`memory.estimate` for a learner's config and model (`cfg` a `LearnerConfig`, `bundle`
-    its model, loaded or abstract): the numbers `auto_group_size` sizes groups with, and
-    launch/preflight.py sets beside the compiler's."""
+    its model, loaded or abstract) with a stage of `rows` training and `val_rows` (default
+    `rows`) validation examples, padded as a group pads them (`groups.padded_rows`), on one
+    device of `mesh` ({axis: size}; None: the whole group on one device): the numbers
+    `auto_group_size` sizes groups with, and launch/preflight.py sets beside the
+    compiler's."""
     length = min([b for b in cfg.buckets if b >= cfg.max_length] or [max(cfg.buckets)])
     targets = (bundle.lora.targets or bundle.config.lora_targets) if bundle.lora else ()
+    train_rows, val_rows = groups.padded_rows(rows, rows if val_rows is None else val_rows,
+                                              cfg.batch_size)
     return memory.estimate(
         memory.Arch.of(bundle.config), scope="head" if probe else cfg.trainable,
         batch_size=cfg.batch_size, length=length,
         param_dtype=bundle.build_args.get("param_dtype", cfg.dtype),
         compute_dtype=bundle.build_args.get("compute_dtype") or cfg.dtype,
-        micro_batch=micro_batch, remat=cfg.remat, train_rows=largest_stage,
-        val_rows=largest_stage, lora_rank=cfg.lora_rank, lora_targets=targets,
-        platform=platform, attention=cfg.attention)
+        micro_batch=micro_batch, remat=cfg.remat, train_rows=train_rows,
+        val_rows=val_rows, lora_rank=cfg.lora_rank, lora_targets=targets,
+        platform=platform, attention=cfg.attention, mesh=mesh)
 
 
 @dataclasses.dataclass

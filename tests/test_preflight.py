@@ -228,3 +228,27 @@ def test_largest_fitting_group_is_found_by_a_few_compiles(start):
     refused = aot.largest_fitting(lambda g: aot.Memory(0, 0, 99, 0, "RESOURCE_EXHAUSTED"),
                                   50, start, 64)
     assert refused == 0
+
+
+@needs_tpu
+@pytest.mark.parametrize("target,sizes", [("v5p-8", (1, 8)), ("v5e-8", (1, 2))])
+def test_memory_model_meets_the_compiler_for_the_study_step(target, sizes, tmp_path,
+                                                            monkeypatch):
+    """The study's 8B LoRA step at sequence 512 (micro-batch 1 of 32, bfloat16, the base
+    sharded): the memory model's bytes per device within 15% of the TPU compiler's, for
+    groups of 1 and 8 runs on v5p-8 and 1 and 2 on v5e-8, where 3 do not fit 16 GiB (issue
+    28, item 3; docs/preflight.md#the-memory-model)."""
+    from configs import cost_sweep
+    monkeypatch.chdir(tmp_path)
+    for members in sizes:
+        config = cost_sweep.get_config("study")
+        config.model = "meta-llama/Meta-Llama-3-8B"
+        config.labeler.kind = "noise"
+        config.max_length, config.length_buckets = 512, (512,)
+        config.parallel_runs = members
+        rows, failures = preflight.run(config, None, target, search=False,
+                                       log=lambda m: None)
+        loop = [r for r in rows if r["program"] == "train_loop"][0]
+        compiled, model = loop["bytes_per_device"]["total"], loop["memory_model_bytes"]
+        assert loop["error"] is None and compiled > 4 * (1 << 30)
+        assert abs(model - compiled) <= 0.15 * compiled, (target, members, model, compiled)
