@@ -205,7 +205,7 @@ def argument_bytes(args) -> int:
     def one(x):
         sharding = getattr(x, "sharding", None)
         shape = sharding.shard_shape(x.shape) if sharding is not None else x.shape
-        return math.prod(shape) * jnp.dtype(x.dtype).itemsize
+        return math.prod(shape) * x.dtype.itemsize  # a PRNG key's dtype has one too
     return int(sum(one(x) for x in jax.tree.leaves(args)))
 
 

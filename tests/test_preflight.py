@@ -252,3 +252,17 @@ def test_memory_model_meets_the_compiler_for_the_study_step(target, sizes, tmp_p
         compiled, model = loop["bytes_per_device"]["total"], loop["memory_model_bytes"]
         assert loop["error"] is None and compiled > 4 * (1 << 30)
         assert abs(model - compiled) <= 0.15 * compiled, (target, members, model, compiled)
+
+
+def test_a_refusals_arguments_are_each_devices_shards():
+    """A compile refused for want of memory names only its temporaries; the arguments a
+    device holds are counted from the abstract arguments' shardings (a PRNG key included)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from scalable_elicitation import aot
+    from scalable_elicitation.sharding import make_mesh
+    mesh = make_mesh({"fsdp": 8})
+    split = jax.ShapeDtypeStruct((16, 4), jnp.bfloat16, sharding=NamedSharding(mesh, P("fsdp")))
+    whole = jax.ShapeDtypeStruct((3,), jnp.float32, sharding=NamedSharding(mesh, P()))
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    assert aot.argument_bytes({"w": split, "b": whole, "key": key}) == 2 * 4 * 2 + 3 * 4 + 8
