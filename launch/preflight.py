@@ -12,7 +12,9 @@ target's compile-only devices, and compiles them for the target:
 - `train_loop`: the group loop (`groups.group_loop`: a vmapped train step of every member,
   their validation) at the group size the scheduler would choose;
 - `eval`: the test-set scoring step; `features`: a probe's pooled features forward;
-- `labeler_loop`: the weak labeller's stage, when the labeller is a model.
+- `labeler_loop`: the weak labeller's stage, when the labeller is a model;
+- `icl_prefix`, `icl_scores`: in-context scoring (a prompt prefix's KV cache; a batch scored
+  after the stacked prompts), when any run is in-context.
 
 Per program it prints and writes (`--out`) the compiler's bytes per device, the device's
 memory, whether it fits, the largest group that fits (found by compiling), FLOPs per step
