@@ -12,7 +12,9 @@ target's compile-only devices, and compiles them for the target:
 - `train_loop`: the group loop (`groups.group_loop`: a vmapped train step of every member,
   their validation) at the group size the scheduler would choose;
 - `eval`: the test-set scoring step; `features`: a probe's pooled features forward;
-- `labeler_loop`: the weak labeller's stage, when the labeller is a model.
+- `labeler_loop`: the weak labeller's stage, when the labeller is a model;
+- `icl_prefix`, `icl_scores`: in-context scoring (a prompt prefix's KV cache; a batch scored
+  after the stacked prompts), when any run is in-context.
 
 Per program it prints and writes (`--out`) the compiler's bytes per device, the device's
 memory, whether it fits, the largest group that fits (found by compiling), FLOPs per step
@@ -390,7 +392,8 @@ def plan(config, config_path: str | None, target, devices) -> Plan:
     points = experiment.sweep_points(config_path, config) if config_path else []
     points = points or [{"budget": b, "fraction": f, "seed": 0}
                         for b in config.budgets for f in config.fractions]
-    specs = Planner(config, NO_WORKDIR).plan(points)
+    planner = Planner(config, NO_WORKDIR)
+    specs = planner.plan(points)
     rows, val_rows, steps = runner.stage_shapes(config, specs)
     strong = aot.learned(learner_config(config, platform), devices)
     placement = config.get("group_sharding", "auto")
@@ -415,6 +418,9 @@ def plan(config, config_path: str | None, target, devices) -> Plan:
     programs = [aot.inference_program("", strong),
                 aot.loop_program("", strong, loss=config.loss, rows=rows, val_rows=val_rows,
                              steps=steps, members=size, group_sharding=placement)]
+    icl = icl_scoring(planner, specs)
+    if icl:  # in-context runs' scoring (`Learner.icl_scores_uncached`)
+        programs += aot.icl_programs("", strong, prefix_length=icl[0], runs=min(size, icl[1]))
     lab = config.labeler
     if lab.kind == "model":  # the weak labeller's learner and stage (labelers/model.py)
         lcfg = LearnerConfig(lab.source, trainable=lab.trainable, dtype=config.dtype,
@@ -428,6 +434,26 @@ def plan(config, config_path: str | None, target, devices) -> Plan:
                      aot.loop_program("labeler_", weak, loss="xent", rows=lab.n_train,
                                   val_rows=1, steps=total, members=1, group_sharding="rows")]
     return Plan(programs, strong, size, len(specs), estimate, seen, spread)
+
+
+def icl_scoring(planner, specs) -> tuple[int, int] | None:
+    """(padded length of the longest prompt prefix, distinct prompts) of the in-context runs
+    among `specs` (a point's overrides may make it one, with its own k), or None without
+    any. Prompts are counted, at most, as one per seed, shot mix (the method's `shot_mix`)
+    and shot and input lengths: runs with equal prompts are scored once
+    (`Learner.icl_scores_many`)."""
+    from scalable_elicitation import methods
+    longest, prompts = 0, set()
+    for s in specs:
+        c = planner.run_config(s.overrides)
+        method = methods.get(c.method)
+        if not method.in_context:
+            continue
+        longest = max(longest, aot.icl_prefix_length(c.k, c.shot_max_length))
+        mix = method.shot_mix(c.k, s.n_oracle, s.n_weak)
+        if sum(mix):
+            prompts.add((s.seed, *mix, c.shot_max_length, c.max_length))
+    return (longest, max(1, len(prompts))) if longest else None
 
 
 # Settings tried, in order, for a program that does not fit: the first that compiles within

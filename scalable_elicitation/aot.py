@@ -24,7 +24,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from scalable_elicitation import groups, memory
-from scalable_elicitation.learner import learner_mesh
+from scalable_elicitation.batching import bucket_for
+from scalable_elicitation.learner import PREFIX_BUCKETS, icl_functions, learner_mesh
 from scalable_elicitation.models import LoraConfig, abstract_bundle
 from scalable_elicitation.models import layers as L
 from scalable_elicitation.sharding import batch_sharding
@@ -174,6 +175,53 @@ def loop_program(prefix: str, lrn: Learned, *, loss: str, rows: int, val_rows: i
         flops = memory.train_flops(arch, lrn.lcfg.trainable, bs * length, length,
                                    lrn.lcfg.lora_rank, targets or memory.PROJECTIONS)
     return Program(f"{prefix}train_loop", build, True, flops, members)
+
+
+# A prompt prefix's tokens beside its shots' texts, at most (the tokenizer is not known
+# without a download): the leading special tokens (Llama: BOS) and each shot's label line
+# "\n{label}\n\n" (`prompts.PromptBuilder`), counted one token per character
+ICL_LEADING_TOKENS = 2
+ICL_LABEL_LINE_TOKENS = 4
+
+
+def icl_prefix_length(k: int, shot_max_length: int) -> int:
+    """The padded length (`learner.PREFIX_BUCKETS`) of the longest prefix an ICL run of k
+    shots can have: every shot's text cut at `shot_max_length` tokens."""
+    longest = ICL_LEADING_TOKENS + k * (shot_max_length + ICL_LABEL_LINE_TOKENS)
+    return bucket_for(longest, PREFIX_BUCKETS)
+
+
+def icl_programs(prefix: str, lrn: Learned, *, prefix_length: int, runs: int) -> list:
+    """In-context scoring as `Learner.icl_scores_uncached` runs it, through the same jits
+    (`learner.icl_functions`): `icl_prefix` encodes one [1, P] prompt prefix into its KV
+    cache; `icl_scores` scores one batch of inputs of the longest bucket after `runs`
+    prefixes of length `prefix_length` stacked on a run axis (the runs of a scheduler's batch
+    with distinct prompts: `build(runs)`). The stacked caches are the prefix programs'
+    replicated outputs, stacked, as the learner stacks them."""
+    encode_fn, score_fn = icl_functions(lrn.bundle)
+    mesh, bs, length = lrn.mesh, lrn.lcfg.batch_size, lrn.length
+    replicated = NamedSharding(mesh, P())
+    weights = encode_fn.args[0]
+    # the prefix goes in as the learner passes it, a host array (no sharding of its own)
+    p_tokens = (_sds((1, prefix_length), jnp.int32, None),) * 2
+    tokens = (_sds((bs, length), jnp.int32, batch_sharding(mesh, 2)),) * 2
+    arch = memory.Arch.of(lrn.bundle.config)
+    targets = (lrn.bundle.lora.targets or lrn.bundle.config.lora_targets) \
+        if lrn.bundle.lora else memory.PROJECTIONS
+    rank = lrn.lcfg.lora_rank if lrn.bundle.lora else 0
+    unembed = 2.0 * arch.hidden * lrn.bundle.config.vocab_size
+
+    def build_scores(n):
+        cache = jax.eval_shape(encode_fn.func, weights, *p_tokens)
+        stacked = jax.tree.map(lambda x: _sds((n, *x.shape), x.dtype, replicated), cache)
+        return score_fn.func, (weights, *tokens, stacked)
+
+    return [Program(f"{prefix}icl_prefix", lambda _: (encode_fn.func, (weights, *p_tokens)),
+                    False, memory.forward_flops(arch, prefix_length, prefix_length, rank,
+                                                targets)),
+            Program(f"{prefix}icl_scores", build_scores, False,
+                    memory.forward_flops(arch, bs * length, prefix_length + length, rank,
+                                         targets) + bs * unembed, runs)]
 
 
 def _hparams() -> dict:

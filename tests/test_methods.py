@@ -86,6 +86,25 @@ def test_icl_scores_of_many_runs_at_once_equal_each_alone():
     assert not np.allclose(together[0], together[1])  # the shots matter
 
 
+def test_icl_scores_with_the_base_sharded_equal_data_parallel():
+    """With the base sharded (fsdp) the ICL jits keep rows split and gather weights
+    (`learner.icl_functions`); the scores are the data-parallel mesh's."""
+    texts = ["what a movie", "no", "somewhat longer input text here"]
+    scores = []
+    for mesh in ((("data", -1),), (("data", 1), ("fsdp", -1))):
+        learner = Learner(LearnerConfig("tiny:llama", trainable="lora", buckets=(32, 64),
+                                        max_length=32, mesh=mesh))
+        builders = [PromptBuilder(learner.tokenizer,
+                                  make_shots([f"aa0{r}", f"bb0{r}"], ["good film", "awful"],
+                                             shown),
+                                  shot_max_length=16, input_max_length=32, seed=r)
+                    for r, shown in enumerate([[0.9, 0.2], [0.1, 0.8]])]
+        scores.append(learner.icl_scores_uncached(builders, texts))
+    assert not np.allclose(scores[0][0], scores[0][1])
+    for data, fsdp in zip(*scores):
+        np.testing.assert_allclose(fsdp, data, rtol=1e-5, atol=1e-5)
+
+
 def test_icl_runs_with_equal_prompts_are_scored_once(monkeypatch):
     """Runs of a seed that show the same shots (issue 23: on a grid, every run with at least k
     oracle labels) share one encoded prefix and one scoring pass, within a call and across

@@ -266,3 +266,125 @@ def test_a_refusals_arguments_are_each_devices_shards():
     whole = jax.ShapeDtypeStruct((3,), jnp.float32, sharding=NamedSharding(mesh, P()))
     key = jax.eval_shape(lambda: jax.random.key(0))
     assert aot.argument_bytes({"w": split, "b": whole, "key": key}) == 2 * 4 * 2 + 3 * 4 + 8
+
+
+def _icl_smoke(**changes):
+    from configs import cost_sweep
+    from scalable_elicitation import runner
+    config = cost_sweep.get_config("smoke")
+    config.method = "icl"
+    config.mesh.data, config.mesh.fsdp = 1, -1  # the base sharded, as the study's
+    config.parallel_runs = 4  # the group size, without the search
+    config.seeds = 2
+    for key, value in changes.items():
+        config[key] = value
+    return runner.resolve_auto_dtype(config, "cpu")
+
+
+def test_icl_prompts_and_prefix_length_are_counted_from_the_runs():
+    """Prompts are distinct per seed and shot mix (k=2: 2 oracle, 1+1, 2 weak); the
+    prefix bucket is the longest any ICL run's k shots can need."""
+    from scalable_elicitation.planning import Planner, RunSpec
+    planner = Planner(_icl_smoke(), preflight.NO_WORKDIR)
+
+    def spec(n_weak, n_oracle, seed, **overrides):
+        return RunSpec(n_weak, n_oracle, seed, None, (), (), tuple(sorted(overrides.items())))
+
+    specs = [spec(20, 0, 0), spec(10, 1, 0), spec(0, 2, 0), spec(0, 8, 0), spec(20, 0, 1),
+             spec(40, 8, 0)]  # (0,2) (1,1) (2,0) (2,0) (0,2) (2,0): 3 mixes of seed 0, 1 of 1
+    assert preflight.icl_scoring(planner, specs) == (256, 4)  # 2 + 2 x (64 + 4) -> 256
+    assert preflight.icl_scoring(planner, specs + [spec(0, 64, 0, k=32)]) == (4096, 5)
+    assert preflight.icl_scoring(planner, [spec(20, 0, 0, method="seq_sft")]) is None
+
+
+def test_icl_programs_are_the_learners_own_jits():
+    """`aot.icl_programs` lowers to exactly what `Learner.icl_scores_uncached` runs (the
+    prefix encoding, and the scoring of stacked prefixes), shardings included, on an FSDP
+    mesh of the 8 CPU devices; the prefix bucket an abstract k-shot prompt is given holds
+    the real one's."""
+    from scalable_elicitation import aot
+    from scalable_elicitation.batching import make_batch, to_global
+    from scalable_elicitation.learner import (Learner, LearnerConfig, _padded_prefix,
+                                              icl_functions)
+    from scalable_elicitation.prompts import PromptBuilder, make_shots
+    lcfg = LearnerConfig("tiny:llama", trainable="lora", buckets=(32,), max_length=32,
+                         batch_size=16, mesh=(("data", 1), ("fsdp", -1)))
+    learner = Learner(lcfg)
+    builders = [PromptBuilder(learner.tokenizer,
+                              make_shots([f"aa0{r}", f"bb0{r}"], ["word " * 40, "other " * 40],
+                                         [1.0, 0.0]),
+                              shot_max_length=16, input_max_length=32, seed=r)
+                for r in range(3)]
+    encode_fn, score_fn = icl_functions(learner.bundle)
+    p_ids, p_mask = _padded_prefix(builders[0].prefix(), learner.spec.pad_id)
+    assert p_ids.shape[1] == aot.icl_prefix_length(2, 16)
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[
+        encode_fn(*_padded_prefix(b.prefix(), learner.spec.pad_id)) for b in builders])
+    batch = make_batch([np.asarray(builders[0].suffix("some text")[0], np.int32)],
+                       np.zeros(1), np.ones(1), 16, (32,), learner.spec.pad_id)
+    batch = to_global({k: batch[k] for k in ("input_ids", "attention_mask")},
+                      learner.steps.mesh)
+    lrn = aot.learned(lcfg, jax.devices())
+    prefix_prog, score_prog = aot.icl_programs("", lrn, prefix_length=p_ids.shape[1], runs=3)
+    assert (prefix_prog.name, score_prog.name, score_prog.members) == ("icl_prefix",
+                                                                        "icl_scores", 3)
+    fn, args = prefix_prog.build(1)
+    assert fn.lower(*args).as_text() == encode_fn.func.lower(
+        *encode_fn.args, p_ids, p_mask).as_text()
+    fn, args = score_prog.build(3)
+    assert fn.lower(*args).as_text() == score_fn.func.lower(
+        *score_fn.args, batch["input_ids"], batch["attention_mask"], stacked).as_text()
+
+
+def test_an_icl_plan_lists_its_scoring_and_it_compiles_on_cpu():
+    """A config whose runs are in-context (the method, or a point's override) plans the
+    ICL programs beside the others, stacking as many prompts as a scheduler's batch holds
+    distinct ones; they compile on the 8 CPU devices (as the v5p-8 target's stand-in), and
+    with the base sharded the scoring keeps its rows split: the weights are gathered, no
+    activation is all-reduced (XLA's own choice all-reduced every row's activations)."""
+    from scalable_elicitation import experiment
+    from scalable_elicitation.planning import Planner
+    target = targets.get("v5p-8")
+    config = _icl_smoke()
+    path = str(ROOT / "configs/cost_sweep.py")
+    p = preflight.plan(config, path, target, jax.devices())
+    by = {q.name: q for q in p.programs}
+    assert list(by) == ["eval", "train_loop", "icl_prefix", "icl_scores"]
+    planner = Planner(config, preflight.NO_WORKDIR)
+    specs = planner.plan(experiment.sweep_points(path, config))
+    assert {s.seed for s in specs} == {0, 1}
+    prefix_length, prompts = preflight.icl_scoring(planner, specs)
+    assert prompts > p.group_size and by["icl_scores"].members == p.group_size
+    _, args = by["icl_scores"].build(by["icl_scores"].members)
+    assert args[1].shape == (config.train.batch_size, 32)  # one batch of the input bucket
+    kv = jax.tree.leaves(args[3])[0]
+    assert kv.shape[0] == p.group_size and kv.shape[3] == prefix_length == 256
+    for name in ("icl_prefix", "icl_scores"):
+        result = preflight.compile_program(by[name], by[name].members)
+        assert result.error is None and result.total > 0
+    assert "all-reduce" not in result.census.collectives
+    assert "all-gather" in result.census.collectives
+
+    plain = preflight.plan(_icl_smoke(method="seq_sft"), path, target, jax.devices())
+    assert [q.name for q in plain.programs] == ["eval", "train_loop"]
+    # configs/methods.py keeps config.method=seq_sft and makes its icl points by override
+    from configs import methods as methods_config
+    from scalable_elicitation.runner import resolve_auto_dtype
+    mixed = resolve_auto_dtype(methods_config.get_config("smoke"), "cpu")
+    mixed.parallel_runs = 2
+    p = preflight.plan(mixed, str(ROOT / "configs/methods.py"), target, jax.devices())
+    assert [q.name for q in p.programs][-2:] == ["icl_prefix", "icl_scores"]
+
+
+@needs_tpu
+def test_icl_scoring_compiles_for_tpu(monkeypatch, tmp_path):
+    """The ICL programs compile for a TPU slice and fit, in the run's rows."""
+    monkeypatch.chdir(tmp_path)
+    config = _icl_smoke()
+    rows, failures = preflight.run(config, str(ROOT / "configs/cost_sweep.py"), "v5e-8",
+                                   search=False, log=lambda m: None)
+    assert not failures
+    by = {r["program"]: r for r in rows}
+    assert {"icl_prefix", "icl_scores"} <= set(by)
+    assert by["icl_scores"]["members"] == 4 and by["icl_scores"]["fits"]
+    assert "all-reduce" not in by["icl_scores"]["collectives"]

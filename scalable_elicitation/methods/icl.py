@@ -14,10 +14,16 @@ class ICL(Method):
     keys = ("k", "shot_source", "shot_max_length")
     in_context = True
 
+    @staticmethod
+    def shot_mix(k: int, n_oracle: int, n_weak: int) -> tuple[int, int]:
+        """(oracle, weak) shots of a run that bought these labels: every one up to k, oracle
+        first (launch/preflight.py counts a sweep's distinct prompts with it)."""
+        n_o = min(k, n_oracle)
+        return n_o, min(k - n_o, n_weak)
+
     def take_shots(self, config, weak, bought):
         """Every bought label up to k is a shot, oracle first; nothing is left to train on."""
-        n_o = min(config.k, len(bought.oracle))
-        n_w = min(config.k - n_o, len(bought.weak))
+        n_o, n_w = self.shot_mix(config.k, len(bought.oracle), len(bought.weak))
         if n_o + n_w == 0:
             raise InfeasibleRun("icl needs at least one bought label for its prompt")
         picked = concat_splits([bought.oracle.take(np.arange(n_o)),
