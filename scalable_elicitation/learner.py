@@ -253,13 +253,25 @@ class Learner:
                 logits = score_fn(batch["input_ids"], batch["attention_mask"], stacked)
                 return (logits[..., id1] - logits[..., id0]).T  # [batch, runs]
 
-            scores = batched_apply(label_logit_difference, enc, self.spec, self.steps.mesh,
+            scores = batched_apply(label_logit_difference, enc, suffix_spec(self.spec, enc),
+                                   self.steps.mesh,
                                    prepare=lambda b, idx: {"input_ids": b["input_ids"],
                                                            "attention_mask": b["attention_mask"]},
                                    tail=(len(runs),))
             for j, r in enumerate(runs):
                 out[r] = scores[:, j]
         return out
+
+
+def suffix_spec(spec: BatchSpec, enc: Encoded) -> BatchSpec:
+    """`spec` for inputs scored after a cached prompt prefix, with one more bucket (rounded
+    up to a multiple of 8) when an input's own tokens pass its largest: its text is cut to
+    max_length tokens, then the newline and the tokenizer's trailing tokens follow, one or
+    more past a largest bucket of max_length (which failed every run in the batch)."""
+    longest = max((len(t) for t in enc.tokens), default=0)
+    if longest <= max(spec.buckets):
+        return spec
+    return dataclasses.replace(spec, buckets=(*sorted(spec.buckets), -(-longest // 8) * 8))
 
 
 def _prompted_by_prefix(learner: "Learner", builder, ids, texts) -> Features:
@@ -300,7 +312,8 @@ def _features_after(learner: "Learner", prefix, enc: Encoded, progress=None) -> 
     p_ids, p_mask = _padded_prefix(prefix, learner.spec.pad_id)
     cache = encode_fn(p_ids, p_mask)
     return batched_apply(
-        lambda b: feature_fn(b["input_ids"], b["attention_mask"], cache), enc, learner.spec,
+        lambda b: feature_fn(b["input_ids"], b["attention_mask"], cache), enc,
+        suffix_spec(learner.spec, enc),
         learner.steps.mesh, prepare=lambda b, idx: {"input_ids": b["input_ids"],
                                                  "attention_mask": b["attention_mask"]},
         tail=(learner.bundle.config.hidden_size,), progress=progress)

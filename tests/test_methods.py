@@ -105,6 +105,32 @@ def test_icl_scores_with_the_base_sharded_equal_data_parallel():
         np.testing.assert_allclose(fsdp, data, rtol=1e-5, atol=1e-5)
 
 
+def test_inputs_cut_at_max_length_fit_when_the_largest_bucket_is_max_length():
+    """An in-context input is its text cut to max_length tokens, then a newline (and the
+    tokenizer's trailing tokens): one longer than a largest bucket of max_length. Scoring
+    (and a probe's prompted features) must not fail on it: it takes a bucket of its own."""
+    learner = Learner(LearnerConfig("tiny:llama", trainable="lora", buckets=(32,),
+                                    max_length=32, mesh=(("data", 1),)))
+    builder = PromptBuilder(learner.tokenizer,
+                            make_shots(["aa01", "bb02"], ["good film", "awful"], [0.9, 0.2]),
+                            shot_max_length=16, input_max_length=32, seed=0)
+    texts = ["a long input text " * 12, "no"]
+    assert len(builder.suffix(texts[0])[0]) > 32 and builder.suffix(texts[0])[1]
+    scores = learner.icl_scores_uncached([builder], texts)[0]
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    ids = np.asarray([builder.prefix() + builder.suffix(texts[0])[0]], np.int32)
+    logits = learner.bundle.model.last_lm_logits(jnp.asarray(ids), jnp.ones_like(ids))
+    id0, id1 = label_token_ids(learner.tokenizer)
+    want = float(logits[0, id1] - logits[0, id0])
+    assert abs(scores[0] - want) <= 1e-4 * max(1.0, abs(want))
+    from scalable_elicitation.learner import _prompted_by_prefix
+    probe = Learner(LearnerConfig("tiny:llama", trainable="head", buckets=(32,),
+                                  max_length=32, mesh=(("data", 1),)))
+    features = _prompted_by_prefix(probe, builder, ["1", "2"], texts)
+    assert features.features.shape[0] == 2 and np.isfinite(features.features).all()
+    assert features.truncated.tolist() == [True, False]
+
+
 def test_icl_runs_with_equal_prompts_are_scored_once(monkeypatch):
     """Runs of a seed that show the same shots (issue 23: on a grid, every run with at least k
     oracle labels) share one encoded prefix and one scoring pass, within a call and across
