@@ -99,8 +99,6 @@ def _computations(hlo: str) -> dict[str, list[str]]:
     return comps
 
 
-_DEF = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ")
-
 
 def _op_flops(line: str, shapes: dict) -> float:
     """FLOPs of a dot or convolution instruction (2 x output elements x contracted size);
@@ -148,6 +146,13 @@ class Census:
     # channel (one collective, which XLA:TPU may split over several fusions) -> [kind, count,
     # bytes]; `collectives` sums them by kind
     channels: dict = dataclasses.field(default_factory=dict)
+    by_op: dict = dataclasses.field(default_factory=dict)  # JAX op name -> FLOPs
+    custom_calls: set = dataclasses.field(default_factory=set)
+    # loops whose trip count could not be read, counted once. In the entry computation that
+    # is the group loop's `while` over steps (`step_loops`: what makes the figures per step);
+    # anywhere else (`unread_loops`) the FLOPs and collectives are not the step's.
+    step_loops: list = dataclasses.field(default_factory=list)
+    unread_loops: list = dataclasses.field(default_factory=list)
 
     @property
     def collectives(self) -> dict:
@@ -157,16 +162,21 @@ class Census:
             entry[0] += n
             entry[1] += b
         return out
-    by_op: dict = dataclasses.field(default_factory=dict)  # JAX op name -> FLOPs
-    custom_calls: set = dataclasses.field(default_factory=set)
+
+    @property
+    def reliable(self) -> bool:
+        """Whether every loop inside a step had a trip count the census could read."""
+        return not self.unread_loops
 
 
 def census(hlo: str, skip_conditionals: bool = True) -> Census:
     """FLOPs and collectives of one run of the entry computation, each loop body counted its
-    known trip count times (XLA's cost analysis counts a body once); a loop without a known
-    trip count (the group loop's `while` over steps) counts once: per step. Conditionals
-    (evaluations when due, skipped empty micro-batches of a lone run) are left out with
-    `skip_conditionals`."""
+    trip count times (XLA's cost analysis counts a body once). A loop in the entry computation
+    whose trip count is not known (the group loop's `while` over steps) counts once: per step;
+    one elsewhere counts once too, and is named in `unread_loops`. Conditionals (evaluations
+    when due, skipped empty micro-batches of a lone run) are left out with
+    `skip_conditionals`. Collectives are counted per channel, their bytes the result's (an
+    async collective's `-done`)."""
     comps = _computations(hlo)
     memo: dict[str, Census] = {}
 
@@ -175,12 +185,11 @@ def census(hlo: str, skip_conditionals: bool = True) -> Census:
             return memo[name]
         c = Census()
         lines = comps.get(name, [])
-        shapes = {}
+        insts = _instructions(lines)
+        shapes = {k: i.type for k, i in insts.items()}
+        started = {}  # an async collective's -start instruction -> its channel key
         for line in lines:
-            d = _DEF.match(line)
-            if d:
-                shapes[d.group(1)] = d.group(2)
-        for line in lines:
+            inst = _instruction(line)
             f = _op_flops(line, shapes)
             if f:
                 c.flops += f
@@ -188,21 +197,31 @@ def census(hlo: str, skip_conditionals: bool = True) -> Census:
                 key = op.group(1) if op else "?"
                 c.by_op[key] = c.by_op.get(key, 0.0) + f
             for kind in COLLECTIVES:
-                if re.search(rf"\s{kind}(-start)?\(", line):
+                if inst is not None and inst.op in (kind, kind + "-start"):
                     channel = re.search(r"channel_id=(\d+)", line)
-                    key = channel.group(1) if channel else f"{name}:{line[:80]}"
-                    lhs = line.split("=", 1)[1].split(kind)[0]
-                    c.channels.setdefault(key, [kind, 1, _bytes(lhs)])
+                    key = channel.group(1) if channel else f"{name}:{inst.name}"
+                    c.channels.setdefault(key, [kind, 1, _bytes(inst.type)])
+                    started[inst.name] = key
+                elif inst is not None and inst.op == kind + "-done" and inst.operands:
+                    # the -start's type holds the operands and context words as well; the
+                    # -done's is what the collective delivers
+                    key = started.get(inst.operands[0])
+                    if key in c.channels:
+                        c.channels[key][2] = _bytes(inst.type)
             cc = re.search(r'custom_call_target="([^"]+)"', line)
             if cc:
                 c.custom_calls.add(cc.group(1))
             times, callees = 1, []
-            if re.search(r"\swhile\(", line):
+            if inst is not None and inst.op == "while":
                 body = re.search(r"body=%?([\w.\-]+)", line)
                 cond = re.search(r"condition=%?([\w.\-]+)", line)
                 trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
                 times = int(trip.group(1)) if trip else _trip_count(
-                    comps.get(cond.group(1), []) if cond else [])
+                    comps.get(cond.group(1), []) if cond else [],
+                    comps.get(body.group(1), []) if body else [], insts, inst)
+                if times is None:
+                    times = 1
+                    (c.step_loops if name == "__entry__" else c.unread_loops).append(inst.name)
                 callees = [body.group(1)] if body else []
             elif re.search(r"\sconditional\(", line):
                 if skip_conditionals:
@@ -219,29 +238,167 @@ def census(hlo: str, skip_conditionals: bool = True) -> Census:
                 for key, f in sub.by_op.items():
                     c.by_op[key] = c.by_op.get(key, 0.0) + times * f
                 c.custom_calls |= sub.custom_calls
+                c.unread_loops += sub.step_loops + sub.unread_loops
                 for key, (kind, n, b) in sub.channels.items():
                     c.channels.setdefault(key, [kind, times * n, times * b])
         memo[name] = c
         return c
 
-    entry = walk("__entry__")
-    return entry
+    return walk("__entry__")
 
 
-def _trip_count(condition: list[str]) -> int:
-    """A counted loop's trip count from its condition (`counter < N` against a constant, as
-    XLA:TPU prints a scan's loop, without the CPU/GPU `known_trip_count`); 1 when the
-    condition is not that (the group loop's `while` over steps: counted per step)."""
-    consts = {}
-    for line in condition:
-        m = re.match(r"^\s*%?([\w.\-]+) = s32\[\][^ ]* constant\((\d+)\)", line)
-        if m:
-            consts[m.group(1)] = int(m.group(2))
-    for line in condition:
-        m = re.search(r"compare\(%?[\w.\-]+, %?([\w.\-]+)\), direction=LT", line)
-        if m and m.group(1) in consts and line.lstrip().startswith("ROOT"):
-            return consts[m.group(1)]
-    return 1
+# ---------------------------------------------------------------------------------------------
+# Loop trip counts. XLA:TPU prints no `known_trip_count`; a loop's count is read from its
+# condition (`counter < N`, or <=, >, >=, !=, against a constant), the step its body adds to
+# the counter, and the counter's initial value in the loop's operand tuple: a scan counts
+# 0, 1, ... N-1 in s32; a collective matmul (an all-gather XLA:TPU decomposes into a ring of
+# collective-permutes, each step's shard multiplied as it arrives) counts in u32 and may
+# advance by 2 (two ring directions, or a body unrolled twice).
+@dataclasses.dataclass
+class _Inst:
+    name: str
+    type: str
+    op: str
+    operands: list
+    attributes: str
+
+
+def _close(text: str, i: int) -> int:
+    """Index of the parenthesis closing the one at `text[i]`."""
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[j], 0)
+        if depth == 0:
+            return j
+    return len(text) - 1
+
+
+def _instruction(line: str) -> _Inst | None:
+    """One HLO instruction line, parsed: `%name = TYPE opcode(operands), attributes`."""
+    m = re.match(r"^\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+    if not m:
+        return None
+    rest = line[m.end():]
+    if rest.startswith("("):  # a tuple type, with spaces and comments inside
+        end = _close(rest, 0)
+        type_text, rest = rest[:end + 1], rest[end + 1:].lstrip()
+    else:
+        type_text, _, rest = rest.partition(" ")
+    op = re.match(r"([\w\-]+)\(", rest)
+    if not op:
+        return None
+    end = _close(rest, op.end() - 1)
+    operands, depth, part = [], 0, ""
+    for ch in re.sub(r"/\*.*?\*/", "", rest[op.end():end]) + ",":
+        depth += {"(": 1, "{": 1, "[": 1, ")": -1, "}": -1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            if part.strip():  # older HLO prints an operand's type before its name
+                operands.append(part.split()[-1].lstrip("%"))
+            part = ""
+        else:
+            part += ch
+    return _Inst(m.group(1), type_text, op.group(1), operands, rest[end + 1:])
+
+
+def _instructions(lines: list[str]) -> dict[str, _Inst]:
+    out = {}
+    for line in lines:
+        inst = _instruction(line)
+        if inst is not None:
+            out[inst.name] = inst
+            if line.lstrip().startswith("ROOT "):
+                out["__root__"] = inst
+    return out
+
+
+def _source(insts: dict, name: str) -> _Inst | None:
+    """The instruction that defines `name`'s value, through copies, bitcasts, conversions
+    and async copies."""
+    for _ in range(32):
+        inst = insts.get(name)
+        if inst is None or not inst.operands:
+            return inst
+        if inst.op in ("copy", "bitcast", "convert", "reshape"):
+            name = inst.operands[0]
+        elif inst.op == "copy-done":
+            start = insts.get(inst.operands[0])
+            if start is None or not start.operands:
+                return inst
+            name = start.operands[0]
+        else:
+            return inst
+    return None
+
+
+def _int_constant(insts: dict, name: str) -> int | None:
+    inst = _source(insts, name)
+    if inst is None or inst.op != "constant" or not re.match(r"[su]\d+\[\]", inst.type):
+        return None
+    try:
+        return int(inst.operands[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _tuple_index(insts: dict, name: str) -> int | None:
+    """k when `name` is element k of the computation's parameter (a loop's state tuple)."""
+    inst = _source(insts, name)
+    if inst is None or inst.op != "get-tuple-element":
+        return None
+    param = _source(insts, inst.operands[0])
+    index = re.search(r"index=(\d+)", inst.attributes)
+    return int(index.group(1)) if param is not None and param.op == "parameter" and index \
+        else None
+
+
+_FLIP = {"LT": "GT", "GT": "LT", "LE": "GE", "GE": "LE", "NE": "NE"}
+
+
+def _trip_count(condition: list[str], body: list[str], caller: dict,
+                loop: _Inst) -> int | None:
+    """A counted loop's trip count (see above); None when the loop is not one whose count can
+    be read (the group loop's `while` over steps compares two values it carries)."""
+    cond, step_insts = _instructions(condition), _instructions(body)
+    root = cond.get("__root__")
+    if root is None or root.op != "compare" or len(root.operands) != 2:
+        return None
+    direction = re.search(r"direction=(\w+)", root.attributes)
+    direction = direction.group(1) if direction else ""
+    a, b = root.operands
+    k, limit = _tuple_index(cond, a), _int_constant(cond, b)
+    if k is None or limit is None:  # `N > counter`
+        k, limit, direction = _tuple_index(cond, b), _int_constant(cond, a), \
+            _FLIP.get(direction, "")
+    if k is None or limit is None:
+        return None
+    # the body's new counter: the old one plus (or minus) a constant
+    out = step_insts.get("__root__")
+    if out is None or out.op != "tuple" or k >= len(out.operands):
+        return None
+    update = _source(step_insts, out.operands[k])
+    if update is None or update.op not in ("add", "subtract") or len(update.operands) != 2:
+        return None
+    x, y = update.operands
+    step = _int_constant(step_insts, y)
+    if _tuple_index(step_insts, x) != k or step is None:
+        if update.op == "subtract" or _tuple_index(step_insts, y) != k:
+            return None
+        step = _int_constant(step_insts, x)
+        if step is None:
+            return None
+    step = -step if update.op == "subtract" else step
+    # the counter's first value, in the tuple the loop starts from
+    state = _source(caller, loop.operands[0]) if loop.operands else None
+    if state is None or state.op != "tuple" or k >= len(state.operands):
+        return None
+    start = _int_constant(caller, state.operands[k])
+    if start is None or step == 0 or direction not in _FLIP:
+        return None
+    if (step < 0 and direction in ("LT", "LE")) or (step > 0 and direction in ("GT", "GE")) \
+            or (direction == "NE" and ((limit - start) % step or (limit - start) / step < 0)):
+        return None  # a loop that does not count towards its limit
+    span = limit - start + (step // abs(step) if direction in ("LE", "GE") else 0)
+    return max(0, -(-span // step))  # ceil(span / step)
 
 
 def attention_kernel(config_attention: str, calls: set, platform: str) -> str:
@@ -312,6 +469,10 @@ def row(prog, target, n_devices: int, result: Compiled, attention: str,
         "flops_per_step": flops,
         "flops_source": ("compiled program's dots x loop trip counts" if per_device_flops
                          else "analytic (the GPU compiler gives no cost analysis)"),
+        # loops inside a step whose trip count the census could not read (each counted once):
+        # when any, the compiled FLOPs, the collectives and the bound built on them are not
+        # the step's, and the table marks them "?"
+        "census_unread_loops": list(c.unread_loops),
         "model_flops_per_step": model,
         "step_time_lower_bound_s": bound,
         # at most 1: the analytic count may exceed the compiled one (BERT is counted with
@@ -340,6 +501,8 @@ def table(rows: list[dict]) -> str:
         coll = ", ".join(f"{k} {v['count']}x {v['bytes'] / GIB:.2f}GiB"
                          for k, v in r["collectives"].items()) or "none"
         bound, mfu = r["step_time_lower_bound_s"], r["mfu_ceiling"]
+        unsure = " ?" if r.get("census_unread_loops") else ""
+        coll += unsure
         lines.append(
             f"| {r['program']} | {r['target']} | {mesh} | {r['members']} | "
             f"{_fmt_gib(b['total'])} ({_fmt_gib(b['argument'])}+{_fmt_gib(b['output'])}+"
@@ -347,10 +510,16 @@ def table(rows: list[dict]) -> str:
             f"{'-' if r.get('memory_model_bytes') is None else _fmt_gib(r['memory_model_bytes'])}"
             f" | {_fmt_gib(r['device_bytes'])} | "
             f"{'yes' if r['fits'] else 'NO'} | {r['max_group_size']} | "
-            f"{r['flops_per_step'] / 1e12:.2f} | "
-            f"{'-' if bound is None else f'{bound:.3g}'} | "
-            f"{'-' if mfu is None else f'{mfu:.2f}'} | "
+            f"{r['flops_per_step'] / 1e12:.2f}"
+            f"{unsure if r['flops_source'].startswith('compiled') else ''} | "
+            f"{'-' if bound is None else f'{bound:.3g}{unsure}'} | "
+            f"{'-' if mfu is None else f'{mfu:.2f}{unsure}'} | "
             f"{coll} | {r['attention']} |")
+    unread = [f"{r['program']} ({', '.join(r['census_unread_loops'])})" for r in rows
+              if r.get("census_unread_loops")]
+    if unread:
+        lines.append(f"\n? not per step: loops whose trip count the census could not read "
+                     f"were counted once, in {'; '.join(unread)}")
     return "\n".join(lines)
 
 

@@ -388,3 +388,192 @@ def test_icl_scoring_compiles_for_tpu(monkeypatch, tmp_path):
     assert {"icl_prefix", "icl_scores"} <= set(by)
     assert by["icl_scores"]["members"] == 4 and by["icl_scores"]["fits"]
     assert "all-reduce" not in by["icl_scores"]["collectives"]
+
+
+# Synthetic HLO in XLA:TPU's form (no `known_trip_count`): a group loop over steps (its bound
+# carried, so unread: per step) around a 3-layer scan (s32, 0..2) whose body holds a collective
+# matmul as XLA:TPU writes an FSDP all-gather on v5e/v6e: a u32 counter that starts from a
+# copied constant and advances by 2, two ring permutes a trip, and one dot a trip.
+def _counted_loop_hlo(direction="LT", start=0, step=2, limit=4, counter_right=False,
+                      update="add", inner_bound="constant"):
+    compare = (f"compare(%limit, %i), direction={direction}" if counter_right
+               else f"compare(%i, %limit), direction={direction}")
+    bound = ("%limit = u32[]{:T(128)} constant(" + str(limit) + ")" if inner_bound == "constant"
+             else "%limit = u32[]{:T(128)} get-tuple-element(%p), index=2")
+    return f"""HloModule jit_loop, is_scheduled=true
+
+%ring_cond (p: (bf16[16,8], u32[], u32[])) -> pred[] {{
+  %p = (bf16[16,8]{{1,0:T(8,128)(2,1)}}, u32[]{{:T(128)}}, u32[]{{:T(128)}}) parameter(0)
+  {bound}
+  %i = u32[]{{:T(128)}} get-tuple-element(%p), index=1
+  ROOT %cmp = pred[]{{:T(512)}} {compare}, metadata={{op_name="dot_general"}}
+}}
+
+%ring_body (q: (bf16[16,8], u32[], u32[])) -> (bf16[16,8], u32[], u32[]) {{
+  %q = (bf16[16,8]{{1,0:T(8,128)(2,1)}}, u32[]{{:T(128)}}, u32[]{{:T(128)}}) parameter(0)
+  %two = u32[]{{:T(128)}} constant({abs(step)})
+  %w = bf16[16,8]{{1,0:T(8,128)(2,1)}} get-tuple-element(%q), index=0
+  %j = u32[]{{:T(128)}} get-tuple-element(%q), index=1
+  %j.copy = u32[]{{:T(128)}} copy(%j)
+  %n = u32[]{{:T(128)}} get-tuple-element(%q), index=2
+  %cp-start.1 = (bf16[16,8]{{1,0:T(8,128)(2,1)}}, bf16[16,8]{{1,0:T(8,128)(2,1)}}, u32[]{{:S(2)}}, u32[]{{:S(2)}}) collective-permute-start(%w), channel_id=51, source_target_pairs={{{{0,1}},{{1,0}}}}
+  %cp-done.1 = bf16[16,8]{{1,0:T(8,128)(2,1)}} collective-permute-done(%cp-start.1)
+  %cp-start.2 = (bf16[16,8]{{1,0:T(8,128)(2,1)}}, bf16[16,8]{{1,0:T(8,128)(2,1)}}, u32[]{{:S(2)}}, u32[]{{:S(2)}}) collective-permute-start(%cp-done.1), channel_id=52, source_target_pairs={{{{0,1}},{{1,0}}}}
+  %fusion.1 = bf16[4,8]{{1,0:T(8,128)(2,1)}} fusion(%w), kind=kOutput, calls=%fused_dot
+  %cp-done.2 = bf16[16,8]{{1,0:T(8,128)(2,1)}} collective-permute-done(%cp-start.2)
+  %next = u32[]{{:T(128)}} {update}(%j.copy, %two)
+  ROOT %t = (bf16[16,8]{{1,0:T(8,128)(2,1)}}, u32[]{{:T(128)}}, u32[]{{:T(128)}}) tuple(%cp-done.2, %next, %n)
+}}
+
+%fused_dot (param_0: bf16[16,8]) -> bf16[4,8] {{
+  %param_0 = bf16[16,8]{{1,0}} parameter(0)
+  %x = bf16[4,16]{{1,0}} constant({{...}})
+  ROOT %dot.1 = bf16[4,8]{{1,0}} dot(%x, %param_0), lhs_contracting_dims={{1}}, rhs_contracting_dims={{0}}
+}}
+
+%layer_cond (a: (s32[], bf16[16,8])) -> pred[] {{
+  %a = (s32[]{{:T(128)}}, bf16[16,8]{{1,0:T(8,128)(2,1)}}) parameter(0)
+  %three = s32[]{{:T(128)}} constant(3)
+  %k = s32[]{{:T(128)}} get-tuple-element(%a), index=0
+  ROOT %lt = pred[]{{:T(512)}} compare(%k, %three), direction=LT
+}}
+
+%layer_body (b: (s32[], bf16[16,8])) -> (s32[], bf16[16,8]) {{
+  %b = (s32[]{{:T(128)}}, bf16[16,8]{{1,0:T(8,128)(2,1)}}) parameter(0)
+  %one = s32[]{{:T(128)}} constant(1)
+  %zero = u32[]{{:T(128)}} constant({start})
+  %lim = u32[]{{:T(128)}} constant({limit})
+  %k.1 = s32[]{{:T(128)}} get-tuple-element(%b), index=0
+  %v = bf16[16,8]{{1,0:T(8,128)(2,1)}} get-tuple-element(%b), index=1
+  %zero.copy = u32[]{{:T(128)}} copy(%zero)
+  %init = (bf16[16,8]{{1,0:T(8,128)(2,1)}}, u32[]{{:T(128)}}, /*index=2*/u32[]{{:T(128)}}) tuple(%v, %zero.copy, %lim)
+  %ring = (bf16[16,8]{{1,0:T(8,128)(2,1)}}, u32[]{{:T(128)}}, u32[]{{:T(128)}}) while(%init), condition=%ring_cond, body=%ring_body
+  %out = bf16[16,8]{{1,0:T(8,128)(2,1)}} get-tuple-element(%ring), index=0
+  %k.2 = s32[]{{:T(128)}} add(%k.1, %one)
+  ROOT %r = (s32[]{{:T(128)}}, bf16[16,8]{{1,0:T(8,128)(2,1)}}) tuple(%k.2, %out)
+}}
+
+%step_cond (c: (s32[], s32[], bf16[16,8])) -> pred[] {{
+  %c = (s32[]{{:T(128)}}, s32[]{{:T(128)}}, bf16[16,8]{{1,0:T(8,128)(2,1)}}) parameter(0)
+  %s = s32[]{{:T(128)}} get-tuple-element(%c), index=0
+  %e = s32[]{{:T(128)}} get-tuple-element(%c), index=1
+  ROOT %go = pred[]{{:T(512)}} compare(%s, %e), direction=LT
+}}
+
+%step_body (d: (s32[], s32[], bf16[16,8])) -> (s32[], s32[], bf16[16,8]) {{
+  %d = (s32[]{{:T(128)}}, s32[]{{:T(128)}}, bf16[16,8]{{1,0:T(8,128)(2,1)}}) parameter(0)
+  %s.1 = s32[]{{:T(128)}} get-tuple-element(%d), index=0
+  %e.1 = s32[]{{:T(128)}} get-tuple-element(%d), index=1
+  %h = bf16[16,8]{{1,0:T(8,128)(2,1)}} get-tuple-element(%d), index=2
+  %z = s32[]{{:T(128)}} constant(0)
+  %li = (s32[]{{:T(128)}}, bf16[16,8]{{1,0:T(8,128)(2,1)}}) tuple(%z, %h)
+  %layers = (s32[]{{:T(128)}}, bf16[16,8]{{1,0:T(8,128)(2,1)}}) while(%li), condition=%layer_cond, body=%layer_body
+  %h.1 = bf16[16,8]{{1,0:T(8,128)(2,1)}} get-tuple-element(%layers), index=1
+  %u = s32[]{{:T(128)}} constant(1)
+  %s.2 = s32[]{{:T(128)}} add(%s.1, %u)
+  ROOT %o = (s32[]{{:T(128)}}, s32[]{{:T(128)}}, bf16[16,8]{{1,0:T(8,128)(2,1)}}) tuple(%s.2, %e.1, %h.1)
+}}
+
+ENTRY %main (w0: bf16[16,8], n0: s32[]) -> bf16[16,8] {{
+  %w0 = bf16[16,8]{{1,0:T(8,128)(2,1)}} parameter(0)
+  %n0 = s32[]{{:T(128)}} parameter(1)
+  %s0 = s32[]{{:T(128)}} constant(0)
+  %st = (s32[]{{:T(128)}}, s32[]{{:T(128)}}, bf16[16,8]{{1,0:T(8,128)(2,1)}}) tuple(%s0, %n0, %w0)
+  %steps = (s32[]{{:T(128)}}, s32[]{{:T(128)}}, bf16[16,8]{{1,0:T(8,128)(2,1)}}) while(%st), condition=%step_cond, body=%step_body
+  ROOT %res = bf16[16,8]{{1,0:T(8,128)(2,1)}} get-tuple-element(%steps), index=2
+}}
+"""
+
+
+DOT_FLOPS = 2 * 4 * 8 * 16  # the ring body's dot: [4,16] x [16,8]
+SHARD_BYTES = 16 * 8 * 2  # what one permute delivers (its -done's type)
+
+
+def test_census_reads_a_collective_matmuls_loop_per_step():
+    """XLA:TPU's collective matmul (a u32 counter from a copied 0, step 2, limit 4: 2 trips)
+    inside a 3-layer scan inside the group loop over steps: every figure is per step, the
+    ring's dots and permutes counted 3 x 2 times, each permute its shard's bytes (not the
+    -start's tuple of operand, result and context words)."""
+    c = preflight.census(_counted_loop_hlo())
+    assert c.flops == pytest.approx(3 * 2 * DOT_FLOPS)
+    assert c.collectives == {"collective-permute": [3 * 2 * 2, 3 * 2 * 2 * SHARD_BYTES]}
+    assert c.step_loops == ["steps"] and c.unread_loops == [] and c.reliable
+
+
+@pytest.mark.parametrize("kw, trips", [
+    ({}, 2),  # 0, 2 < 4
+    ({"step": 1, "limit": 7}, 7),
+    ({"step": 3, "limit": 7}, 3),  # 0, 3, 6 < 7: a partial last stride still runs
+    ({"direction": "LE", "step": 1, "limit": 4}, 5),
+    ({"direction": "NE", "step": 2, "limit": 8}, 4),
+    ({"direction": "GT", "counter_right": True, "step": 1, "limit": 6}, 6),  # 6 > i
+    ({"direction": "GT", "start": 8, "step": 2, "limit": 0, "update": "subtract"}, 4),
+    ({"direction": "GE", "start": 7, "step": 1, "limit": 0, "update": "subtract"}, 8),
+    ({"start": 5, "step": 1, "limit": 4}, 0),  # false at once
+])
+def test_trip_counts_of_counted_loops(kw, trips):
+    c = preflight.census(_counted_loop_hlo(**kw))
+    assert c.flops == pytest.approx(3 * trips * DOT_FLOPS)
+    assert c.collectives.get("collective-permute", [0])[0] == 3 * trips * 2
+
+
+@pytest.mark.parametrize("kw", [{"inner_bound": "carried"},  # the limit is not a constant
+                                {"direction": "NE", "step": 2, "limit": 7},  # never equal
+                                {"direction": "LT", "update": "subtract"}])  # counts away
+def test_a_loop_it_cannot_count_inside_a_step_is_named(kw):
+    """A loop inside a step whose trip count is not read counts once, and the census says
+    so (the table marks its figures "?") instead of printing a step's figure silently."""
+    c = preflight.census(_counted_loop_hlo(**kw))
+    assert c.unread_loops == ["ring"] and not c.reliable
+    assert c.flops == pytest.approx(3 * DOT_FLOPS)
+    r = {"program": "train_loop", "target": "v5litepod-8", "mesh": {"fsdp": 8}, "members": 1,
+         "bytes_per_device": dict.fromkeys(("argument", "output", "temp", "alias", "total"), 0),
+         "device_bytes": 1, "fits": True, "max_group_size": None, "flops_per_step": 1e12,
+         "flops_source": "compiled program's dots x loop trip counts",
+         "step_time_lower_bound_s": 1.0, "mfu_ceiling": 0.5, "attention": "einsum: xla",
+         "collectives": {"collective-permute": {"count": 6, "bytes": 6}},
+         "census_unread_loops": c.unread_loops}
+    text = preflight.table([r])
+    assert "| 1.00 ? | 1 ? | 0.50 ? |" in text and "counted once, in train_loop (ring)" in text
+    assert "?" not in preflight.table([{**r, "census_unread_loops": []}])
+
+
+@needs_tpu
+def test_census_counts_tpu_collective_matmuls():
+    """An FSDP MLP (weights split on their input dimension over 8 chips, 16 members' rows on
+    each) compiled for v5e-8: XLA:TPU turns the weight all-gathers into collective matmuls
+    (`windowed_dot_general` loops of ring collective-permutes, a u32 counter stepping by 2;
+    v6e does the same from about 24 members, in a slower compile). The census counts their
+    dots and permutes with the loops' trip counts: the FLOPs are the analytic count, and
+    each gather moves at least the (n - 1) / n of a weight it lacks."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    devices = targets.devices(targets.get("v5e-8"))
+    n, members, tokens, d, f, layers = len(devices), 16, 64, 4096, 14336, 2
+    mesh = jax.make_mesh((n,), ("fsdp",), devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    rows = NamedSharding(mesh, P("fsdp"))
+    x = jax.ShapeDtypeStruct((n, members, tokens, d), jnp.bfloat16, sharding=rows)
+    up = jax.ShapeDtypeStruct((layers, d, f), jnp.bfloat16,
+                              sharding=NamedSharding(mesh, P(None, "fsdp")))
+    down = jax.ShapeDtypeStruct((layers, f, d), jnp.bfloat16,
+                                sharding=NamedSharding(mesh, P(None, None, "fsdp")))
+
+    def grads(x, up, down):
+        def layer(h, w):
+            return jax.lax.with_sharding_constraint(jnp.tanh(h @ w[0]) @ w[1], rows), None
+
+        def loss(up, down):
+            return jax.lax.scan(layer, x, (up, down))[0].astype(jnp.float32).sum()
+        return jax.grad(loss, argnums=(0, 1))(up, down)
+
+    hlo = jax.jit(grads).lower(x, up, down).compile().as_text()
+    assert "windowed_dot_general" in hlo  # the form this test is about
+    c = preflight.census(hlo)
+    assert c.reliable
+    # a forward and two backward matmuls per weight, per layer
+    analytic = 3 * 2 * n * members * tokens * d * f * 2 * layers
+    assert c.flops * n == pytest.approx(analytic, rel=0.01)
+    count, nbytes = c.collectives["collective-permute"]
+    gathered = 2 * layers * 2 * d * f * 2  # each weight gathered for the forward and backward
+    assert (n - 1) / n * gathered <= nbytes <= 2 * gathered
+    assert count >= 2 * layers * 2 * (n - 1)
