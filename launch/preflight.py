@@ -686,7 +686,10 @@ def _run(config, config_path: str | None, target_name: str, *, search: bool,
     planning.validate(config)
     p = plan(config, config_path, target, devices)
     log(f"preflight: {target.name}: {len(devices)} {devices[0].device_kind} devices, "
-        f"{target.hosts} host(s), {target.memory / GIB:.2f} GiB each; mesh "
+        f"{target.hosts} host(s), {target.memory / GIB:.2f} GiB each"
+        + (f" ({target.memory / max(target.card_memory, 1):.0%} of the card's "
+           f"{target.card_memory / GIB:.2f}: JAX's share, XLA_PYTHON_CLIENT_MEM_FRACTION)"
+           if target.card_memory else "") + "; mesh "
         f"{dict(p.strong.mesh.shape)}; {p.n_runs} runs, groups of {p.group_size} "
         f"(memory model: {p.estimate.shared / GIB:.2f} GiB shared, "
         f"{p.estimate.per_member / GIB:.3f} GiB a member, per device)")

@@ -26,7 +26,9 @@ class Target:
     topology: str  # TPU: "v5e:2x4"; CUDA: "HOSTSx1xGPUS"... see `devices`
     chips: int
     hosts: int
-    memory: int  # bytes of device memory per chip (TPU: as the compiler counts it)
+    # bytes of device memory a program may use per chip (TPU: as the compiler counts it; GPU:
+    # the card's times the share JAX's client gives a process, `gpu_memory_fraction`)
+    memory: int
     peak_flops: float  # dense bfloat16 FLOP/s per chip
     hbm_bw: float  # bytes/s per chip
     link_bw: float  # interconnect bytes/s per chip, one direction (ICI / NVLink)
@@ -34,6 +36,7 @@ class Target:
     chip_config: str | None = None  # TPU v4/v5p: "megacore", one device per chip
     spec_file: str | None = None  # CUDA: the XLA GpuTargetConfig (text proto) of the card
     extra: str = "tpu"  # the setup.py extra whose JAX can compile for it
+    card_memory: int = 0  # GPU: the card's whole memory (its description's)
 
     @property
     def kind(self) -> str:
@@ -77,10 +80,31 @@ def get(name: str) -> Target:
     target = TARGETS[key]
     if target.platform == "cuda":  # memory and bandwidth from the card's description
         text = (SPECS / target.spec_file).read_text()
-        memory = int(re.search(r"device_memory_size:\s*(\d+)", text).group(1))
+        card = int(re.search(r"device_memory_size:\s*(\d+)", text).group(1))
         bw = float(re.search(r"memory_bandwidth:\s*(\d+)", text).group(1))
-        target = dataclasses.replace(target, memory=memory, hbm_bw=bw)
+        target = dataclasses.replace(target, memory=int(card * gpu_memory_fraction()),
+                                     card_memory=card, hbm_bw=bw)
     return target
+
+
+def gpu_memory_fraction(env=None) -> float:
+    """The share of a GPU's memory JAX's client lets a process use: XLA_CLIENT_MEM_FRACTION
+    (or its older name XLA_PYTHON_CLIENT_MEM_FRACTION) where set, else JAX's default 0.75,
+    which also bounds the allocator with preallocation off (jax.readthedocs.io, "GPU memory
+    allocation"). A preflight reads the environment the launch runs in (launch/
+    gpu_slurm.sbatch runs it before `srun`), so it sizes groups against what the sweep's
+    `bytes_limit` will say."""
+    env = os.environ if env is None else env
+    for name in ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION"):
+        if env.get(name):
+            try:
+                value = float(env[name])
+            except ValueError:
+                value = -1.0
+            if not 0 < value <= 1:
+                raise ValueError(f"{name}={env[name]!r}: a fraction in (0, 1]")
+            return value
+    return 0.75
 
 
 class MissingExtra(RuntimeError):

@@ -72,7 +72,13 @@ def test_targets_and_their_descriptions():
         targets.get("v9-8")
     assert targets.get("v5e-8").name == "v5litepod-8"
     h100 = targets.get("h100x8")
-    assert h100.memory == 84942979072 and h100.hbm_bw > 3e12  # read from its description
+    assert h100.card_memory == 84942979072 and h100.hbm_bw > 3e12  # read from its description
+    # a process gets JAX's share of the card: 0.75 unless the launch's environment says
+    assert targets.gpu_memory_fraction({}) == 0.75
+    assert targets.gpu_memory_fraction({"XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"}) == 0.9
+    with pytest.raises(ValueError, match="XLA_CLIENT_MEM_FRACTION"):
+        targets.gpu_memory_fraction({"XLA_CLIENT_MEM_FRACTION": "90"})
+    assert h100.memory == int(84942979072 * targets.gpu_memory_fraction())
     assert targets.get("h100x16").hosts == 2
 
 
