@@ -193,11 +193,14 @@ def trainable_params_per_device(arch: Arch, scope: str, mesh=None, lora_rank: in
 def flash_attention(arch: Arch, platform: str, attention: str, length: int, rows: int,
                     mesh) -> bool:
     """Whether a step's fused attention is the TPU flash kernel (`models.layers.attention`'s
-    rule: a causal decoder on a TPU mesh without a tensor axis, sequences of whole
-    `FLASH_BLOCK`s, rows the batch axes divide)."""
+    rule: a causal decoder on a TPU mesh that splits weights over fsdp without a tensor axis,
+    or one device (`layers.flash_mesh`), sequences of whole `FLASH_BLOCK`s, rows the batch
+    axes divide)."""
     mesh = mesh or {}
-    return (arch.causal and platform == "tpu" and attention == "fused"
-            and length % FLASH_BLOCK == 0 and mesh.get("tensor", 1) <= 1
+    on_mesh = mesh.get("tensor", 1) <= 1 and (
+        mesh.get("fsdp", 1) > 1 or mesh.get("data", 1) * mesh.get("fsdp", 1) == 1)
+    return (arch.causal and platform == "tpu" and attention == "fused" and on_mesh
+            and length % FLASH_BLOCK == 0
             and rows % (mesh.get("data", 1) * mesh.get("fsdp", 1)) == 0)
 
 

@@ -264,6 +264,12 @@ def test_the_tpu_flash_kernel_keeps_no_scores():
     assert gpu.saved - flash.saved == arch.layers * tokens * per_token + tokens * length * 4
     assert flash.work < gpu.work
     bert = memory.Arch.of(TINY_CONFIGS["bert"])
-    for kw in ({"mesh": {"fsdp": 2, "tensor": 2}}, {"length": length - 8},
+    assert memory.flash_attention(arch, "tpu", "fused", length, 1, None)  # one device
+    for shape in ({"data": 1, "fsdp": 4}, {"data": 2, "fsdp": 2}, {"data": 4},
+                  {"fsdp": 2, "tensor": 2}, {"data": 1}):
+        assert L.flash_mesh(shape) == memory.flash_attention(arch, "tpu", "fused", length,
+                                                             8, shape), shape
+    for kw in ({"mesh": {"fsdp": 2, "tensor": 2}}, {"mesh": {"data": 4}},
+               {"length": length - 8},
                {"attention": "einsum"}, {"arch": bert}, {"micro_batch": 2}):
         assert est(**kw) == est(platform="gpu", **kw), kw

@@ -223,16 +223,27 @@ def tpu_flash_attention(q, k, v, segments, *, block: int = FLASH_BLOCK,
     return out.transpose(heads_first).astype(v.dtype)
 
 
+def flash_mesh(shape: dict) -> bool:
+    """Whether a mesh ({axis: size}) takes the TPU flash kernel: weights split over fsdp and
+    no tensor axis, or one device."""
+    if shape.get("tensor", 1) > 1:
+        return False
+    return shape.get("fsdp", 1) > 1 or int(np.prod(list(shape.values()))) == 1
+
+
 def _sharded_flash(q, k, v, segments):
     """`tpu_flash_attention` on each device's rows of the mesh being traced (a Pallas call is
     opaque to XLA's partitioner, which would gather every row to every device), or None where
     it does not apply: no mesh being traced, shapes the kernel does not take, heads split
-    over a tensor axis, or rows the batch axes do not divide."""
+    over a tensor axis, rows the batch axes do not divide, or a data-parallel mesh of several
+    devices. There a group may place whole runs on devices (`groups.run_mesh_axis`), its
+    member axis split over `data`, which a shard_map over each member's rows would reshuffle
+    at every layer; with weights split over fsdp a group's rows are always split."""
     ctx = traced_mesh()
     if ctx is None or not flash_applies(q, k):
         return None
     mesh, rules = ctx
-    if mesh.shape.get("tensor", 1) > 1 or q.shape[0] % data_parallel_size(mesh, rules):
+    if not flash_mesh(dict(mesh.shape)) or q.shape[0] % data_parallel_size(mesh, rules):
         return None
     rows4, rows2 = batch_sharding(mesh, 4, rules).spec, batch_sharding(mesh, 2, rules).spec
     return jax.shard_map(tpu_flash_attention, mesh=mesh, in_specs=(rows4, rows4, rows4, rows2),
