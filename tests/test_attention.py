@@ -100,7 +100,7 @@ def _causal_padding_bias(mask):
     return jnp.asarray(np.where(allowed, 0.0, L.NEG_INF), jnp.float32)
 
 
-@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (2, 2)])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2)])
 def test_tpu_flash_kernel_equals_einsum_under_vmap_with_padding(heads, kv_heads):
     """Pallas' splash kernel (the fused attention of a TPU step at a sequence of whole
     128-blocks), run in Pallas' interpreter, against the einsum path on the same causal and
@@ -160,7 +160,7 @@ def test_a_model_step_traced_for_a_tpu_mesh_takes_the_flash_kernel(monkeypatch):
     weight = jnp.asarray(rng.normal(size=(b, length, 64)), jnp.float32) * mask[..., None]
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1})
 
-    def run(attention, ids, mask, tpu, remat=False):
+    def run(attention, ids, mask, tpu, remat=False, trace_only=False):
         model = load_pretrained("tiny:llama", dtype="float32", trainable="head",
                                 attention=attention, mesh=mesh, remat=remat).model
         graphdef, state = nnx.split(model)
@@ -176,6 +176,8 @@ def test_a_model_step_traced_for_a_tpu_mesh_takes_the_flash_kernel(monkeypatch):
             with sharding.activation_sharding(mesh):
                 step = jax.grad(loss, has_aux=True)
                 prims = _primitives(jax.make_jaxpr(step)(state, ids, mask).jaxpr)
+                if trace_only:
+                    return None, None, prims
                 grads, hidden = jax.jit(step)(state, ids, mask)
         return np.asarray(hidden), jax.tree.leaves(grads), prims
 
@@ -196,4 +198,4 @@ def test_a_model_step_traced_for_a_tpu_mesh_takes_the_flash_kernel(monkeypatch):
                                        rtol=1e-4)
     # not whole blocks, or not a TPU: today's fused path
     for args in ((ids[:, :64], mask[:, :64], True), (ids, mask, False)):
-        assert "pallas_call" not in run("fused", *args)[2]
+        assert "pallas_call" not in run("fused", *args, trace_only=True)[2]
