@@ -62,7 +62,8 @@ def get_config(arg=None):
     # with six buckets from 16 to 64 than with (32, 64) (one compile per bucket)
     c.length_buckets = (16, 24, 32, 48, 64)
     c.remat = False
-    # auto: jax.nn.dot_product_attention (cuDNN's fused kernel where it applies) on GPU/TPU,
+    # auto: jax.nn.dot_product_attention (cuDNN's fused kernel where it applies) on GPU/TPU
+    # (a TPU step at sequences of whole 128-blocks: Pallas' flash kernel, layers.attention),
     # our einsum attention on CPU; einsum | fused force one. Equal within float tolerance,
     # so not part of run ids
     c.attention = "auto"

@@ -46,6 +46,9 @@ import dataclasses
 
 ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 F32 = 4
+# The TPU flash attention kernel's block (`models.layers.FLASH_BLOCK`; a test keeps the two
+# equal): a TPU step's fused attention takes it at sequences of whole blocks.
+FLASH_BLOCK = 128
 # The backward pass of one block holds that block's residuals (sliced out of the scan's stacked
 # buffers, or recomputed under remat) plus cotangents of about half their size: measured as
 # 1.35-1.8 blocks' residuals on XLA:CPU (tests/test_memory_model.py, benchmarks/memory_model.py).
@@ -84,13 +87,15 @@ class Arch:
     head_dim: int
     vocab: int
     tied: bool = False  # LM head tied to the embedding (no second [vocab, hidden] matrix)
+    causal: bool = False  # a causal decoder without a window (a TPU step's flash attention)
 
     @classmethod
     def of(cls, config) -> "Arch":
         """From an `ArchConfig` (read by attribute, so this module imports no model code)."""
         return cls(config.hidden_size, config.intermediate_size, config.num_layers,
                    config.num_heads, config.num_kv_heads, config.head_dim, config.vocab_size,
-                   bool(config.tie_word_embeddings))
+                   bool(config.tie_word_embeddings),
+                   config.family == "llama" and getattr(config, "sliding_window", None) is None)
 
     def projection_shapes(self) -> dict[str, tuple[int, int]]:
         """(fan in, fan out) of each block's projections."""
@@ -185,13 +190,29 @@ def trainable_params_per_device(arch: Arch, scope: str, mesh=None, lora_rank: in
     return head + arch.layers * factors
 
 
+def flash_attention(arch: Arch, platform: str, attention: str, length: int, rows: int,
+                    mesh) -> bool:
+    """Whether a step's fused attention is the TPU flash kernel (`models.layers.attention`'s
+    rule: a causal decoder on a TPU mesh that splits weights over fsdp without a tensor axis,
+    or one device (`layers.flash_mesh`), sequences of whole `FLASH_BLOCK`s, rows the batch
+    axes divide)."""
+    mesh = mesh or {}
+    on_mesh = mesh.get("tensor", 1) <= 1 and (
+        mesh.get("fsdp", 1) > 1 or mesh.get("data", 1) * mesh.get("fsdp", 1) == 1)
+    return (arch.causal and platform == "tpu" and attention == "fused" and on_mesh
+            and length % FLASH_BLOCK == 0
+            and rows % (mesh.get("data", 1) * mesh.get("fsdp", 1)) == 0)
+
+
 def block_residual_bytes(arch: Arch, scope: str, act: int, length: int, lora_rank: int = 8,
-                         lora_targets=PROJECTIONS) -> int:
+                         lora_targets=PROJECTIONS, flash: bool = False) -> int:
     """Bytes one token saves in one decoder block for the backward pass (`llama._block`), with
     activations of `act` bytes and `length` keys per query:
     - each RMSNorm's float32 input (two);
     - q and k after RoPE and v (attention's backward needs them), in the compute dtype;
-    - the attention scores (float32) and probabilities (compute dtype), heads x keys;
+    - the attention scores (float32) and probabilities (compute dtype), heads x keys; with
+      the TPU flash kernel (`flash`) none: its output in its own heads-first layout and
+      its softmax's log-sum-exp (float32 a head) instead;
     - SwiGLU's gate and up outputs, the sigmoid, silu and their product (five of the MLP width);
     - the input of each trainable projection: one copy per distinct input (the normed hidden
       for q, k, v; the attention output for o; the normed hidden for gate, up; the MLP
@@ -200,7 +221,8 @@ def block_residual_bytes(arch: Arch, scope: str, act: int, length: int, lora_ran
     A frozen projection saves nothing: its weight gradient is never formed."""
     d, f, hd = arch.hidden, arch.intermediate, arch.head_dim
     q, kv = arch.heads * hd, arch.kv_heads * hd
-    out = 2 * d * F32 + (q + 2 * kv) * act + arch.heads * length * (F32 + act) + 5 * f * act
+    attention = q * act + arch.heads * F32 if flash else arch.heads * length * (F32 + act)
+    out = 2 * d * F32 + (q + 2 * kv) * act + attention + 5 * f * act
     if scope == "head":
         return out
     trained = set(PROJECTIONS if scope == "full" else lora_targets)
@@ -299,8 +321,11 @@ def estimate(arch: Arch, *, scope: str, batch_size: int, length: int,
     split = mesh.get("fsdp", 1) * mesh.get("tensor", 1) > 1
     gathered = (GATHERED_BLOCKS * arch.block_params()
                 * itemsize(compute_dtype or param_dtype) if split else 0)
+    flash = flash_attention(arch, platform, attention, length,
+                            micro_batch if 0 < micro_batch < batch_size else batch_size, mesh)
     tokens = rows * length
-    block = block_residual_bytes(arch, scope, act, length, lora_rank, lora_targets) * tokens
+    block = block_residual_bytes(arch, scope, act, length, lora_rank, lora_targets,
+                                 flash) * tokens
     # LoRA with einsum attention keeps only the named values (`named_residual_bytes`); the
     # fused kernel and full finetuning keep JAX's default, every intermediate; either way the
     # block being differentiated
@@ -308,9 +333,10 @@ def estimate(arch: Arch, *, scope: str, batch_size: int, length: int,
     named = attention == "einsum" and scope == "lora"  # `llama.LlamaModel.hidden`'s rule
     kept = (named_residual_bytes(arch, scope, act, length, lora_rank, lora_targets) * tokens
             if named else block)
-    # outside the blocks: the embedded input, the attention bias [rows, L, L] and RoPE's
-    # cos and sin for q and k (float32)
-    outside = tokens * (arch.hidden * act + length * F32 + 4 * arch.head_dim * F32)
+    # outside the blocks: the embedded input, the attention bias [rows, L, L] (unused by the
+    # flash kernel) and RoPE's cos and sin for q and k (float32)
+    outside = tokens * (arch.hidden * act + (0 if flash else length * F32)
+                        + 4 * arch.head_dim * F32)
     # remat keeps each block's input only; the block is recomputed in the backward pass
     saved = arch.layers * (tokens * arch.hidden * act if remat else kept) + outside
     work = int((NAMED_WORK if named and not remat else BACKWARD_WORK) * block)

@@ -203,6 +203,11 @@ def constrain_rows(x):
     return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim, rules))
 
 
+def traced_mesh():
+    """(mesh, rules) of the step being traced (`activation_sharding`), or None."""
+    return _ACTIVATIONS.get()
+
+
 def traced_platform() -> str:
     """The platform a step is being traced for: its mesh's devices' (compile-only ones of a
     preflight target included) while `activation_sharding` is active, else JAX's backend."""

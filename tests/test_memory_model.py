@@ -237,3 +237,39 @@ def test_no_jax_at_import():
     code = ("import sys, scalable_elicitation.memory; "
             "sys.exit('jax' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_tpu_flash_kernel_keeps_no_scores():
+    """A causal decoder's fused attention on a TPU mesh, at sequences of whole kernel blocks,
+    is the flash kernel (`models.layers.attention`'s rule, the same block): a block keeps its
+    output and log-sum-exp, not the heads x keys scores and probabilities, and the step no
+    attention bias; elsewhere (GPU, a tensor axis, a ragged length, an encoder) nothing
+    changes."""
+    from scalable_elicitation.models import TINY_CONFIGS
+    from scalable_elicitation.models import layers as L
+    assert memory.FLASH_BLOCK == L.FLASH_BLOCK
+    arch = memory.Arch.of(_arch())
+    assert arch.causal and not memory.Arch.of(TINY_CONFIGS["bert"]).causal
+    length, rows, mesh = 256, 2, {"data": 1, "fsdp": 4}
+
+    def est(arch=arch, **kw):
+        base = dict(scope="lora", batch_size=32, micro_batch=8, length=length,
+                    param_dtype="bfloat16", attention="fused", platform="tpu", mesh=mesh)
+        return memory.estimate(arch, **{**base, **kw})
+
+    flash, gpu = est(), est(platform="gpu")
+    q = arch.heads * arch.head_dim
+    per_token = arch.heads * length * (4 + 2) - (q * 2 + arch.heads * 4)
+    tokens = rows * length
+    assert gpu.saved - flash.saved == arch.layers * tokens * per_token + tokens * length * 4
+    assert flash.work < gpu.work
+    bert = memory.Arch.of(TINY_CONFIGS["bert"])
+    assert memory.flash_attention(arch, "tpu", "fused", length, 1, None)  # one device
+    for shape in ({"data": 1, "fsdp": 4}, {"data": 2, "fsdp": 2}, {"data": 4},
+                  {"fsdp": 2, "tensor": 2}, {"data": 1}):
+        assert L.flash_mesh(shape) == memory.flash_attention(arch, "tpu", "fused", length,
+                                                             8, shape), shape
+    for kw in ({"mesh": {"fsdp": 2, "tensor": 2}}, {"mesh": {"data": 4}},
+               {"length": length - 8},
+               {"attention": "einsum"}, {"arch": bert}, {"micro_batch": 2}):
+        assert est(**kw) == est(platform="gpu", **kw), kw

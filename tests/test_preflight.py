@@ -260,6 +260,31 @@ def test_memory_model_meets_the_compiler_for_the_study_step(target, sizes, tmp_p
         assert abs(model - compiled) <= 0.15 * compiled, (target, members, model, compiled)
 
 
+@needs_tpu
+def test_fused_attention_compiles_to_the_pallas_flash_kernel_for_v5e(tmp_path, monkeypatch):
+    """A tiny Llama's LoRA programs (the group loop, scoring) on v5e-8 with the fused
+    attention: at 128 tokens (whole kernel blocks) the compiled HLO runs the Pallas splash
+    kernel (a Mosaic custom call) under the group's vmap and with the
+    rows split over the chips (the base sharded: fsdp 8); at the smoke preset's 32 tokens,
+    and at 128 on the data-parallel mesh (where a group may place whole runs on chips),
+    XLA's own attention."""
+    from configs import cost_sweep
+    monkeypatch.chdir(tmp_path)
+    found = {}
+    for length, fsdp in ((128, -1), (32, -1), (128, 1)):
+        config = cost_sweep.get_config("smoke")
+        config.attention = "fused"
+        config.max_length, config.length_buckets = length, (length,)
+        config.mesh.data, config.mesh.fsdp = (1, -1) if fsdp == -1 else (-1, 1)
+        config.parallel_runs = 2
+        rows, failures = preflight.run(config, None, "v5e-8", search=False, log=lambda m: None)
+        assert not failures
+        found[length, fsdp] = {r["program"]: r["attention"] for r in rows}
+    kernel, xla = "fused: pallas kernel", "fused: xla (generic)"
+    assert found[128, -1] == {"eval": kernel, "train_loop": kernel}
+    assert found[32, -1] == found[128, 1] == {"eval": xla, "train_loop": xla}
+
+
 def test_a_refusals_arguments_are_each_devices_shards():
     """A compile refused for want of memory names only its temporaries; the arguments a
     device holds are counted from the abstract arguments' shardings (a PRNG key included)."""

@@ -13,13 +13,16 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from scalable_elicitation.models.config import ArchConfig, LoraConfig
-from scalable_elicitation.sharding import traced_platform
+from scalable_elicitation.sharding import (batch_sharding, data_parallel_size, traced_mesh,
+                                           traced_platform)
 
 HEAD_INIT_STD = 0.02
 HEAD_INIT_SCALE = 0.01  # the study scaled the default head init by 0.01
 NEG_INF = -1e30  # finite, so a fully masked row (a left-pad query) gives no NaN
 LORA_LOW = "lora_low"  # checkpoint name of LoRA's x @ A [T, r] (see scan_layers' `save`)
 ATTN_PROBS = "attn_probs"  # checkpoint name of the einsum path's softmax output
+FLASH_BLOCK = 128  # the TPU flash kernel's query and key block (a multiple of 128 lanes)
+FLASH_INTERPRET = False  # run the TPU flash kernel in Pallas' interpreter (tests on CPU)
 
 
 def param(value, axes) -> nnx.Param:
@@ -142,16 +145,23 @@ def apply_rope(x, tables):
     return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
-def attention(q, k, v, bias, fused: bool = False):
+def attention(q, k, v, bias, fused: bool = False, segments=None):
     """Softmax attention with grouped KV heads.
 
     q: [B, Lq, H, hd]; k, v: [B, Lk, KV, hd]; bias: [B, Lq, Lk] additive (0 or NEG_INF).
-    `fused`: `jax.nn.dot_product_attention` (grouped KV heads natively), asked for cuDNN's
+    `segments`: the [B, L] key mask when `bias` is exactly causal plus key padding by it (no
+    prefix, no window), which lets a TPU step use the flash kernel (`tpu_flash_attention`).
+    `fused`: on a TPU mesh where the shapes suit it, Pallas' splash (flash) attention kernel;
+    else `jax.nn.dot_product_attention` (grouped KV heads natively), asked for cuDNN's
     fused kernel on GPUs (left to choose, JAX compiled the study's shapes for an H100 target to
     XLA's generic attention, 4.5 GiB more per GPU than einsum; docs/preflight.md) and XLA's
     own elsewhere; else our einsum path with float32 scores.
     """
     if fused:
+        if segments is not None and traced_platform() == "tpu":
+            out = _sharded_flash(q, k, v, segments)
+            if out is not None:
+                return out
         bias = bias[:, None, :, :].astype(q.dtype)  # [B, 1, Lq, Lk]
         if traced_platform() not in ("gpu", "cuda"):
             return jax.nn.dot_product_attention(q, k, v, bias=bias)
@@ -168,6 +178,76 @@ def attention(q, k, v, bias, fused: bool = False):
     probs = checkpoint_name(jax.nn.softmax(scores, axis=-1).astype(v.dtype), ATTN_PROBS)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
     return out.reshape(b, lq, h, hd)
+
+
+def flash_applies(q, k, block: int = FLASH_BLOCK) -> bool:
+    """Whether the TPU flash kernel takes these shapes: self-attention (Lq == Lk) over whole
+    blocks, query heads a multiple of the KV heads."""
+    b, lq, h, hd = q.shape
+    return lq == k.shape[1] and lq % block == 0 and h % k.shape[2] == 0
+
+
+def tpu_flash_attention(q, k, v, segments, *, block: int = FLASH_BLOCK,
+                        interpret: bool | None = None):
+    """Causal attention with key padding through Pallas' splash attention kernel for TPUs
+    (`jax.experimental.pallas.ops.tpu.splash_attention`; grouped KV heads natively, scores
+    never stored whole: the backward pass recomputes them block by block from the softmax's
+    log-sum-exp).
+
+    q: [B, L, H, hd]; k, v: [B, L, KV, hd]; segments: [B, L], > 0 at real tokens. The padding
+    is given as segment ids (the mask itself, 1 real and 0 pad), so a query attends to earlier
+    keys of its own segment: a real query to exactly the real keys the additive bias allows,
+    a pad query to the pad keys up to itself (never an empty row, so never a NaN; pad
+    outputs are ignored downstream, as the einsum path's are). `interpret`: Pallas'
+    interpreter (for tests on CPU; default `FLASH_INTERPRET`)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as splash, splash_attention_mask as masks)
+    b, length, h, hd = q.shape
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                              block_q_dkv=block, block_kv_dkv=block,
+                              block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    kernel = splash.make_splash_mha(
+        masks.MultiHeadMask([masks.CausalMask((length, length))] * h), block_sizes=sizes,
+        head_shards=1, q_seq_shards=1,
+        interpret=FLASH_INTERPRET if interpret is None else interpret)
+    # the kernel takes no scale: the queries are scaled first, in float32
+    q = (q.astype(jnp.float32) / math.sqrt(hd)).astype(k.dtype)
+    seg = (segments > 0).astype(jnp.int32)
+
+    def one(qr, kr, vr, sr):  # one row: [heads, L, hd]
+        return kernel(qr, kr, vr, segment_ids=splash.SegmentIds(q=sr, kv=sr))
+
+    heads_first = (0, 2, 1, 3)
+    out = jax.vmap(one)(q.transpose(heads_first), k.transpose(heads_first),
+                        v.transpose(heads_first), seg)
+    return out.transpose(heads_first).astype(v.dtype)
+
+
+def flash_mesh(shape: dict) -> bool:
+    """Whether a mesh ({axis: size}) takes the TPU flash kernel: weights split over fsdp and
+    no tensor axis, or one device."""
+    if shape.get("tensor", 1) > 1:
+        return False
+    return shape.get("fsdp", 1) > 1 or int(np.prod(list(shape.values()))) == 1
+
+
+def _sharded_flash(q, k, v, segments):
+    """`tpu_flash_attention` on each device's rows of the mesh being traced (a Pallas call is
+    opaque to XLA's partitioner, which would gather every row to every device), or None where
+    it does not apply: no mesh being traced, shapes the kernel does not take, heads split
+    over a tensor axis, rows the batch axes do not divide, or a data-parallel mesh of several
+    devices. There a group may place whole runs on devices (`groups.run_mesh_axis`), its
+    member axis split over `data`, which a shard_map over each member's rows would reshuffle
+    at every layer; with weights split over fsdp a group's rows are always split."""
+    ctx = traced_mesh()
+    if ctx is None or not flash_applies(q, k):
+        return None
+    mesh, rules = ctx
+    if not flash_mesh(dict(mesh.shape)) or q.shape[0] % data_parallel_size(mesh, rules):
+        return None
+    rows4, rows2 = batch_sharding(mesh, 4, rules).spec, batch_sharding(mesh, 2, rules).spec
+    return jax.shard_map(tpu_flash_attention, mesh=mesh, in_specs=(rows4, rows4, rows4, rows2),
+                         out_specs=rows4, check_vma=False)(q, k, v, segments)
 
 
 def last_token_index(attention_mask):

@@ -52,7 +52,7 @@ class DecoderLayers(nnx.Module):
 
 
 def _block(cfg: ArchConfig, rope, layer: DecoderLayers, x, bias, key,
-           prefix_kv=None):
+           prefix_kv=None, segments=None):
     """One decoder block on one layer's parameters. x: [B, L, D]. Returns x and this block's
     (k, v) so a caller can cache a shared prefix."""
     keys = jax.random.split(key, 7) if key is not None else [None] * 7
@@ -65,7 +65,8 @@ def _block(cfg: ArchConfig, rope, layer: DecoderLayers, x, bias, key,
         pk, pv = prefix_kv
         k = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
         v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
-    attn = checkpoint_name(L.attention(q, k, v, bias, fused=cfg.attention == "fused"), "attn")
+    attn = checkpoint_name(L.attention(q, k, v, bias, fused=cfg.attention == "fused",
+                                       segments=segments), "attn")
     x = x + checkpoint_name(layer.o(attn, keys[3]), "o")
     h = L.rms_norm(x, layer.mlp_norm.value, cfg.norm_eps)
     gate = checkpoint_name(layer.gate(h, keys[4]), "gate")  # [B, L, F]
@@ -128,6 +129,9 @@ class LlamaModel(nnx.Module):
             key_mask = jnp.concatenate([prefix_mask, attention_mask], axis=1)
             key_index = jnp.broadcast_to(jnp.arange(plen + length), (b, plen + length))
         bias = _attention_bias(attention_mask, key_mask, index, key_index, cfg.sliding_window)
+        # the bias is causal plus key padding by the mask alone: a TPU kernel can take the mask
+        segments = (attention_mask if prefix is None and cfg.sliding_window is None
+                    else None)
         rope = L.rope_tables(positions, L.rope_inv_freq(cfg))
         n = cfg.num_layers
         keys = (jax.random.split(dropout_key, n) if dropout_key is not None else None)
@@ -138,7 +142,7 @@ class LlamaModel(nnx.Module):
                 layer_prefix = tuple(jnp.broadcast_to(t, (b,) + t.shape[1:])
                                      for t in layer_prefix)
             out, kv = _block(cfg, rope, layer, constrain_rows(carry), bias, layer_key,
-                             layer_prefix)
+                             layer_prefix, segments)
             return constrain_rows(out), kv
 
         # the fused kernel's own residuals (cuDNN's softmax statistics) have no names to save:
