@@ -26,7 +26,9 @@ rc=$?
 rc_tpu=0
 if [ "$TPU_VENV" != none ]; then
   echo "TPU ahead-of-time tests (tests/test_preflight.py, the tpu extra in $TPU_VENV):"
-  "$TPU_VENV/bin/python" -m pytest -q -n 2 --dist load tests/test_preflight.py
+  # compile-only devices cannot load cached executables: the persistent cache off
+  JAX_ENABLE_COMPILATION_CACHE=false "$TPU_VENV/bin/python" -m pytest -q -n 2 --dist load \
+    tests/test_preflight.py
   rc_tpu=$?
 fi
 set -e
