@@ -51,8 +51,12 @@ def main() -> int:
     spec = importlib.util.spec_from_file_location("config_module", ROOT / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    target = targets.get(args.target)
-    devices = targets.devices(target)
+    try:
+        target = targets.get(args.target)
+        devices = targets.devices(target)
+    except (ValueError, targets.MissingExtra) as err:
+        print(f"preflight_memory: {err}", file=sys.stderr)
+        return 2
     rows = []
     for members in [int(x) for x in args.runs.split(",")]:
         config = module.get_config(arg or None)
