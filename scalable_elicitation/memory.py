@@ -46,8 +46,8 @@ import dataclasses
 
 ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 F32 = 4
-# The TPU flash attention kernel's block (`models.layers.FLASH_BLOCK`; a test keeps the two
-# equal): a TPU step's fused attention takes it at sequences of whole blocks.
+# The TPU flash attention kernel's query and key block (a multiple of 128 lanes;
+# `models.layers` uses it): a TPU step's fused attention takes it at sequences of whole blocks.
 FLASH_BLOCK = 128
 # The backward pass of one block holds that block's residuals (sliced out of the scan's stacked
 # buffers, or recomputed under remat) plus cotangents of about half their size: measured as
@@ -190,16 +190,25 @@ def trainable_params_per_device(arch: Arch, scope: str, mesh=None, lora_rank: in
     return head + arch.layers * factors
 
 
+def flash_mesh(shape) -> bool:
+    """Whether a mesh ({axis: size}) takes the TPU flash kernel (`models.layers.attention`):
+    weights split over fsdp and no tensor axis, or one device. (On a data-parallel mesh of
+    several devices a group may place whole runs on devices, its member axis split over
+    `data`, which the kernel's shard_map over each device's rows would reshuffle.)"""
+    if shape.get("tensor", 1) > 1:
+        return False
+    sizes = [int(v) for v in shape.values()]
+    return shape.get("fsdp", 1) > 1 or all(v == 1 for v in sizes)
+
+
 def flash_attention(arch: Arch, platform: str, attention: str, length: int, rows: int,
                     mesh) -> bool:
     """Whether a step's fused attention is the TPU flash kernel (`models.layers.attention`'s
     rule: a causal decoder on a TPU mesh that splits weights over fsdp without a tensor axis,
-    or one device (`layers.flash_mesh`), sequences of whole `FLASH_BLOCK`s, rows the batch
+    or one device (`flash_mesh`), sequences of whole `FLASH_BLOCK`s, rows the batch
     axes divide)."""
     mesh = mesh or {}
-    on_mesh = mesh.get("tensor", 1) <= 1 and (
-        mesh.get("fsdp", 1) > 1 or mesh.get("data", 1) * mesh.get("fsdp", 1) == 1)
-    return (arch.causal and platform == "tpu" and attention == "fused" and on_mesh
+    return (arch.causal and platform == "tpu" and attention == "fused" and flash_mesh(mesh)
             and length % FLASH_BLOCK == 0
             and rows % (mesh.get("data", 1) * mesh.get("fsdp", 1)) == 0)
 

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from scalable_elicitation.memory import FLASH_BLOCK, flash_mesh  # one rule, two users
 from scalable_elicitation.models.config import ArchConfig, LoraConfig
 from scalable_elicitation.sharding import (batch_sharding, data_parallel_size, traced_mesh,
                                            traced_platform)
@@ -21,7 +22,6 @@ HEAD_INIT_SCALE = 0.01  # the study scaled the default head init by 0.01
 NEG_INF = -1e30  # finite, so a fully masked row (a left-pad query) gives no NaN
 LORA_LOW = "lora_low"  # checkpoint name of LoRA's x @ A [T, r] (see scan_layers' `save`)
 ATTN_PROBS = "attn_probs"  # checkpoint name of the einsum path's softmax output
-FLASH_BLOCK = 128  # the TPU flash kernel's query and key block (a multiple of 128 lanes)
 FLASH_INTERPRET = False  # run the TPU flash kernel in Pallas' interpreter (tests on CPU)
 
 
@@ -221,14 +221,6 @@ def tpu_flash_attention(q, k, v, segments, *, block: int = FLASH_BLOCK,
     out = jax.vmap(one)(q.transpose(heads_first), k.transpose(heads_first),
                         v.transpose(heads_first), seg)
     return out.transpose(heads_first).astype(v.dtype)
-
-
-def flash_mesh(shape: dict) -> bool:
-    """Whether a mesh ({axis: size}) takes the TPU flash kernel: weights split over fsdp and
-    no tensor axis, or one device."""
-    if shape.get("tensor", 1) > 1:
-        return False
-    return shape.get("fsdp", 1) > 1 or int(np.prod(list(shape.values()))) == 1
 
 
 def _sharded_flash(q, k, v, segments):
