@@ -542,13 +542,6 @@ class Plan:
         return self.estimate.group_bytes(-(-members // self.spread))
 
 
-def frozen_bytes_per_device(frozen) -> int:
-    """Bytes of the frozen base one device holds (each leaf's shard)."""
-    import jax
-    return int(sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-                   for x in jax.tree.leaves(frozen)))
-
-
 def plan(config, config_path: str | None, target, devices) -> Plan:
     """The programs the sweep would run for `config` on `target` (module docstring)."""
     from scalable_elicitation import experiment, grouping, groups, runner
@@ -577,7 +570,7 @@ def plan(config, config_path: str | None, target, devices) -> Plan:
     if config.get("parallel_runs", 0) >= 1:
         size = int(config.parallel_runs)
     else:  # as `Sweep.group_size`: the estimate against the memory left beside the base
-        free = spread * (target.memory - frozen_bytes_per_device(strong.steps.frozen)
+        free = spread * (target.memory - aot.argument_bytes(strong.steps.frozen)
                          - estimate.gathered)
         cap = min(len(specs), grouping.max_auto_group(platform, strong.probe))
         start = grouping.auto_group_size(estimate.per_member, max(free, 0), len(specs), cap)
